@@ -1,0 +1,111 @@
+"""Low-level file writing that keeps the page cache bounded.
+
+Out-of-core jobs run inside memory caps that also charge the page cache. Files
+written here are flushed to disk every ``flush_bytes`` and their pages dropped
+from the cache, so writing a 100 GB array costs a few MiB of memory, and every
+file is durable (fdatasync) before the directory holding it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+
+FLUSH_BYTES = 64 << 20
+"""Bytes written between a flush to disk and a drop of the written pages from the cache."""
+
+
+def drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Ask the kernel to drop a file's cached pages (``length=0`` means to the end)."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def evict_file(path: str | os.PathLike) -> None:
+    """Drop every cached page of the file at ``path`` (it must be clean: written and synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        drop_cache(fd)
+    finally:
+        os.close(fd)
+
+
+class AppendFile:
+    """A file written front to back, durable on :meth:`close`, with a bounded page-cache footprint.
+
+    ``write`` takes any buffer (bytes, a contiguous numpy array). Every
+    ``flush_bytes`` the written range is synced and dropped from the cache.
+    """
+
+    def __init__(self, path: str | os.PathLike, flush_bytes: int = FLUSH_BYTES):
+        self.path = os.fspath(path)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.bytes_written = 0
+        self._flushed_to = 0
+        self._flush_bytes = flush_bytes
+
+    def write(self, data) -> None:
+        """Append ``data`` (a bytes-like object) to the file."""
+        view = memoryview(data).cast("B")
+        while len(view):
+            n = os.write(self.fd, view)
+            view = view[n:]
+            self.bytes_written += n
+        if self.bytes_written - self._flushed_to >= self._flush_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        os.fdatasync(self.fd)
+        drop_cache(self.fd, self._flushed_to, self.bytes_written - self._flushed_to)
+        self._flushed_to = self.bytes_written
+
+    def close(self) -> None:
+        """Sync what is left, drop it from the cache and close the file."""
+        if self.fd < 0:
+            return
+        try:
+            self._flush()
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+    def abort(self) -> None:
+        """Close without syncing (the caller is about to delete the file)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "AppendFile":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_file(path: str | os.PathLike, data) -> None:
+    """Write ``data`` to ``path`` in one go, durable, with its pages dropped from the cache."""
+    with AppendFile(path) as f:
+        f.write(data)
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a directory's entries (new names, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dir_size(path: str | os.PathLike) -> int:
+    """Bytes of all regular files under ``path`` (apparent size)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total

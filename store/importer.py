@@ -1,0 +1,197 @@
+"""Import a user's raw graph into a validated, versioned dataset directory.
+
+Layout written (all arrays are Zarr v3, uncompressed; the directory is a Zarr group)::
+
+    DIR/manifest.json          format diskgraph.dataset, version, counts, checksums, options
+    DIR/topology/indptr        int64 [N+1]   CSC over in-edges: sources of v are
+    DIR/topology/indices       int32 [E]     indices[indptr[v]:indptr[v+1]], sorted
+    DIR/features               [N, F] float32 | float16 | bfloat16 (uint16 bits), chunked by rows
+    DIR/labels                 int64 [N], -1 = unlabelled
+    DIR/splits/{train,val,test} int64, sorted node indices
+
+Everything is written under a temporary name and renamed into place at the end
+(:class:`~diskgraph.store.atomic.AtomicDirectory`). All checks that need no long
+work (paths, shapes, dtypes, node counts, labels, splits) run before the
+topology and features are streamed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from .atomic import AtomicDirectory
+from .csc_builder import build_csc, max_node_id
+from .errors import InputError
+from .features_copy import copy_features, stored_feature_dtype
+from .manifest import write_manifest
+from .progress import format_bytes, log
+from .sources.edges import EdgeSource
+from .sources.features import FeatureSource
+from .sources.labels import as_index_split, check_disjoint, check_labels, random_splits
+from .zarr_arrays import write_array, write_group
+
+DATASET_FORMAT = "diskgraph.dataset"
+DATASET_VERSION = 1
+"""The dataset format version this diskgraph writes and the newest it reads."""
+
+
+def default_memory_budget() -> int:
+    """Half of the memory available now, at most 4 GiB and at least 256 MiB (bytes)."""
+    return int(min(4 << 30, max(256 << 20, psutil.virtual_memory().available // 2)))
+
+
+@dataclass
+class ImportOptions:
+    """Options of an import; all are recorded in the manifest.
+
+    Attributes:
+        undirected: add the reverse of every edge.
+        dedup: keep one copy of repeated edges.
+        drop_self_loops: remove edges u → u.
+        allow_nonfinite: accept NaN/inf features.
+        memory_budget: bytes this import may hold (default: :func:`default_memory_budget`).
+        num_nodes: node count (default: feature rows, else labels, else largest id + 1).
+        num_classes: class count (default: largest label + 1).
+        feature_dtype: stored feature dtype (default: the input's, float64 → float32).
+        overwrite: replace an existing output directory.
+    """
+
+    undirected: bool = False
+    dedup: bool = False
+    drop_self_loops: bool = False
+    allow_nonfinite: bool = False
+    memory_budget: int | None = None
+    num_nodes: int | None = None
+    num_classes: int | None = None
+    feature_dtype: str | None = None
+    overwrite: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def _node_count(edges: EdgeSource, features: FeatureSource | None, labels: np.ndarray | None, labels_label: str,
+                opts: ImportOptions, budget: int) -> tuple[int, str]:
+    if opts.num_nodes is not None:
+        if opts.num_nodes < 0:
+            raise InputError(f"--num-nodes {opts.num_nodes} is negative; pass the number of nodes")
+        return opts.num_nodes, f"--num-nodes {opts.num_nodes}"
+    if features is not None:
+        return features.num_rows, f"from the rows of {features.label}"
+    if labels is not None:
+        return int(np.asarray(labels).shape[0]), f"from the length of {labels_label}"
+    n = max_node_id(edges, int(np.clip(budget // 64, 1 << 14, 1 << 23))) + 1
+    return n, "from the largest node id in the edges"
+
+
+def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: FeatureSource | None = None,
+                   labels: np.ndarray | None = None, labels_label: str = "labels",
+                   splits: dict[str, tuple[np.ndarray, str]] | None = None,
+                   random_split: tuple[tuple[float, float, float], int] | None = None,
+                   options: ImportOptions | None = None, sources: dict | None = None,
+                   extra_manifest: dict | None = None) -> Path:
+    """Validate the inputs and write a dataset directory at ``out``.
+
+    Args:
+        out: the directory to create.
+        edges: the edge input.
+        features: the feature input, or None for a dataset without features.
+        labels: class ids per node (int, -1 = unlabelled), held in memory.
+        labels_label: how messages name the labels' origin.
+        splits: explicit splits, name → (index array or boolean mask, label for messages).
+        random_split: ``((train, val, test) fractions, seed)`` when ``splits`` is None.
+        options: see :class:`ImportOptions`.
+        sources: extra description of the inputs for the manifest.
+        extra_manifest: more top-level manifest entries (e.g. generator parameters).
+
+    Returns:
+        The dataset directory.
+
+    Raises:
+        InputError: bad input, with one sentence; nothing is left at ``out``.
+    """
+    t0 = time.perf_counter()
+    opts = options or ImportOptions()
+    budget = opts.memory_budget or default_memory_budget()
+    target = AtomicDirectory(out, overwrite=opts.overwrite)
+    target.check()
+
+    num_nodes, nodes_from = _node_count(edges, features, labels, labels_label, opts, budget)
+    if features is not None and features.num_rows != num_nodes:
+        raise InputError(
+            f"{features.label} has {features.num_rows} rows but the graph has {num_nodes} nodes ({nodes_from}); "
+            "give exactly one feature row per node"
+        )
+    if features is not None and features.dim <= 0:
+        raise InputError(f"{features.label} has {features.dim} features per row; a feature table needs at least one column")
+    feature_dtype = stored_feature_dtype(features, opts.feature_dtype) if features is not None else None
+
+    num_classes = opts.num_classes
+    if labels is not None:
+        labels, num_classes = check_labels(np.asarray(labels), num_nodes, opts.num_classes, labels_label, nodes_from)
+    split_arrays: dict[str, np.ndarray] = {}
+    if splits:
+        for name, (values, label) in splits.items():
+            split_arrays[name] = as_index_split(values, num_nodes, name, label)
+    elif random_split is not None:
+        split_arrays = random_splits(random_split[0], random_split[1], num_nodes, labels)
+    check_disjoint(split_arrays, num_nodes)
+
+    arrays: dict[str, dict] = {}
+
+    def record(name: str, shape, sha: str, dtype: str) -> None:
+        arrays[name] = {"shape": list(shape), "dtype": dtype, "sha256": sha}
+
+    log.info("importing %s into %s (%d nodes %s, memory budget %s)", edges.label, Path(out), num_nodes, nodes_from,
+             format_bytes(budget))
+    with target as tmp:
+        write_group(tmp, {"diskgraph": DATASET_FORMAT})
+        if labels is not None:
+            shape, sha = write_array(tmp / "labels", labels, "int64")
+            record("labels", shape, sha, "int64")
+        if split_arrays:
+            write_group(tmp / "splits")
+            for name, idx in split_arrays.items():
+                shape, sha = write_array(tmp / "splits" / name, idx, "int64")
+                record(f"splits/{name}", shape, sha, "int64")
+        del labels
+        write_group(tmp / "topology")
+        csc = build_csc(tmp / "topology", edges, num_nodes, nodes_from, undirected=opts.undirected, dedup=opts.dedup,
+                        drop_self_loops=opts.drop_self_loops, memory_budget=budget)
+        record("topology/indptr", (num_nodes + 1,), csc.indptr_sha256, "int64")
+        record("topology/indices", (csc.num_edges,), csc.indices_sha256, csc.index_dtype)
+        feat_info = None
+        if features is not None:
+            fc = copy_features(features, tmp / "features", feature_dtype, allow_nonfinite=opts.allow_nonfinite,
+                               memory_budget=budget)
+            record("features", (fc.num_rows, fc.dim), fc.sha256, fc.dtype)
+            feat_info = {"dim": fc.dim, "dtype": fc.dtype, "row_bytes": fc.nbytes // max(fc.num_rows, 1),
+                         "bytes": fc.nbytes, "chunk_rows": fc.chunk_rows}
+        seconds = time.perf_counter() - t0
+        options_record = {k: v for k, v in asdict(opts).items() if k not in ("extra", "overwrite")}
+        options_record["memory_budget"] = budget
+        if random_split is not None and not splits:
+            options_record["split"] = {"random": list(random_split[0]), "seed": random_split[1]}
+        write_manifest(tmp, DATASET_FORMAT, DATASET_VERSION, {
+            "num_nodes": num_nodes,
+            "num_edges": csc.num_edges,
+            "num_classes": num_classes,
+            "index_dtype": csc.index_dtype,
+            "features": feat_info,
+            "splits": {name: int(idx.size) for name, idx in split_arrays.items()},
+            "arrays": arrays,
+            "options": options_record,
+            "sources": {"edges": edges.describe(), "features": features.describe() if features else None,
+                        **(sources or {})},
+            "import": {"input_edges": csc.input_edges, "self_loops_dropped": csc.self_loops_dropped,
+                       "duplicates_dropped": csc.duplicates_dropped, "csc_parts": csc.parts,
+                       "seconds": round(seconds, 3)},
+            **(extra_manifest or {}),
+        })
+    log.info("imported %s: %d nodes, %d edges%s in %.1f s", Path(out), num_nodes, csc.num_edges,
+             f", {feat_info['dim']}-d {feat_info['dtype']} features" if feat_info else "", time.perf_counter() - t0)
+    return Path(out)

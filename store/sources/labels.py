@@ -1,0 +1,158 @@
+"""Labels and train/val/test splits: node-sized arrays, checked and held in memory.
+
+Labels are class ids ``0..C-1`` (int64), ``-1`` for an unlabelled node. Splits
+are sorted int64 node-index arrays; they may be given as index arrays, boolean
+masks of length ``num_nodes``, or drawn at random (``random:0.6,0.2,0.2``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .npy import NpzMember, open_npy, require_file
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _read_array(path: str | os.PathLike, what: str, option: str, column: str | None = None) -> np.ndarray:
+    p = require_file(path, what, option)
+    name = p.name.lower()
+    if name.endswith(".npy"):
+        return np.asarray(open_npy(p, what, option))
+    if name.endswith((".parquet", ".pq")):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise InputError(f"{what} file {p} is not a readable Parquet file ({str(e).splitlines()[0]}); re-create it") from None
+        if column is None:
+            if table.num_columns != 1:
+                raise InputError(f"{what} file {p} has {table.num_columns} columns; name the one to use with {option.rstrip('s')}-column")
+            column = table.column_names[0]
+        if column not in table.column_names:
+            raise InputError(f"{what} file {p} has no column {column!r} (it has: {', '.join(table.column_names[:8])}); name the right column")
+        col = table.column(column)
+        if col.null_count:
+            raise InputError(f"column {column!r} of {what} file {p} has {col.null_count} empty values; use -1 for unlabelled nodes")
+        return col.to_numpy()
+    raise InputError(f"cannot tell the format of {what} file {p} from its name; use a .npy or .parquet file")
+
+
+def load_labels(path: str | os.PathLike, column: str | None = None, option: str = "--labels") -> tuple[np.ndarray, str]:
+    """Labels from a ``.npy`` or Parquet file; returns (labels as given, label for messages)."""
+    return _read_array(path, "labels", option, column), f"labels file {Path(path)}"
+
+
+def npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
+    """A node-sized member of an ``.npz`` archive, loaded whole."""
+    m = NpzMember(path, key)
+    try:
+        return m.read_all()
+    finally:
+        m.close()
+
+
+def check_labels(labels: np.ndarray, num_nodes: int, num_classes: int | None, label: str,
+                 nodes_from: str) -> tuple[np.ndarray, int]:
+    """Validate labels; returns (int64 labels, number of classes).
+
+    Raises:
+        InputError: not 1-D integers, wrong length, or a value outside ``-1..C-1``.
+    """
+    if labels.ndim != 1:
+        raise InputError(f"{label} has shape {labels.shape}; labels must be a 1-D array with one class id per node")
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise InputError(f"{label} has dtype {labels.dtype}; labels must be integer class ids (-1 for unlabelled): convert them")
+    if labels.shape[0] != num_nodes:
+        raise InputError(f"{label} has {labels.shape[0]} labels but the graph has {num_nodes} nodes ({nodes_from}); give one label per node")
+    labels = labels.astype(np.int64, copy=False)
+    if labels.size:
+        lo = int(labels.min())
+        if lo < -1:
+            i = int(np.argmax(labels < -1))
+            raise InputError(f"{label} holds label {lo} at node {i}; labels must be class ids 0..C-1, or -1 for an unlabelled node")
+        hi = int(labels.max())
+        if num_classes is not None and hi >= num_classes:
+            i = int(np.argmax(labels >= num_classes))
+            raise InputError(f"{label} holds label {hi} at node {i} but --num-classes is {num_classes}; fix the label or raise --num-classes")
+    else:
+        hi = -1
+    return labels, int(num_classes if num_classes is not None else hi + 1)
+
+
+def as_index_split(values: np.ndarray, num_nodes: int, name: str, label: str) -> np.ndarray:
+    """An index array or boolean mask → sorted unique int64 node indices.
+
+    Raises:
+        InputError: wrong dtype, mask of the wrong length, an index out of range, or repeated indices.
+    """
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise InputError(f"{label} ({name} split) has shape {values.shape}; a split must be a 1-D index array or boolean mask")
+    if values.dtype == np.bool_:
+        if values.shape[0] != num_nodes:
+            raise InputError(f"{label} ({name} split) is a boolean mask of length {values.shape[0]} but the graph has {num_nodes} nodes; give one entry per node")
+        return np.flatnonzero(values).astype(np.int64)
+    if values.dtype.kind not in "iu":
+        raise InputError(f"{label} ({name} split) has dtype {values.dtype}; a split must hold integer node indices or booleans")
+    idx = values.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= num_nodes):
+        bad = int(idx[(idx < 0) | (idx >= num_nodes)][0])
+        raise InputError(f"{label} ({name} split) holds node index {bad}, outside 0..{num_nodes - 1}; fix the index or the node count")
+    out = np.unique(idx)
+    if out.size != idx.size:
+        raise InputError(f"{label} ({name} split) lists {idx.size - out.size} node indices more than once; remove the repeats")
+    return out
+
+
+def parse_random_split(spec: str) -> tuple[float, float, float]:
+    """``random:0.6,0.2,0.2`` → fractions (train, val, test)."""
+    try:
+        kind, fracs = spec.split(":", 1)
+        parts = tuple(float(x) for x in fracs.split(","))
+    except ValueError:
+        kind, parts = "", ()
+    if kind != "random" or len(parts) != 3 or any(f < 0 for f in parts) or sum(parts) > 1 + 1e-9:
+        raise InputError(f"--split {spec!r} is not understood; write random:TRAIN,VAL,TEST with fractions that sum to at most 1, e.g. random:0.6,0.2,0.2")
+    return parts  # type: ignore[return-value]
+
+
+def random_splits(fractions: tuple[float, float, float], seed: int, num_nodes: int,
+                  labels: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Random disjoint splits over the labelled nodes (all nodes when there are no labels).
+
+    A permutation from ``numpy.random.default_rng(seed)``; the first
+    ``round(f_train * n)`` go to train, the next ``round(f_val * n)`` to val,
+    the next ``round(f_test * n)`` to test; each split is sorted.
+    """
+    pool = np.flatnonzero(labels >= 0) if labels is not None else np.arange(num_nodes, dtype=np.int64)
+    perm = np.random.default_rng(seed).permutation(pool)
+    n = pool.size
+    a = int(round(fractions[0] * n))
+    b = min(n, a + int(round(fractions[1] * n)))
+    c = min(n, b + int(round(fractions[2] * n)))
+    return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:c])}
+
+
+def check_disjoint(splits: dict[str, np.ndarray], num_nodes: int) -> None:
+    """Refuse splits that share nodes, naming the pair and one shared node."""
+    seen = np.full(num_nodes, -1, dtype=np.int8)
+    names = list(splits)
+    for k, name in enumerate(names):
+        idx = splits[name]
+        clash = seen[idx]
+        if (clash >= 0).any():
+            j = int(np.argmax(clash >= 0))
+            other = names[int(clash[j])]
+            count = int((clash >= 0).sum())
+            raise InputError(f"the {other} and {name} splits share {count} nodes (node {int(idx[j])} is in both); splits must be disjoint: fix the split files")
+        seen[idx] = k
