@@ -8,7 +8,7 @@ order; nothing depends on numpy's random streams (whose algorithms may change
 between numpy versions).
 
 R-MAT edges (:func:`rmat_edges`)
-    Edge i descends ``scale = ceil(log2 N)`` levels of the adjacency matrix; at
+    Edge i descends ``scale = max(1, ceil(log2 N))`` levels of the adjacency matrix; at
     each level it picks quadrant (0,0), (0,1), (1,0) or (1,1) with
     probabilities a, b, c, d (16-bit resolution, four levels per 64-bit hash),
     which sets one bit of the source and one bit of the destination.
@@ -16,9 +16,10 @@ R-MAT edges (:func:`rmat_edges`)
     (two rounds of odd-multiply-add and xor-shift, :func:`scramble`) so that
     degree is not correlated with id. When either id is ``>= N`` the whole
     edge is redrawn with the next attempt number (so the edge follows the
-    R-MAT distribution conditioned on both ids being valid); after
-    ``MAX_ATTEMPTS`` failures (probability below 1e-8 per edge) the last draw
-    is folded with ``id % N``.
+    R-MAT distribution conditioned on both ids being valid). An attempt
+    succeeds with probability about ``(N / 2**scale)**2 >= 1/4`` on large
+    graphs, so the rare edge that fails ``MAX_ATTEMPTS`` times (about 1e-8 of
+    them) keeps its last draw folded with ``id % N``.
     Homophily: with probability ``homophily`` the destination is then moved
     to the node of the source's class in the destination's block of
     ``classes`` consecutive ids (``v' = v - v % C + u % C``, minus C when that
@@ -28,8 +29,10 @@ R-MAT edges (:func:`rmat_edges`)
     merges them.
 
 Gaussian features (:func:`gaussian_rows`)
-    Element (row, col) is a standard normal from a Box-Muller pair hashed from
-    (key, row, col // 2), plus ``means[labels[row] - ...]``.
+    Element (row, col) is ``means[labels[row], col]`` plus a standard normal:
+    the cosine (even col) or sine (odd col) half of a Box-Muller pair whose two
+    24-bit uniforms come from one hash of (key, row, col // 2), computed in
+    float32 (so the noise is bounded by ``sqrt(2 ln 2**24)``, about 5.8).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _MASK16 = np.uint64(0xFFFF)
-_MASK32 = np.uint64(0xFFFFFFFF)
+_MASK24 = np.uint64(0xFFFFFF)
 
 
 @njit(cache=True, inline="always")
@@ -72,7 +75,7 @@ def scramble(x, mask, shift, m1, k1, m2, k2):
     return x
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def rmat_edges(key, start, scale, num_nodes, thresholds, scramble_params, homophily16, classes, src, dst):
     """Fill ``src[j], dst[j]`` with edge ``start + j`` of the R-MAT stream, for every j.
 
@@ -100,28 +103,40 @@ def rmat_edges(key, start, scale, num_nodes, thresholds, scramble_params, homoph
         u = np.uint64(0)
         v = np.uint64(0)
         for attempt in range(MAX_ATTEMPTS):
+            # The quadrant of a level is one 16-bit number r: u bit = r >= t1; v bit = r >= t0
+            # when u bit is 0, r >= t2 when it is 1. The source is drawn first, so an attempt
+            # whose source is out of range stops early; the destination then re-derives the
+            # same r values (same hashes), so the pair is exactly the R-MAT draw.
+            base = hash3(key, e, np.uint64(attempt))
             u = np.uint64(0)
+            level = 0
+            for w in range(nlevel_words):
+                h = mix64(base + _GOLDEN * np.uint64(w + 1))
+                for _q in range(4):
+                    if level < scale:
+                        u = (u << np.uint64(1)) | np.uint64((h & _MASK16) >= t1)
+                        h >>= np.uint64(16)
+                        level += 1
+            u = scramble(u, mask, shift, m1, k1, m2, k2)
+            if u >= n:
+                continue
             v = np.uint64(0)
             level = 0
             for w in range(nlevel_words):
-                h = hash3(key, e, np.uint64(attempt * 16 + w))
+                h = mix64(base + _GOLDEN * np.uint64(w + 1))
                 for _q in range(4):
                     if level < scale:
                         r = h & _MASK16
+                        t = t2 if r >= t1 else t0
+                        v = (v << np.uint64(1)) | np.uint64(r >= t)
                         h >>= np.uint64(16)
-                        # branch-free quadrant choice: u bit = r >= t1, v bit = [t0,t1) or [t2,1)
-                        b0 = np.uint64(r >= t0)
-                        b1 = np.uint64(r >= t1)
-                        b2 = np.uint64(r >= t2)
-                        u = (u << np.uint64(1)) | b1
-                        v = (v << np.uint64(1)) | (b0 ^ b1 ^ b2)
                         level += 1
-            u = scramble(u, mask, shift, m1, k1, m2, k2)
             v = scramble(v, mask, shift, m1, k1, m2, k2)
-            if u < n and v < n:
+            if v < n:
                 break
-        u = u % n
-        v = v % n
+        if u >= n or v >= n:  # every attempt failed: fold
+            u = u % n
+            v = v % n
         if homophily16 > np.uint64(0):
             h = hash3(ckey, e, np.uint64(0))
             if (h & _MASK16) < homophily16:
@@ -134,7 +149,7 @@ def rmat_edges(key, start, scale, num_nodes, thresholds, scramble_params, homoph
         dst[j] = np.int64(v)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def gaussian_rows(key, start, labels, means, out):
     """Fill ``out[i, :]`` with ``means[labels[i]] + N(0, 1)`` noise for row ``start + i``.
 
@@ -143,21 +158,21 @@ def gaussian_rows(key, start, labels, means, out):
         start: int64 global index of the first row.
         labels: int64[count] class of each row (an index into ``means``).
         means: float32[C, dim] per-class offsets (all zeros for pure noise).
-        out: [count, dim] float32 or float16 output.
+        out: float32 [count, dim] output (narrow to float16/bfloat16 afterwards).
     """
     count, dim = out.shape
-    two_pi = 6.283185307179586
-    inv32 = 1.0 / 4294967296.0
+    two_pi = np.float32(6.2831855)
+    inv24 = np.float32(1.0 / 16777216.0)
     for i in prange(count):
         row = np.uint64(start + i)
         mu = means[labels[i]]
         for p in range((dim + 1) // 2):
             h = hash3(key, row, np.uint64(p))
-            u1 = (np.float64(h >> np.uint64(32)) + 1.0) * inv32  # (0, 1]
-            u2 = np.float64(h & _MASK32) * inv32  # [0, 1)
-            rad = np.sqrt(-2.0 * np.log(u1))
+            u1 = (np.float32(h >> np.uint64(40)) + np.float32(1.0)) * inv24  # (0, 1]
+            u2 = np.float32((h >> np.uint64(8)) & _MASK24) * inv24  # [0, 1)
+            rad = np.sqrt(np.float32(-2.0) * np.log(u1))
             ang = two_pi * u2
             c = 2 * p
-            out[i, c] = np.float32(mu[c] + rad * np.cos(ang))
+            out[i, c] = mu[c] + rad * np.cos(ang)
             if c + 1 < dim:
-                out[i, c + 1] = np.float32(mu[c + 1] + rad * np.sin(ang))
+                out[i, c + 1] = mu[c + 1] + rad * np.sin(ang)

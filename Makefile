@@ -1,0 +1,36 @@
+# diskgraph developer commands. `make demo` and `make test` work on a fresh machine:
+# they install the package (editable) with the pinned CPU torch from constraints.txt.
+PY ?= python3
+PIP = $(PY) -m pip
+DEMO ?= demo-data
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench-import clean
+
+install:
+	$(PIP) install -q -e ".[test]" -c constraints.txt
+
+# generate raw inputs → import them → inspect and verify; then import a real shared dataset.
+demo: install
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	$(PY) -m diskgraph generate --format raw --nodes 200000 --edges 4000000 --feature-dim 64 --classes 8 --seed 0 --out $(DEMO)/raw
+	$(PY) -m diskgraph preprocess import --edges $(DEMO)/raw/edges.npy --features $(DEMO)/raw/features.npy \
+		--labels $(DEMO)/raw/labels.npy --split random:0.6,0.2,0.2 --dedup --drop-self-loops \
+		--memory-budget 256M --out $(DEMO)/synthetic
+	$(PY) -m diskgraph inspect $(DEMO)/synthetic --verify
+	@if [ -f ../shared/datasets/cora/data.npz ]; then \
+		$(PY) -m diskgraph preprocess import --npz ../shared/datasets/cora/data.npz --out $(DEMO)/cora && \
+		$(PY) -m diskgraph inspect $(DEMO)/cora --verify; \
+	fi
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench-import: install
+	$(PY) tools/bench/import_oocore.py
+
+clean:
+	rm -rf $(DEMO) build *.egg-info .pytest_cache
