@@ -98,9 +98,8 @@ def _run_import(args: argparse.Namespace) -> int:
     from .store.sources.edges import open_edges
     from .store.sources.features import open_features
     from .store.sources.labels import load_labels, parse_random_split
-    from .store.sources.npy import open_npy
     from .store.sources.npz_layout import open_npz_dataset
-    from .store.sources.labels import _read_array
+    from .store.sources.labels import read_node_array
 
     if not args.out:
         raise InputError("no output directory given; pass --out DIR")
@@ -123,7 +122,7 @@ def _run_import(args: argparse.Namespace) -> int:
     if explicit:
         if args.split:
             raise InputError("--split and --train/--val/--test both give splits; use one or the other")
-        splits = {name: (_read_array(path, f"{name} split", f"--{name}"), f"{name} split file {path}")
+        splits = {name: (read_node_array(path, f"{name} split", f"--{name}"), f"{name} split file {path}")
                   for name, path in explicit.items()}
     elif args.split:
         splits = {}
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if section and args.config:
             leaf = leaves[section]
             all_dests = {a.dest for p in leaves.values() for a in p._actions}
-            apply_config(args.config, section, leaf, all_dests)
+            apply_config(args.config, section, leaf, all_dests, set(leaves))
             args = parser.parse_args(argv)
         if section and args.print_config:
             print(render_config(section, args, leaves[section]), end="")

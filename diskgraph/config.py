@@ -80,24 +80,36 @@ def _check_type(key: str, value, action: argparse.Action, path: str):
         raise InputError(f"config file {path}: {key} must be a single value (it sets {flag})")
     if isinstance(value, bool):
         raise InputError(f"config file {path}: {key} must be a value for {flag}, not true/false")
-    if action.type is not None and not isinstance(value, str):
+    # check values here, naming the file: argparse checks neither the choices of defaults nor,
+    # for string defaults, names where a bad one came from
+    if action.type is not None:
         try:
-            return action.type(str(value))
-        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            value = action.type(str(value))
+        except (argparse.ArgumentTypeError, ValueError, TypeError, OverflowError):
             raise InputError(f"config file {path}: {key} = {value!r} is not a valid value for {flag}") from None
+    if action.choices is not None and value not in action.choices:
+        raise InputError(f"config file {path}: {key} = {value!r} is not one of {', '.join(map(str, action.choices))} "
+                         f"(it sets {flag})")
     return value
 
 
-def apply_config(path: str, section: str, parser: argparse.ArgumentParser, all_dests: set[str]) -> dict:
+def apply_config(path: str, section: str, parser: argparse.ArgumentParser, all_dests: set[str],
+                 all_sections: set[str] | None = None) -> dict:
     """Set ``parser``'s defaults from the config file; returns the values applied.
 
+    ``all_sections`` (when given) are the table names any command reads; another table is refused.
+
     Raises:
-        InputError: unknown keys or values of the wrong type.
+        InputError: unknown keys or tables, or values of the wrong type.
     """
     data = load_config_file(path)
     known = _actions(parser)
     values = {}
     sections = {k for k, v in data.items() if isinstance(v, dict)}
+    unknown_tables = sorted(sections - all_sections) if all_sections is not None else []
+    if unknown_tables:
+        tables = ", ".join(f"[{t}]" for t in sorted(all_sections))
+        raise InputError(f"config file {path}: unknown table [{unknown_tables[0]}]; the tables are {tables}")
     for key, value in data.items():
         if key in sections:
             continue

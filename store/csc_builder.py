@@ -119,6 +119,20 @@ def max_node_id(edges: EdgeSource, chunk_edges: int, progress_desc: str = "scann
     return hi
 
 
+def _ensure_open_files(needed: int, memory_budget: int) -> None:
+    """Raise the soft limit on open files to ``needed`` (one spill file per destination range)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise InputError(
+                f"--memory-budget {format_bytes(memory_budget)} splits the topology into {needed - 64} ranges, more files "
+                f"than this system lets one process open ({hard}); raise --memory-budget"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def _partition(counts: np.ndarray, max_edges: int) -> np.ndarray:
     """Range boundaries ``b`` (node ids) so that each range ``[b[i], b[i+1])`` has ≤ max_edges in-edges.
 
@@ -140,11 +154,13 @@ def _partition(counts: np.ndarray, max_edges: int) -> np.ndarray:
 
 def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, undirected: bool = False,
               dedup: bool = False, drop_self_loops: bool = False, memory_budget: int,
-              tmp_dir: Path | None = None) -> CSCResult:
+              tmp_dir: Path | None = None, part_edges: int | None = None) -> CSCResult:
     """Build the CSC arrays ``out/indptr`` (int64 [N+1]) and ``out/indices`` ([E], int32 or int64).
 
     ``memory_budget`` (bytes) bounds what this step holds: ``8 * (N + 1)`` bytes of
-    counts plus edge chunks and one destination range at a time.
+    counts plus edge chunks and one destination range at a time. ``part_edges``
+    caps the edges per destination range below what the budget allows (tests
+    use it to exercise the multi-range path on small graphs).
 
     Raises:
         InputError: an id out of range, or a budget too small for the node count.
@@ -178,6 +194,8 @@ def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, 
     place_room = edge_room - chunk_edges * (64 if undirected else 40)
     per_edge = 2 * w + w + (w if dedup else 0) + PLACE_BYTES_PER_EDGE_SLACK
     max_part_edges = max(1 << 16, place_room // per_edge)
+    if part_edges is not None:
+        max_part_edges = min(max_part_edges, max(1, part_edges))
     bounds = _partition(counts, max_part_edges)
     parts = len(bounds) - 1
     if parts > 1:
@@ -190,6 +208,7 @@ def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, 
     spills: list[AppendFile] = []
     try:
         if parts > 1:
+            _ensure_open_files(parts + 64, memory_budget)
             spill_dir = Path(tmp_dir or out) / "_spill"
             spill_dir.mkdir(parents=True, exist_ok=True)
             spills = [AppendFile(spill_dir / f"part{p}.bin") for p in range(parts)]
@@ -230,7 +249,7 @@ def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, 
                     got = path.stat().st_size // pair_bytes
                     if got != n_edges:
                         raise RuntimeError(f"spill file {path} holds {got} edges, expected {n_edges}")
-                    block_pairs = max(1, (16 << 20) // pair_bytes)
+                    block_pairs = max(1, min(16 << 20, memory_budget // 16) // pair_bytes)
                     with open(path, "rb") as f:
                         while True:
                             pairs = np.fromfile(f, dtype=idx_dtype, count=2 * block_pairs).reshape(-1, 2)

@@ -120,6 +120,10 @@ class Dataset:
         ptr = self.indptr
         for s in range(0, self.num_nodes, slice_nodes):
             deg = np.diff(np.asarray(ptr[s:min(s + slice_nodes, self.num_nodes) + 1]))
+            if deg.size and deg.min() < 0:
+                v = s + int(np.argmax(deg < 0))
+                raise FormatError(f"{self.path / 'topology' / 'indptr'} decreases at node {v}; the dataset is damaged, "
+                                  "re-import it")
             h = np.bincount(deg)
             if h.size > hist.size:
                 h[: hist.size] += hist
@@ -205,6 +209,10 @@ class Dataset:
         step = 1 << 20
         for s in range(0, self.num_nodes, step):
             e = min(s + step, self.num_nodes)
+            # a decreasing indptr is reported here: the kernel would index past the ends of `indices`
+            down = np.flatnonzero(np.diff(ptr[s:e + 1]) < 0)
+            if down.size:
+                return ["topology: " + _CSC_PROBLEMS[1].format(v=s + int(down[0]))]
             code, v = kernels.check_segments(ptr[s:e + 1], idx, 0, self.num_nodes, unique)
             if code:
                 return ["topology: " + _CSC_PROBLEMS[code].format(v=s + v)]

@@ -98,7 +98,11 @@ def copy_features(source: FeatureSource, out: Path, dtype: str, *, allow_nonfini
     t0 = time.perf_counter()
     row_bytes_out = source.dim * itemsize(dtype)
     row_bytes_in = source.dim * max(itemsize(source.dtype) if source.dtype in STORED_DTYPES else 8, 1)
-    chunk_rows = max(1, CHUNK_BYTES // max(1, row_bytes_out))
+    chunk_rows = max(1, min(CHUNK_BYTES, memory_budget // 8) // max(1, row_bytes_out))
+    if source.num_rows:
+        # the same number of chunks, evened out so the padded last chunk wastes little
+        n_chunks = -(-source.num_rows // chunk_rows)
+        chunk_rows = -(-source.num_rows // n_chunks)
     rows_per_slice = max(1, (memory_budget // 4) // max(1, row_bytes_in + row_bytes_out))
     writer = RowChunkWriter(out, source.num_rows, (source.dim,), dtype, chunk_rows)
     total_bytes = source.num_rows * row_bytes_out

@@ -8,6 +8,7 @@ file is durable (fdatasync) before the directory holding it is renamed into plac
 
 from __future__ import annotations
 
+import json
 import os
 
 FLUSH_BYTES = 64 << 20
@@ -109,3 +110,15 @@ def dir_size(path: str | os.PathLike) -> int:
             except FileNotFoundError:
                 pass
     return total
+
+
+def read_json(path: str | os.PathLike, missing: str, damaged: str):
+    """Parse the JSON file at ``path``; raises FormatError with ``missing`` or ``damaged`` as the message."""
+    from .errors import FormatError
+
+    try:
+        return json.loads(open(path, "rb").read())
+    except FileNotFoundError:
+        raise FormatError(missing) from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise FormatError(damaged) from None

@@ -116,7 +116,7 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
     """
     t0 = time.perf_counter()
     opts = options or ImportOptions()
-    budget = opts.memory_budget or default_memory_budget()
+    budget = opts.memory_budget if opts.memory_budget is not None else default_memory_budget()
     target = AtomicDirectory(out, overwrite=opts.overwrite)
     target.check()
 
@@ -139,7 +139,7 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
             split_arrays[name] = as_index_split(values, num_nodes, name, label)
     elif random_split is not None:
         split_arrays = random_splits(random_split[0], random_split[1], num_nodes, labels)
-    check_disjoint(split_arrays, num_nodes)
+    check_disjoint(split_arrays, num_nodes, {name: label for name, (_, label) in splits.items()} if splits else None)
 
     arrays: dict[str, dict] = {}
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from .errors import FormatError
-from .files import write_file
+from .files import read_json, write_file
 
 MANIFEST_NAME = "manifest.json"
 PACKAGE_VERSION = "0.1.0"
@@ -54,12 +54,8 @@ def read_manifest(directory: str | os.PathLike, fmt: str, max_version: int) -> d
         raise FormatError(f"{directory} does not exist; pass the directory that {maker} wrote")
     if not directory.is_dir():
         raise FormatError(f"{directory} is a file, not {what} directory; pass the directory that {maker} wrote")
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{directory} is not {what} (it has no {MANIFEST_NAME}); create one with {maker}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise FormatError(f"{path} is not valid JSON; the directory is damaged, rebuild it with {maker}") from None
+    manifest = read_json(path, f"{directory} is not {what} (it has no {MANIFEST_NAME}); create one with {maker}",
+                         f"{path} is not valid JSON; the directory is damaged, rebuild it with {maker}")
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise FormatError(f"{path} describes {found!r}, not {what}; pass the directory that {maker} wrote")

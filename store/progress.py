@@ -22,24 +22,23 @@ def set_quiet(quiet: bool) -> None:
     _settings["quiet"] = bool(quiet)
 
 
+def _scaled(n: float, base: float, units: tuple[str, ...], sep: str) -> str:
+    n = float(n)
+    for unit in units:
+        if abs(n) < base or unit == units[-1]:
+            return f"{n:.0f}{sep}{unit}".rstrip() if unit == units[0] else f"{n:.1f}{sep}{unit}"
+        n /= base
+    raise AssertionError("unreachable")
+
+
 def format_bytes(n: float) -> str:
     """``n`` bytes as a short human string, binary units (``1.5 GiB``)."""
-    n = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    return _scaled(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"), " ")
 
 
 def format_count(n: float) -> str:
     """A count with SI suffixes (``12.3M``)."""
-    n = float(n)
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
+    return _scaled(n, 1000, ("", "K", "M", "G", "T"), "")
 
 
 class Progress:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import FormatError
-from .files import AppendFile, write_file
+from .files import AppendFile, read_json, write_file
 
 BFLOAT16 = "bfloat16"
 """Name of the bfloat16 logical dtype; arrays of it are numpy ``uint16`` bit patterns."""
@@ -218,12 +218,8 @@ class RawArray:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         meta_file = self.path / "zarr.json"
-        try:
-            meta = json.loads(meta_file.read_text())
-        except FileNotFoundError:
-            raise FormatError(f"array {self.path} is missing its zarr.json; the directory is incomplete, rebuild it") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise FormatError(f"{meta_file} is not valid JSON; the directory is damaged, rebuild it") from None
+        meta = read_json(meta_file, f"array {self.path} is missing its zarr.json; the directory is incomplete, rebuild it",
+                         f"{meta_file} is not valid JSON; the directory is damaged, rebuild it")
         codecs = meta.get("codecs", [])
         if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or len(codecs) != 1
                 or codecs[0].get("name") != "bytes"

@@ -42,9 +42,13 @@ class FeatureSource:
     dim: int = 0
     dtype: str = "float32"
 
+    array = None
+    """An array-like ``[num_rows, dim]`` sliced by rows (memmap, Zarr array), for sources that have one."""
+
     def slices(self, rows_per_slice: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, rows)``, rows of shape ``[k, dim]``, in order, k ≤ rows_per_slice."""
-        raise NotImplementedError
+        for s in range(0, self.num_rows, rows_per_slice):
+            yield s, np.asarray(self.array[s:s + rows_per_slice])
 
     def describe(self) -> dict:
         """What to record about this input in a manifest."""
@@ -72,10 +76,6 @@ class NpyFeatures(FeatureSource):
         _check_2d(self.array.shape, self.label)
         self.num_rows, self.dim = (int(s) for s in self.array.shape)
         self.dtype = _logical_dtype(self.array.dtype)
-
-    def slices(self, rows_per_slice: int):
-        for s in range(0, self.num_rows, rows_per_slice):
-            yield s, np.asarray(self.array[s:s + rows_per_slice])
 
     def describe(self) -> dict:
         return {"kind": "npy", "path": str(self.path.absolute()), "dtype": self.dtype}
@@ -125,10 +125,6 @@ class ZarrFeatures(FeatureSource):
         self.num_rows, self.dim = (int(s) for s in self.array.shape)
         self.dtype = _logical_dtype(np.dtype(self.array.dtype), dict(self.array.attrs))
 
-    def slices(self, rows_per_slice: int):
-        for s in range(0, self.num_rows, rows_per_slice):
-            yield s, np.asarray(self.array[s:s + rows_per_slice])
-
     def describe(self) -> dict:
         return {"kind": "zarr", "path": str(self.path.absolute()), "dtype": self.dtype}
 
@@ -157,10 +153,6 @@ class RawFeatures(FeatureSource):
         self.num_rows, self.dim, self.dtype = size // row_bytes, int(dim), dtype
         self.array = (np.memmap(self.path, dtype=sdt, mode="r", shape=(self.num_rows, self.dim))
                       if self.num_rows else np.zeros((0, self.dim), sdt))
-
-    def slices(self, rows_per_slice: int):
-        for s in range(0, self.num_rows, rows_per_slice):
-            yield s, np.asarray(self.array[s:s + rows_per_slice])
 
     def describe(self) -> dict:
         return {"kind": "raw", "path": str(self.path.absolute()), "dtype": self.dtype, "dim": self.dim}

@@ -18,7 +18,8 @@ from .npy import NpzMember, open_npy, require_file
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def _read_array(path: str | os.PathLike, what: str, option: str, column: str | None = None) -> np.ndarray:
+def read_node_array(path: str | os.PathLike, what: str, option: str, column: str | None = None) -> np.ndarray:
+    """A node-sized 1-D array from ``.npy`` or Parquet (``column``, or the only column), loaded whole."""
     p = require_file(path, what, option)
     name = p.name.lower()
     if name.endswith(".npy"):
@@ -33,7 +34,8 @@ def _read_array(path: str | os.PathLike, what: str, option: str, column: str | N
             raise InputError(f"{what} file {p} is not a readable Parquet file ({str(e).splitlines()[0]}); re-create it") from None
         if column is None:
             if table.num_columns != 1:
-                raise InputError(f"{what} file {p} has {table.num_columns} columns; name the one to use with {option.rstrip('s')}-column")
+                hint = "name the one to use with --label-column" if option == "--labels" else "keep only the index or mask column"
+                raise InputError(f"{what} file {p} has {table.num_columns} columns; {hint}")
             column = table.column_names[0]
         if column not in table.column_names:
             raise InputError(f"{what} file {p} has no column {column!r} (it has: {', '.join(table.column_names[:8])}); name the right column")
@@ -46,7 +48,7 @@ def _read_array(path: str | os.PathLike, what: str, option: str, column: str | N
 
 def load_labels(path: str | os.PathLike, column: str | None = None, option: str = "--labels") -> tuple[np.ndarray, str]:
     """Labels from a ``.npy`` or Parquet file; returns (labels as given, label for messages)."""
-    return _read_array(path, "labels", option, column), f"labels file {Path(path)}"
+    return read_node_array(path, "labels", option, column), f"labels file {Path(path)}"
 
 
 def npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
@@ -143,10 +145,15 @@ def random_splits(fractions: tuple[float, float, float], seed: int, num_nodes: i
     return {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:c])}
 
 
-def check_disjoint(splits: dict[str, np.ndarray], num_nodes: int) -> None:
-    """Refuse splits that share nodes, naming the pair and one shared node."""
+def check_disjoint(splits: dict[str, np.ndarray], num_nodes: int, labels: dict[str, str] | None = None) -> None:
+    """Refuse splits that share nodes, naming the pair, their origins (``labels``) and one shared node."""
     seen = np.full(num_nodes, -1, dtype=np.int8)
     names = list(splits)
+
+    def named(split: str) -> str:
+        origin = (labels or {}).get(split)
+        return f"the {split} split ({origin})" if origin else f"the {split} split"
+
     for k, name in enumerate(names):
         idx = splits[name]
         clash = seen[idx]
@@ -154,5 +161,6 @@ def check_disjoint(splits: dict[str, np.ndarray], num_nodes: int) -> None:
             j = int(np.argmax(clash >= 0))
             other = names[int(clash[j])]
             count = int((clash >= 0).sum())
-            raise InputError(f"the {other} and {name} splits share {count} nodes (node {int(idx[j])} is in both); splits must be disjoint: fix the split files")
+            raise InputError(f"{named(other)} and {named(name)} share {count} nodes (node {int(idx[j])} is in both); "
+                             "splits must be disjoint: fix the split files")
         seen[idx] = k
