@@ -154,13 +154,15 @@ def _partition(counts: np.ndarray, max_edges: int) -> np.ndarray:
 
 def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, undirected: bool = False,
               dedup: bool = False, drop_self_loops: bool = False, memory_budget: int,
-              tmp_dir: Path | None = None, part_edges: int | None = None) -> CSCResult:
+              tmp_dir: Path | None = None, part_edges: int | None = None,
+              held_bytes: int = 0) -> CSCResult:
     """Build the CSC arrays ``out/indptr`` (int64 [N+1]) and ``out/indices`` ([E], int32 or int64).
 
     ``memory_budget`` (bytes) bounds what this step holds: ``8 * (N + 1)`` bytes of
     counts plus edge chunks and one destination range at a time. ``part_edges``
     caps the edges per destination range below what the budget allows (tests
-    use it to exercise the multi-range path on small graphs).
+    use it to exercise the multi-range path on small graphs). ``held_bytes`` is
+    memory the caller holds meanwhile (labels, splits), taken off the budget.
 
     Raises:
         InputError: an id out of range, or a budget too small for the node count.
@@ -168,13 +170,13 @@ def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, 
     t0 = time.perf_counter()
     idx_dtype = kernels.index_dtype(num_nodes)
     w = idx_dtype.itemsize
-    node_bytes = 8 * (num_nodes + 1) * 2  # counts + a cumulative copy while partitioning
+    node_bytes = 8 * (num_nodes + 1) * 2 + held_bytes  # counts + a cumulative copy while partitioning
     edge_room = memory_budget - node_bytes
     min_room = 16 << 20
     if edge_room < min_room:
         raise InputError(
             f"--memory-budget {format_bytes(memory_budget)} is too small for {num_nodes} nodes: building the topology needs "
-            f"about {format_bytes(node_bytes + min_room)} (16 bytes per node plus room for edges); raise --memory-budget"
+            f"about {format_bytes(node_bytes + min_room)} (16 bytes per node, 8 more per labelled node and split entry, plus room for edges); raise --memory-budget"
         )
     # A chunk of input expands to src+dst int64 (16 B/edge), twice with undirected, plus temporaries.
     chunk_edges = int(np.clip(edge_room // 4 // (64 if undirected else 40), 1 << 14, 1 << 23))
@@ -211,7 +213,9 @@ def build_csc(out: Path, edges: EdgeSource, num_nodes: int, nodes_from: str, *, 
             _ensure_open_files(parts + 64, memory_budget)
             spill_dir = Path(tmp_dir or out) / "_spill"
             spill_dir.mkdir(parents=True, exist_ok=True)
-            spills = [AppendFile(spill_dir / f"part{p}.bin") for p in range(parts)]
+            # sync and drop each spill file every few MiB so dirty pages stay within the budget
+            flush = int(np.clip(memory_budget // (8 * parts), 1 << 20, 64 << 20))
+            spills = [AppendFile(spill_dir / f"part{p}.bin", flush_bytes=flush) for p in range(parts)]
             part_of = np.repeat(np.arange(parts, dtype=np.int32), np.diff(bounds))
             offsets = np.zeros(parts + 1, dtype=np.int64)
             with Progress("topology: spilling", edges.num_edges, "edges") as bar:

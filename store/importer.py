@@ -158,10 +158,11 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
             for name, idx in split_arrays.items():
                 shape, sha = write_array(tmp / "splits" / name, idx, "int64")
                 record(f"splits/{name}", shape, sha, "int64")
-        del labels
         write_group(tmp / "topology")
+        # labels and splits stay referenced (by the caller too) while the topology is built
+        held = sum(a.nbytes for a in split_arrays.values()) + (labels.nbytes if labels is not None else 0)
         csc = build_csc(tmp / "topology", edges, num_nodes, nodes_from, undirected=opts.undirected, dedup=opts.dedup,
-                        drop_self_loops=opts.drop_self_loops, memory_budget=budget)
+                        drop_self_loops=opts.drop_self_loops, memory_budget=budget, held_bytes=held)
         record("topology/indptr", (num_nodes + 1,), csc.indptr_sha256, "int64")
         record("topology/indices", (csc.num_edges,), csc.indices_sha256, csc.index_dtype)
         feat_info = None

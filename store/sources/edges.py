@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..errors import InputError
-from .npy import NpzMember, open_npy, require_file
+from .npy import NpzMember, advise_sequential, open_npy, require_file
 from .tables import TableReader, part_files, table_format
 
 Chunk = tuple[int, np.ndarray, np.ndarray]
@@ -70,6 +70,7 @@ class NpyEdges(EdgeSource):
         self.path = require_file(path, "edges", option)
         self.label = f"edges file {self.path}"
         self.array = open_npy(self.path, "edges", option)
+        advise_sequential(self.array)
         self.rows_first = _check_edge_shape(self.array.shape, self.label)
         _check_edge_dtype(self.array.dtype, self.label)
         self.num_edges = int(self.array.shape[1] if self.rows_first else self.array.shape[0])

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..zarr_arrays import BFLOAT16, storage_dtype
-from .npy import NpzMember, open_npy, require_file
+from .npy import NpzMember, advise_sequential, open_npy, require_file
 from .tables import part_files
 
 STORED_DTYPES = ("float32", "float16", BFLOAT16)
@@ -73,6 +73,7 @@ class NpyFeatures(FeatureSource):
         self.path = require_file(path, "features", option)
         self.label = f"features file {self.path}"
         self.array = open_npy(self.path, "features", option)
+        advise_sequential(self.array)
         _check_2d(self.array.shape, self.label)
         self.num_rows, self.dim = (int(s) for s in self.array.shape)
         self.dtype = _logical_dtype(self.array.dtype)

@@ -8,6 +8,7 @@ sequentially, so even a compressed archive is read in bounded memory.
 
 from __future__ import annotations
 
+import mmap
 import os
 import zipfile
 from pathlib import Path
@@ -59,6 +60,18 @@ def open_npy(path: str | os.PathLike, what: str, option: str) -> np.ndarray:
     if need == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(p, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def advise_sequential(array: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped input is read front to back (once per pass).
+
+    Readahead then reads ahead of the cursor only, and pages behind it are
+    dropped first, so a pass over a file larger than a memory cap does not read
+    pages twice. A no-op for arrays that are not memory maps.
+    """
+    m = getattr(array, "_mmap", None)
+    if m is not None and hasattr(m, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+        m.madvise(mmap.MADV_SEQUENTIAL)
 
 
 class NpzMember:
