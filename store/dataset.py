@@ -162,7 +162,8 @@ class Dataset:
             out["unlabelled_nodes"] = int((lab < 0).sum())
         out["splits"] = {name: int(idx.shape[0]) for name, idx in self.splits.items()}
         disk = {name: dir_size(self.path / name) for name in self._arrays}
-        out["disk_bytes"] = {"total": dir_size(self.path), **disk}
+        manifest_bytes = (self.path / "manifest.json").stat().st_size
+        out["disk_bytes"] = {"total": sum(disk.values()) + manifest_bytes, **disk}
         out["options"] = self.manifest.get("options", {})
         return out
 

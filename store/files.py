@@ -69,6 +69,19 @@ class AppendFile:
             os.close(self.fd)
             self.fd = -1
 
+    # file-object protocol, so pyarrow can write through this class (pa.PythonFile)
+    closed = property(lambda self: self.fd < 0)
+
+    def tell(self) -> int:
+        """Bytes written so far."""
+        return self.bytes_written
+
+    def flush(self) -> None:
+        """Nothing to do: writes go straight to the file (syncs happen every ``flush_bytes``)."""
+
+    def writable(self) -> bool:
+        return True
+
     def abort(self) -> None:
         """Close without syncing (the caller is about to delete the file)."""
         if self.fd >= 0:

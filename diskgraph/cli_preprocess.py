@@ -1,0 +1,270 @@
+"""``diskgraph preprocess``: import, sample, pack, and all three in one go."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int
+from .store.errors import InputError
+from .units import parse_bytes
+
+
+# -- import ----------------------------------------------------------------------------------------
+
+def add_import_options(p: argparse.ArgumentParser) -> None:
+    """The options of `preprocess import` (also part of `preprocess all`)."""
+    i = p.add_argument_group("inputs")
+    i.add_argument("--npz", metavar="PATH", help="a data.npz with edges[/edges_upper], features, labels, train_idx/val_idx/test_idx "
+                   "(the shared datasets' layout); other input flags override its parts")
+    i.add_argument("--edges", metavar="PATH", help="edges: .npy [2,E] or [E,2]; Parquet/CSV file or directory of part files")
+    i.add_argument("--edges-format", choices=["npy", "parquet", "csv"], help="format of --edges (default: from the name)")
+    i.add_argument("--src-column", default="source", help="source-id column of Parquet/CSV edges (default: source; "
+                   "digits mean a 0-based position in a CSV without header)")
+    i.add_argument("--dst-column", default="target", help="target-id column of Parquet/CSV edges (default: target)")
+    i.add_argument("--features", metavar="PATH", help="node features: .npy, Zarr array, Parquet, or raw binary (with --dtype/--dim)")
+    i.add_argument("--features-format", choices=["npy", "zarr", "parquet", "raw"], help="format of --features (default: from the name)")
+    i.add_argument("--feature-column", help="Parquet list column holding each node's vector (default: the only list column, "
+                   "else one float column per dimension)")
+    i.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="value type of raw binary features")
+    i.add_argument("--dim", type=positive_int, help="features per node of raw binary features")
+    i.add_argument("--labels", metavar="PATH", help="class id per node (.npy or Parquet), -1 = unlabelled")
+    i.add_argument("--label-column", help="column of Parquet labels (default: the only column)")
+    s = p.add_argument_group("splits")
+    s.add_argument("--train", metavar="PATH", help="training nodes: index array or boolean mask (.npy/.parquet)")
+    s.add_argument("--val", metavar="PATH", help="validation nodes: index array or boolean mask")
+    s.add_argument("--test", metavar="PATH", help="test nodes: index array or boolean mask")
+    s.add_argument("--split", metavar="SPEC", help="random split of the labelled nodes, e.g. random:0.6,0.2,0.2 "
+                   "(default when labels come without splits: random:0.6,0.2,0.2)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    o = p.add_argument_group("graph options")
+    o.add_argument("--undirected", action="store_true", help="add the reverse of every edge")
+    o.add_argument("--dedup", action="store_true", help="keep one copy of repeated edges")
+    o.add_argument("--drop-self-loops", action="store_true", help="remove edges from a node to itself")
+    o.add_argument("--num-nodes", type=positive_int, help="node count (default: feature rows, else labels, else largest id + 1)")
+    o.add_argument("--num-classes", type=positive_int, help="class count (default: largest label + 1)")
+    o.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], help="store features as this type "
+                   "(default: as given; float64 becomes float32)")
+    o.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf features")
+    r = p.add_argument_group("output and resources")
+    r.add_argument("--out", metavar="DIR", help="dataset directory to create (required)")
+    r.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    r.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="bytes the import may hold (default: half the available memory, at most 4 GiB)")
+
+
+def add_import(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "import", help="raw edges/features/labels/splits → a dataset directory",
+        description="Import a raw graph into a validated, versioned dataset directory (Zarr v3 arrays + manifest). "
+                    "The topology is built as CSC over in-edges by an out-of-core counting sort that holds at most "
+                    "--memory-budget bytes; features are copied in row slices. The output appears only when complete.",
+        epilog="Examples:\n"
+               "  diskgraph preprocess import --npz ../shared/datasets/cora/data.npz --out data/cora\n"
+               "  diskgraph preprocess import --edges edges.parquet --features feats.npy --labels y.npy \\\n"
+               "      --split random:0.8,0.1,0.1 --undirected --dedup --out data/mygraph\n\n" + EPILOG_SIZES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_import_options(p)
+    add_common(p)
+    p.set_defaults(func=run_import, section="import")
+    return p
+
+
+def import_from_args(args: argparse.Namespace) -> Path:
+    """Run the import the parsed options describe; returns the dataset directory."""
+    from .store.importer import ImportOptions, import_dataset
+    from .store.sources.edges import open_edges
+    from .store.sources.features import open_features
+    from .store.sources.labels import load_labels, parse_random_split
+    from .store.sources.npz_layout import open_npz_dataset
+    from .store.sources.labels import read_node_array
+
+    if not args.out:
+        raise InputError("no output directory given; pass --out DIR")
+    if not args.npz and not args.edges:
+        raise InputError("no edges given; pass --edges PATH (or --npz PATH for a data.npz)")
+    edges = features = labels = None
+    labels_label = "labels"
+    splits: dict = {}
+    if args.npz:
+        npz = open_npz_dataset(args.npz)
+        edges, features, labels, labels_label, splits = npz.edges, npz.features, npz.labels, npz.labels_label, npz.splits
+    if args.edges:
+        edges = open_edges(args.edges, args.edges_format, args.src_column, args.dst_column)
+    if args.features:
+        features = open_features(args.features, args.features_format, args.dtype, args.dim, args.feature_column)
+    if args.labels:
+        labels, labels_label = load_labels(args.labels, args.label_column)
+    explicit = {name: getattr(args, name) for name in ("train", "val", "test") if getattr(args, name)}
+    random_split = None
+    if explicit:
+        if args.split:
+            raise InputError("--split and --train/--val/--test both give splits; use one or the other")
+        splits = {name: (read_node_array(path, f"{name} split", f"--{name}"), f"{name} split file {path}")
+                  for name, path in explicit.items()}
+    elif args.split:
+        splits = {}
+        random_split = (parse_random_split(args.split), args.seed)
+    elif not splits and labels is not None:
+        logging.getLogger("diskgraph").info("no splits given: drawing random:0.6,0.2,0.2 with seed %d over the labelled nodes", args.seed)
+        random_split = ((0.6, 0.2, 0.2), args.seed)
+    opts = ImportOptions(undirected=args.undirected, dedup=args.dedup, drop_self_loops=args.drop_self_loops,
+                         allow_nonfinite=args.allow_nonfinite, memory_budget=args.memory_budget,
+                         num_nodes=args.num_nodes, num_classes=args.num_classes, feature_dtype=args.feature_dtype,
+                         overwrite=args.overwrite)
+    return import_dataset(args.out, edges, features=features, labels=labels, labels_label=labels_label,
+                   splits=splits or None, random_split=random_split, options=opts)
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import_from_args(args)
+    return 0
+
+
+# -- sample ----------------------------------------------------------------------------------------
+
+def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True) -> None:
+    """The options of `preprocess sample` (also part of `preprocess all`)."""
+    g = p.add_argument_group("sampling")
+    g.add_argument("--fanouts", type=fanouts, default="15,10",
+                   help="neighbors drawn per node at each hop, nearest hop first (PyG's num_neighbors order; DGL lists "
+                        "them the other way round); -1 = all neighbors; the count is the number of GNN layers (default: 15,10)")
+    g.add_argument("--batch-size", type=positive_int, default=1024, help="seed nodes per minibatch (default: 1024)")
+    if with_seed:
+        g.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same plan, bit for bit (default: 0)")
+    g.add_argument("--epochs", type=positive_int, default=1,
+                   help="distinct training epochs to presample; training replays them in a fresh order (default: 1)")
+    g.add_argument("--eval-fanouts", type=fanouts, help="fanouts of the val/test plans (default: --fanouts)")
+    g.add_argument("--eval-batch-size", type=positive_int, help="seed nodes per val/test minibatch (default: --batch-size)")
+    g.add_argument("--threads", type=positive_int, help="sampling threads (default: one per CPU)")
+
+
+def add_sample(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "sample", help="presample every minibatch's neighborhood into a plan",
+        description="Sample every minibatch's L-hop neighborhood before training (uniform, without replacement, over "
+                    "in-edges) for the train split (--epochs distinct epochs) and the val/test splits. Writes "
+                    "DATASET/plans/NAME: Arrow IPC files (one row per minibatch: seeds, per-hop blocks, input nodes) and "
+                    "per-node read counts. Reproducible bit for bit from --seed.",
+        epilog="Example:\n  diskgraph preprocess sample data/cora --fanouts 10,5 --batch-size 512 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory")
+    add_sample_options(p)
+    p.add_argument("--name", default="default", help="plan name: written to DATASET/plans/NAME (default: default)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plan of that name")
+    add_common(p)
+    p.set_defaults(func=run_sample, section="sample")
+    return p
+
+
+def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Path:
+    """Run the sampling the parsed options describe on ``dataset``; returns the plan directory."""
+    from .preprocess import run_sample as _sample
+
+    return _sample(dataset, name=args.name, fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
+                   seed=args.seed, epochs=args.epochs,
+                   eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
+                   eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite)
+
+
+def _dataset_arg(args: argparse.Namespace, command: str) -> str:
+    if not args.dataset:
+        raise InputError(f"no dataset given; pass the dataset directory: diskgraph preprocess {command} DIR")
+    return args.dataset
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    sample_from_args(args, _dataset_arg(args, "sample"))
+    return 0
+
+
+# -- pack ------------------------------------------------------------------------------------------
+
+def add_pack_options(p: argparse.ArgumentParser, with_budget: bool = True) -> None:
+    """The options of `preprocess pack` (also part of `preprocess all`)."""
+    g = p.add_argument_group("packing")
+    g.add_argument("--gpu-cache", type=parse_bytes, default=0, metavar="SIZE",
+                   help="bytes of the most-read feature rows to keep in GPU memory (default: 0)")
+    g.add_argument("--host-cache", type=parse_bytes, default=0, metavar="SIZE",
+                   help="bytes of the next most-read rows to keep in pinned host memory (default: 0)")
+    g.add_argument("--max-blowup", type=float, default=10.0,
+                   help="warn when packed bytes / feature-table bytes exceeds this (default: 10)")
+    if with_budget:
+        g.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                       help="bytes packing may hold; sizes the slices of the feature table read at a time "
+                            "(default: half the available memory, at most 4 GiB)")
+
+
+def add_pack(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "pack", help="lay out each minibatch's features contiguously on disk",
+        description="Choose the hot sets (most-read rows by the plan's counts) for the GPU and pinned-host tiers, then "
+                    "write, for every minibatch, the rows of its other input nodes as one 4 KiB-aligned extent, reading "
+                    "the feature table sequentially in slices. Writes DATASET/packs/NAME and reports the disk blow-up.",
+        epilog="Example:\n  diskgraph preprocess pack data/cora --plan default --host-cache 4M\n\n" + EPILOG_SIZES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory")
+    p.add_argument("--plan", default="default", help="plan name under DATASET/plans, or a plan directory (default: default)")
+    p.add_argument("--name", help="pack name: written to DATASET/packs/NAME (default: the plan's name)")
+    add_pack_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pack of that name")
+    add_common(p)
+    p.set_defaults(func=run_pack, section="pack")
+    return p
+
+
+def pack_from_args(args: argparse.Namespace, dataset: str | os.PathLike, plan: str) -> Path:
+    """Run the packing the parsed options describe; returns the pack directory."""
+    from .preprocess import run_pack as _pack
+
+    return _pack(dataset, plan=plan, name=args.name, gpu_cache=args.gpu_cache, host_cache=args.host_cache,
+                 memory_budget=args.memory_budget, max_blowup=args.max_blowup, overwrite=args.overwrite)
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    pack_from_args(args, _dataset_arg(args, "pack"), args.plan)
+    return 0
+
+
+# -- all -------------------------------------------------------------------------------------------
+
+def add_all(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "all", help="import (when given raw inputs), sample and pack in one go",
+        description="Run import (when raw inputs are given; the dataset goes to --out), then sample and pack into the "
+                    "dataset directory. Given an existing dataset directory instead, add a plan and a pack to it.",
+        epilog="Examples:\n"
+               "  diskgraph preprocess all --npz ../shared/datasets/cora/data.npz --out data/cora --fanouts 10,5 \\\n"
+               "      --batch-size 512 --seed 0 --host-cache 4M\n"
+               "  diskgraph preprocess all data/cora --fanouts 10,5 --batch-size 512 --name small --overwrite\n\n"
+               + EPILOG_SIZES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="an existing dataset directory (instead of raw inputs)")
+    add_import_options(p)
+    add_sample_options(p, with_seed=False)
+    add_pack_options(p, with_budget=False)
+    p.add_argument("--name", default="default", help="name of the plan and the pack (default: default)")
+    add_common(p)
+    p.set_defaults(func=run_all, section="all")
+    return p
+
+
+_RAW_INPUTS = ("npz", "edges", "features", "labels", "train", "val", "test")
+
+
+def run_all(args: argparse.Namespace) -> int:
+    raw = [f"--{k}" for k in _RAW_INPUTS if getattr(args, k, None)]
+    if args.dataset:
+        if raw:
+            raise InputError(f"both a dataset directory and raw inputs ({', '.join(raw)}) were given; pass one or the other")
+        dataset = args.dataset
+    else:
+        if not raw:
+            raise InputError("nothing to preprocess; pass raw inputs (--npz or --edges …) with --out, or an existing dataset directory")
+        dataset = import_from_args(args)
+    plan = sample_from_args(args, dataset)
+    pack_from_args(args, dataset, str(plan))
+    logging.getLogger("diskgraph").info("preprocess all: dataset, plan and pack ready in %s", dataset)
+    return 0

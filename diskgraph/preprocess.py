@@ -1,0 +1,122 @@
+"""Preprocessing stages over a dataset directory: sample plans and pack features.
+
+Plans live in ``DATASET/plans/NAME`` and packs in ``DATASET/packs/NAME``, so a
+dataset directory carries everything derived from it; ``diskgraph inspect``
+lists them. Each stage writes its directory atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .store.errors import FormatError, InputError
+from .store.manifest import read_manifest
+from .store.progress import format_bytes, log
+
+PLANS_DIR = "plans"
+PACKS_DIR = "packs"
+DEFAULT_NAME = "default"
+
+
+def _name_ok(name: str, option: str) -> str:
+    if not name or "/" in name or name.startswith(".") or name in (".", ".."):
+        raise InputError(f"{option} {name!r} is not a usable name; use letters, digits, '-' or '_'")
+    return name
+
+
+def plan_path(dataset: str | os.PathLike, plan: str) -> Path:
+    """The plan directory for ``plan``: a name under ``DATASET/plans/`` or a path to a plan directory."""
+    p = Path(plan)
+    if os.sep in plan or p.is_absolute() or (p / "manifest.json").exists() and not (Path(dataset) / PLANS_DIR / plan).exists():
+        return p
+    return Path(dataset) / PLANS_DIR / _name_ok(plan, "--plan")
+
+
+def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
+               seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
+               eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False) -> Path:
+    """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path."""
+    from .sampler.neighbor_sampler import sample_plan
+    from .store.dataset import open_dataset
+
+    ds = open_dataset(dataset)
+    out = Path(dataset) / PLANS_DIR / _name_ok(name, "--name")
+    out.parent.mkdir(exist_ok=True)
+    return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
+                       eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
+                       overwrite=overwrite)
+
+
+def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str | None = None, gpu_cache: int = 0,
+             host_cache: int = 0, memory_budget: int | None = None, max_blowup: float | None = 10.0,
+             overwrite: bool = False) -> Path:
+    """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``."""
+    from .sampler.hot_set import expected_reads_per_epoch, select_hot_sets
+    from .store.dataset import open_dataset
+    from .store.importer import default_memory_budget
+    from .store.packer import pack_features
+    from .store.plan import open_plan
+
+    ds = open_dataset(dataset)
+    if ds.features is None:
+        raise InputError(f"dataset {dataset} has no features to pack; import it with --features")
+    pdir = plan_path(dataset, plan)
+    if not pdir.exists():
+        raise InputError(f"plan {pdir} does not exist; create it with `diskgraph preprocess sample {dataset} --name {plan}`")
+    pl = open_plan(pdir)
+    if gpu_cache < 0 or host_cache < 0:
+        raise InputError("--gpu-cache and --host-cache must not be negative; pass sizes in bytes (0 = no cache)")
+    tiers = select_hot_sets(expected_reads_per_epoch(pl), ds.features.row_bytes, gpu_cache, host_cache)
+    out = Path(dataset) / PACKS_DIR / _name_ok(name or pdir.name, "--name")
+    out.parent.mkdir(exist_ok=True)
+    return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
+                         max_blowup=max_blowup, overwrite=overwrite)
+
+
+def describe_artifacts(dataset: str | os.PathLike) -> dict:
+    """Plans and packs found in a dataset directory, from their manifests (JSON-ready).
+
+    Returns ``{"plans": {name: summary}, "packs": {name: summary}}``; a directory
+    that does not read as a plan or pack is listed with its ``error``.
+    """
+    from .store.packed import PACK_FORMAT, PACK_VERSION
+    from .store.plan import PLAN_FORMAT, PLAN_VERSION
+
+    out: dict = {"plans": {}, "packs": {}}
+    for kind, fmt, version, summarize in (("plans", PLAN_FORMAT, PLAN_VERSION, _plan_summary),
+                                          ("packs", PACK_FORMAT, PACK_VERSION, _pack_summary)):
+        root = Path(dataset) / kind
+        if not root.is_dir():
+            continue
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            try:
+                out[kind][d.name] = summarize(read_manifest(d, fmt, version), d)
+            except FormatError as e:
+                out[kind][d.name] = {"error": str(e)}
+    return out
+
+
+def _plan_summary(m: dict, path: Path) -> dict:
+    splits = m.get("splits", {})
+    return {
+        "path": str(path), "created_at": m.get("created_at"), "config": m.get("config", {}),
+        "minibatches": {s: v.get("minibatches") for s, v in splits.items()},
+        "minibatches_per_epoch": {s: v.get("minibatches_per_epoch") for s, v in splits.items()},
+        "mean_layer_sizes": {s: v.get("mean_layer_sizes") for s, v in splits.items()},
+        "bytes": sum(int(v.get("file_bytes", 0)) for v in splits.values()),
+        "seconds": m.get("seconds"),
+    }
+
+
+def _pack_summary(m: dict, path: Path) -> dict:
+    keys = ("plan", "gpu_cache_bytes", "host_cache_bytes", "tiers", "splits", "packed_bytes", "cold_bytes",
+            "tier_bytes", "blowup", "feature_bytes", "alignment", "seconds", "config")
+    return {"path": str(path), "created_at": m.get("created_at"), **{k: m[k] for k in keys if k in m}}
+
+
+def log_pack_summary(path: Path) -> None:
+    """One log line with a pack's blow-up and sizes (after ``run_pack``)."""
+    m = read_manifest(path, "diskgraph.pack", 1)
+    log.info("pack %s: blow-up %.2fx, %s packed", path, float(m.get("blowup", 0.0)),
+             format_bytes(int(m.get("packed_bytes", m.get("cold_bytes", 0)))))

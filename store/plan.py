@@ -1,0 +1,298 @@
+"""Sampling plans: every minibatch's multi-layer neighborhood, sampled before training.
+
+A plan lives in ``DATASET/plans/NAME/``::
+
+    manifest.json        format diskgraph.plan, the sampling config, per-split counts, the dataset's checksums
+    train.arrow          Arrow IPC file, one record batch (one row) per minibatch, epochs in order
+    val.arrow, test.arrow
+    counts/{split}       Zarr int32 [N]: how many minibatches of the split read each node as an input
+
+Each row holds (``L`` = number of hops = GNN layers)::
+
+    epoch        int32
+    batch        int32        index within the epoch
+    seeds        list<int64>  the minibatch's seed nodes (global ids) = input_nodes[:layer_sizes[0]]
+    input_nodes  list<int64>  global ids of every node the minibatch reads; local id = position
+    layer_sizes  list<int64>  [n_0, n_1, ..., n_L]: nodes within 0..h hops (n_0 = seeds, n_L = inputs)
+    hop{h}_indptr   list<int32>  h = 1..L: CSC of hop h over its n_{h-1} destination nodes
+    hop{h}_indices  list<int32>  local ids (< n_h) of each destination's sampled in-neighbors
+
+Hop ``h`` is a bipartite block whose destination nodes are the first ``n_{h-1}``
+local ids and whose source nodes are the first ``n_h`` (destination nodes
+first, as in DGL's blocks). The first GNN layer runs on hop ``L`` (input nodes
+→ the nodes within ``L-1`` hops), the last on hop 1 (→ the seeds).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import FormatError, InputError
+from .files import AppendFile
+from .manifest import read_manifest, write_manifest
+from .zarr_arrays import RawArray, write_array, write_group
+
+PLAN_FORMAT = "diskgraph.plan"
+PLAN_VERSION = 1
+"""The plan format version this diskgraph writes and the newest it reads."""
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SampledMinibatch:
+    """One sampled minibatch (see the module docstring for the layout).
+
+    Attributes:
+        epoch, batch: position in the plan.
+        input_nodes: int64 [n_L], global ids; position = local id.
+        layer_sizes: int64 [L+1], n_0 (seeds) ... n_L (inputs).
+        hop_indptr: L arrays, int32 [n_{h-1} + 1], for hops h = 1..L.
+        hop_indices: L arrays, int32 [e_h], local source ids of hop h.
+    """
+
+    epoch: int
+    batch: int
+    input_nodes: np.ndarray
+    layer_sizes: np.ndarray
+    hop_indptr: list[np.ndarray]
+    hop_indices: list[np.ndarray]
+
+    @property
+    def seeds(self) -> np.ndarray:
+        """int64 [n_0]: the seed nodes (global ids)."""
+        return self.input_nodes[: int(self.layer_sizes[0])]
+
+    @property
+    def num_hops(self) -> int:
+        """L, the number of hops (GNN layers)."""
+        return len(self.hop_indptr)
+
+    def blocks(self) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+        """Blocks in GNN-layer order: ``(num_src, num_dst, indptr, indices)`` from hop L down to hop 1."""
+        out = []
+        for h in range(self.num_hops, 0, -1):
+            out.append((int(self.layer_sizes[h]), int(self.layer_sizes[h - 1]), self.hop_indptr[h - 1],
+                        self.hop_indices[h - 1]))
+        return out
+
+
+def plan_schema(num_hops: int) -> pa.Schema:
+    """The Arrow schema of a plan file with ``num_hops`` hops."""
+    fields = [pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
+              pa.field("seeds", pa.list_(pa.int64())), pa.field("input_nodes", pa.list_(pa.int64())),
+              pa.field("layer_sizes", pa.list_(pa.int64()))]
+    for h in range(1, num_hops + 1):
+        fields += [pa.field(f"hop{h}_indptr", pa.list_(pa.int32())), pa.field(f"hop{h}_indices", pa.list_(pa.int32()))]
+    return pa.schema(fields)
+
+
+def _list(values: np.ndarray, type_: pa.DataType) -> pa.Array:
+    values = np.ascontiguousarray(values)
+    return pa.ListArray.from_arrays(pa.array(np.array([0, len(values)], dtype=np.int32)), pa.array(values, type=type_))
+
+
+class PlanSplitWriter:
+    """Append minibatches of one split to its Arrow IPC file and count node reads.
+
+    Memory: one int32 counter per node plus the minibatch being written.
+    """
+
+    def __init__(self, path: Path, num_nodes: int, num_hops: int):
+        self.path = path
+        self.num_hops = num_hops
+        self.schema = plan_schema(num_hops)
+        self._file = AppendFile(path)
+        self._sink = pa.PythonFile(self._file, mode="w")
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
+        self.counts = np.zeros(num_nodes, dtype=np.int32)
+        self.minibatches = 0
+        self.input_nodes = 0
+        self.sampled_edges = 0
+        self.layer_totals = np.zeros(num_hops + 1, dtype=np.int64)
+
+    def write(self, mb: SampledMinibatch) -> None:
+        """Append one minibatch (its input nodes must be distinct)."""
+        if mb.num_hops != self.num_hops:
+            raise ValueError(f"minibatch has {mb.num_hops} hops, plan has {self.num_hops}")
+        cols = [pa.array([mb.epoch], pa.int32()), pa.array([mb.batch], pa.int32()),
+                _list(mb.seeds, pa.int64()), _list(mb.input_nodes, pa.int64()), _list(mb.layer_sizes, pa.int64())]
+        for h in range(self.num_hops):
+            cols += [_list(mb.hop_indptr[h], pa.int32()), _list(mb.hop_indices[h], pa.int32())]
+            self.sampled_edges += len(mb.hop_indices[h])
+        self._writer.write_batch(pa.record_batch(cols, schema=self.schema))
+        self.counts[mb.input_nodes] += 1
+        self.minibatches += 1
+        self.input_nodes += len(mb.input_nodes)
+        self.layer_totals += np.asarray(mb.layer_sizes, dtype=np.int64)
+
+    def close(self) -> None:
+        """Finish the IPC file (writes its footer) and sync it."""
+        self._writer.close()
+        self._file.close()
+
+    def abort(self) -> None:
+        """Close without finishing (the plan directory is about to be removed)."""
+        self._file.abort()
+
+
+class Plan:
+    """A plan directory, opened read-only.
+
+    Attributes:
+        path, manifest: the directory and its parsed manifest.
+        config: the sampling config (``fanouts``, ``batch_size``, ``seed``, ``epochs``, …).
+        num_nodes: node count of the dataset the plan was sampled from.
+        num_hops: L.
+        splits: names of the splits the plan holds.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path, PLAN_FORMAT, PLAN_VERSION)
+        try:
+            self.config = self.manifest["config"]
+            self.num_nodes = int(self.manifest["dataset"]["num_nodes"])
+            self.num_hops = int(self.manifest["num_hops"])
+            self.split_info: dict[str, dict] = self.manifest["splits"]
+        except (KeyError, TypeError, ValueError):
+            raise FormatError(f"{self.path / 'manifest.json'} lacks required fields; the plan is damaged, sample it again") from None
+        self.splits = list(self.split_info)
+        self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
+
+    def __repr__(self) -> str:
+        return f"Plan({str(self.path)!r}, fanouts={self.config.get('fanouts')}, splits={self.splits})"
+
+    def _reader(self, split: str) -> pa.ipc.RecordBatchFileReader:
+        if split not in self.split_info:
+            raise InputError(f"plan {self.path} has no {split!r} split (it has {', '.join(self.splits)})")
+        r = self._readers.get(split)
+        if r is None:
+            p = self.path / f"{split}.arrow"
+            try:
+                r = pa.ipc.open_file(pa.memory_map(str(p), "r"))
+            except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
+                raise FormatError(f"plan file {p} cannot be read ({str(e).splitlines()[0]}); sample the plan again") from None
+            want = int(self.split_info[split]["minibatches"])
+            if r.num_record_batches != want:
+                raise FormatError(f"plan file {p} holds {r.num_record_batches} minibatches, the manifest {want}; sample the plan again")
+            self._readers[split] = r
+        return r
+
+    def num_minibatches(self, split: str) -> int:
+        """Minibatches of ``split`` over all presampled epochs."""
+        return int(self.split_info[split]["minibatches"])
+
+    def minibatches_per_epoch(self, split: str) -> int:
+        """Minibatches of ``split`` in one epoch."""
+        return int(self.split_info[split]["minibatches_per_epoch"])
+
+    def num_epochs(self, split: str) -> int:
+        """Presampled epochs of ``split`` (1 for val/test)."""
+        return int(self.split_info[split]["epochs"])
+
+    def minibatch(self, split: str, i: int) -> SampledMinibatch:
+        """Minibatch ``i`` of ``split`` (rows in epoch order), arrays zero-copy from the memory-mapped file."""
+        b = self._reader(split).get_batch(i)
+
+        def values(name: str) -> np.ndarray:
+            return b.column(name).values.to_numpy()
+
+        return SampledMinibatch(
+            epoch=int(b.column("epoch")[0].as_py()), batch=int(b.column("batch")[0].as_py()),
+            input_nodes=values("input_nodes"), layer_sizes=values("layer_sizes"),
+            hop_indptr=[values(f"hop{h}_indptr") for h in range(1, self.num_hops + 1)],
+            hop_indices=[values(f"hop{h}_indices") for h in range(1, self.num_hops + 1)])
+
+    def input_nodes(self, split: str, i: int) -> np.ndarray:
+        """int64 global ids of minibatch ``i``'s input nodes (zero-copy)."""
+        return self._reader(split).get_batch(i).column("input_nodes").values.to_numpy()
+
+    def verify(self, dataset_manifest: dict | None = None) -> list[str]:
+        """See :func:`verify_plan`."""
+        return verify_plan(self, dataset_manifest)
+
+    def counts(self, split: str) -> np.ndarray:
+        """int32 [N]: how many of the split's minibatches read each node (memory map)."""
+        return RawArray(self.path / "counts" / split).memmap()
+
+
+def _check_minibatch(mb: SampledMinibatch, num_nodes: int) -> str | None:
+    """The first broken invariant of one minibatch, or None."""
+    sizes = np.asarray(mb.layer_sizes)
+    if len(sizes) != mb.num_hops + 1 or np.any(np.diff(sizes) < 0) or sizes[-1] != len(mb.input_nodes):
+        return "layer_sizes do not match the hops and input nodes"
+    ids = mb.input_nodes
+    if ids.size and (ids.min() < 0 or ids.max() >= num_nodes):
+        return "an input node id is outside the graph"
+    if np.unique(ids).size != ids.size:
+        return "input nodes repeat"
+    for h in range(1, mb.num_hops + 1):
+        ptr, idx = mb.hop_indptr[h - 1], mb.hop_indices[h - 1]
+        if len(ptr) != sizes[h - 1] + 1 or ptr[0] != 0 or ptr[-1] != len(idx) or np.any(np.diff(ptr) < 0):
+            return f"hop {h} indptr is inconsistent"
+        if idx.size and (idx.min() < 0 or idx.max() >= sizes[h]):
+            return f"hop {h} names a source outside its {sizes[h]} nodes"
+    return None
+
+
+def verify_plan(plan: "Plan", dataset_manifest: dict | None = None) -> list[str]:
+    """Re-read every minibatch and check the plan's invariants and counts; returns the problems found."""
+    problems = []
+    if dataset_manifest is not None:
+        want = dataset_manifest.get("arrays", {}).get("topology/indptr", {}).get("sha256")
+        if plan.manifest["dataset"].get("indptr_sha256") != want or plan.num_nodes != dataset_manifest.get("num_nodes"):
+            problems.append("sampled from a different graph than this dataset's topology")
+    for split in plan.splits:
+        try:
+            counts = np.zeros(plan.num_nodes, dtype=np.int32)
+            for i in range(plan.num_minibatches(split)):
+                mb = plan.minibatch(split, i)
+                bad = _check_minibatch(mb, plan.num_nodes)
+                if bad:
+                    problems.append(f"{split} minibatch {i}: {bad}")
+                    break
+                counts[mb.input_nodes] += 1
+            else:
+                if not np.array_equal(counts, plan.counts(split)):
+                    problems.append(f"counts/{split} differ from the minibatches' input nodes")
+        except FormatError as e:
+            problems.append(str(e))
+    return problems
+
+
+def open_plan(path: str | os.PathLike) -> Plan:
+    """Open the plan directory at ``path``.
+
+    Raises:
+        FormatError: not a plan, damaged, or of a newer format version.
+    """
+    return Plan(path)
+
+
+def write_plan_manifest(tmp: Path, writers: dict[str, PlanSplitWriter], config: dict, dataset_info: dict,
+                        seconds: float, per_epoch: dict[str, int], epochs: dict[str, int]) -> dict:
+    """Write the counts arrays and the plan manifest into ``tmp``; returns the manifest."""
+    write_group(tmp / "counts")
+    splits = {}
+    num_hops = 0
+    for name, w in writers.items():
+        _, sha = write_array(tmp / "counts" / name, w.counts, "int32")
+        num_hops = w.num_hops
+        mb = max(w.minibatches, 1)
+        splits[name] = {
+            "file": f"{name}.arrow", "minibatches": w.minibatches, "minibatches_per_epoch": per_epoch[name],
+            "epochs": epochs[name], "input_nodes": int(w.input_nodes), "sampled_edges": int(w.sampled_edges),
+            "mean_layer_sizes": [round(float(x) / mb, 2) for x in w.layer_totals],
+            "distinct_nodes_read": int((w.counts > 0).sum()), "counts_sha256": sha,
+            "file_bytes": (tmp / f"{name}.arrow").stat().st_size,
+        }
+    return write_manifest(tmp, PLAN_FORMAT, PLAN_VERSION, {
+        "config": config, "num_hops": num_hops, "dataset": dataset_info, "splits": splits,
+        "seconds": round(seconds, 3),
+    })
