@@ -12,7 +12,6 @@ from pathlib import Path
 
 from .store.errors import FormatError, InputError
 from .store.manifest import read_manifest
-from .store.progress import format_bytes, log
 
 PLANS_DIR = "plans"
 PACKS_DIR = "packs"
@@ -52,7 +51,7 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
              host_cache: int = 0, memory_budget: int | None = None, max_blowup: float | None = 10.0,
              overwrite: bool = False) -> Path:
     """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``."""
-    from .sampler.hot_set import expected_reads_per_epoch, select_hot_sets
+    from .sampler.hot_set import SCORE_NAME, expected_reads_per_epoch, select_hot_sets
     from .store.dataset import open_dataset
     from .store.importer import default_memory_budget
     from .store.packer import pack_features
@@ -71,7 +70,8 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
     out = Path(dataset) / PACKS_DIR / _name_ok(name or pdir.name, "--name")
     out.parent.mkdir(exist_ok=True)
     return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
-                         max_blowup=max_blowup, overwrite=overwrite)
+                         max_blowup=max_blowup, overwrite=overwrite, gpu_cache_bytes=gpu_cache,
+                         host_cache_bytes=host_cache, score=SCORE_NAME)
 
 
 def describe_artifacts(dataset: str | os.PathLike) -> dict:
@@ -113,10 +113,3 @@ def _pack_summary(m: dict, path: Path) -> dict:
     keys = ("plan", "gpu_cache_bytes", "host_cache_bytes", "tiers", "splits", "packed_bytes", "cold_bytes",
             "tier_bytes", "blowup", "feature_bytes", "alignment", "seconds", "config")
     return {"path": str(path), "created_at": m.get("created_at"), **{k: m[k] for k in keys if k in m}}
-
-
-def log_pack_summary(path: Path) -> None:
-    """One log line with a pack's blow-up and sizes (after ``run_pack``)."""
-    m = read_manifest(path, "diskgraph.pack", 1)
-    log.info("pack %s: blow-up %.2fx, %s packed", path, float(m.get("blowup", 0.0)),
-             format_bytes(int(m.get("packed_bytes", m.get("cold_bytes", 0)))))
