@@ -10,16 +10,19 @@ PYTEST_ARGS ?=
 install:
 	$(PIP) install -q -e ".[test]" -c constraints.txt
 
-# generate raw inputs → import them → inspect and verify; then import a real shared dataset.
+# generate raw inputs → import → sample → pack → inspect and verify; then the same for Cora in one command.
 demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PY) -m diskgraph generate --format raw --nodes 200000 --edges 4000000 --feature-dim 64 --classes 8 --seed 0 --out $(DEMO)/raw
 	$(PY) -m diskgraph preprocess import --edges $(DEMO)/raw/edges.npy --features $(DEMO)/raw/features.npy \
 		--labels $(DEMO)/raw/labels.npy --split random:0.6,0.2,0.2 --dedup --drop-self-loops \
 		--memory-budget 256M --out $(DEMO)/synthetic
+	$(PY) -m diskgraph preprocess sample $(DEMO)/synthetic --fanouts 10,5 --batch-size 1024 --seed 0
+	$(PY) -m diskgraph preprocess pack $(DEMO)/synthetic --host-cache 8M --gpu-cache 2M --memory-budget 256M
 	$(PY) -m diskgraph inspect $(DEMO)/synthetic --verify
 	@if [ -f ../shared/datasets/cora/data.npz ]; then \
-		$(PY) -m diskgraph preprocess import --npz ../shared/datasets/cora/data.npz --out $(DEMO)/cora && \
+		$(PY) -m diskgraph preprocess all --npz ../shared/datasets/cora/data.npz --out $(DEMO)/cora \
+			--fanouts 10,5 --batch-size 512 --seed 0 --host-cache 1M && \
 		$(PY) -m diskgraph inspect $(DEMO)/cora --verify; \
 	fi
 

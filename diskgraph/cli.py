@@ -16,13 +16,21 @@ from .config import apply_config, render_config
 from .store.errors import InputError
 from .store.progress import set_quiet
 
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with refusals in diskgraph's form: one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"diskgraph: error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 # -- entry point -----------------------------------------------------------------------------------
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and its leaf parsers by section name."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="diskgraph",
         description="Train graph neural networks on graphs larger than memory. "
                     "Start with `diskgraph generate` or `diskgraph preprocess import`, then `diskgraph inspect`.",
