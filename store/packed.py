@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .arrow_files import open_ipc_file
 from .direct_io import ALIGNMENT, DirectReader, aligned_empty, round_up
 from .errors import FormatError, InputError
 from .manifest import read_manifest
@@ -163,15 +164,8 @@ class Pack:
             raise InputError(f"pack {self.path} has no {split!r} split (it has {', '.join(self.splits)})")
         r = self._indexes.get(split)
         if r is None:
-            p = self.path / "index" / f"{split}.arrow"
-            try:
-                r = pa.ipc.open_file(pa.memory_map(str(p), "r"))
-            except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
-                raise FormatError(f"pack index {p} cannot be read ({str(e).splitlines()[0]}); pack the plan again") from None
-            want = int(self.split_info[split]["minibatches"])
-            if r.num_record_batches != want:
-                raise FormatError(f"pack index {p} holds {r.num_record_batches} minibatches, the manifest {want}; "
-                                  "pack the plan again")
+            r = open_ipc_file(self.path / "index" / f"{split}.arrow", int(self.split_info[split]["minibatches"]),
+                              "pack index", "pack the plan again")
             self._indexes[split] = r
         return r
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from .arrow_files import open_ipc_file
 from .errors import FormatError, InputError
 from .files import AppendFile
 from .manifest import read_manifest, write_manifest
@@ -173,14 +174,8 @@ class Plan:
             raise InputError(f"plan {self.path} has no {split!r} split (it has {', '.join(self.splits)})")
         r = self._readers.get(split)
         if r is None:
-            p = self.path / f"{split}.arrow"
-            try:
-                r = pa.ipc.open_file(pa.memory_map(str(p), "r"))
-            except (FileNotFoundError, pa.ArrowInvalid, OSError) as e:
-                raise FormatError(f"plan file {p} cannot be read ({str(e).splitlines()[0]}); sample the plan again") from None
-            want = int(self.split_info[split]["minibatches"])
-            if r.num_record_batches != want:
-                raise FormatError(f"plan file {p} holds {r.num_record_batches} minibatches, the manifest {want}; sample the plan again")
+            r = open_ipc_file(self.path / f"{split}.arrow", int(self.split_info[split]["minibatches"]), "plan file",
+                              "sample the plan again")
             self._readers[split] = r
         return r
 

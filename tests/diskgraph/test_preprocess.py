@@ -22,31 +22,17 @@ from diskgraph.store.packed import open_pack
 from diskgraph.store.plan import open_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-from packing_helpers import identity_dataset  # noqa: E402
-
-
-def _all_features(ds) -> np.ndarray:
-    return ds.features.read_rows(0, ds.num_nodes)
+from packing_helpers import all_features, check_all_minibatches, identity_dataset  # noqa: E402
 
 
 def _check_every_minibatch(ds_dir: Path, pack_name: str) -> int:
     """assemble == features[input_nodes] for every minibatch of every split; returns minibatches checked."""
     ds = open_dataset(ds_dir)
-    feats = _all_features(ds)
     pack = open_pack(ds_dir / "packs" / pack_name)
-    plan = open_plan(pack.plan_path())
-    tiers = pack.load_tiers()
-    checked = 0
-    for split in plan.splits:
-        assert pack.num_minibatches(split) == plan.num_minibatches(split)
-        for i in range(plan.num_minibatches(split)):
-            ids = plan.input_nodes(split, i)
-            got = pack.assemble(split, i, tiers_in_memory=tiers)
-            assert got.dtype == feats.dtype
-            np.testing.assert_array_equal(got, feats[ids], err_msg=f"{split} minibatch {i}")
-            checked += 1
-    pack.close()
-    return checked
+    try:
+        return check_all_minibatches(pack, open_plan(pack.plan_path()), all_features(ds))
+    finally:
+        pack.close()
 
 
 def _cache_sizes(ds) -> dict[str, tuple[int, int]]:
@@ -73,7 +59,7 @@ def test_identity_features_synthetic_graph(tmp_path):
     ds_dir = identity_dataset(tmp_path / "ident", 5000, dim=8, avg_degree=6)
     run_sample(ds_dir, fanouts=[5, 3, 2], batch_size=128, seed=3, epochs=3)
     ds = open_dataset(ds_dir)
-    feats = _all_features(ds)
+    feats = all_features(ds)
     np.testing.assert_array_equal(feats[:, 0], np.arange(ds.num_nodes, dtype=np.float32))
     for label, (gpu, host) in _cache_sizes(ds).items():
         run_pack(ds_dir, name=label, gpu_cache=gpu, host_cache=host, memory_budget=32 << 20)

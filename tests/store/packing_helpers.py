@@ -132,3 +132,19 @@ def neighborhood_plan(ds, out: Path, *, batch_size: int = 64, train_epochs: int 
 def all_features(ds) -> np.ndarray:
     """The whole feature table in memory (small test datasets only)."""
     return ds.features.read_rows(0, ds.num_nodes)
+
+
+def check_all_minibatches(pack, plan, feats: np.ndarray) -> int:
+    """assemble == features[input_nodes], bit for bit, for every minibatch of every split; returns the count."""
+    tiers = pack.load_tiers()
+    checked = 0
+    for split in pack.splits:
+        assert pack.num_minibatches(split) == plan.num_minibatches(split)
+        for i in range(pack.num_minibatches(split)):
+            nodes = plan.input_nodes(split, i)
+            got = pack.assemble(split, i, tiers)
+            want = feats[nodes]
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), f"{split} minibatch {i}"
+            checked += 1
+    return checked

@@ -22,26 +22,10 @@ from diskgraph.store.packed import COLD, GPU, HOST, open_pack
 from diskgraph.store.packer import pack_features
 from diskgraph.store.plan import open_plan
 
-from packing_helpers import all_features, identity_dataset, neighborhood_plan, random_plan
+from packing_helpers import all_features, check_all_minibatches as _check_all_minibatches, identity_dataset, neighborhood_plan, random_plan
 
 REPO = Path(__file__).resolve().parents[2]
 CORA = REPO / ".." / "shared" / "datasets" / "cora" / "data.npz"
-
-
-def _check_all_minibatches(pack, plan, feats: np.ndarray) -> int:
-    """assemble == features[input_nodes], bit for bit, for every minibatch of every split; returns the count."""
-    tiers = pack.load_tiers()
-    checked = 0
-    for split in pack.splits:
-        assert pack.num_minibatches(split) == plan.num_minibatches(split)
-        for i in range(pack.num_minibatches(split)):
-            nodes = plan.input_nodes(split, i)
-            got = pack.assemble(split, i, tiers)
-            want = feats[nodes]
-            assert got.dtype == want.dtype and got.shape == want.shape
-            assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), f"{split} minibatch {i}"
-            checked += 1
-    return checked
 
 
 @pytest.fixture(scope="module")
