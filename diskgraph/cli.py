@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from . import cli_generate, cli_inspect, cli_preprocess
+from . import cli_generate, cli_inspect, cli_preprocess, cli_train
 from .config import apply_config, render_config
 from .store.errors import InputError
 from .store.progress import set_quiet
@@ -49,6 +49,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "all": cli_preprocess.add_all(pre_sub),
         "generate": cli_generate.add_generate(sub),
         "inspect": cli_inspect.add_inspect(sub),
+        "train": cli_train.add_train(sub),
     }
     pre.set_defaults(func=lambda a: _usage(pre))
     return parser, leaves

@@ -1,0 +1,165 @@
+"""`diskgraph train`: train a GNN from a packed plan (or in memory, as the reference), one run in the foreground.
+
+A run directory (default ``DATASET/runs/PACK-MODEL-seedS``) holds ``checkpoint.pt``,
+``best_model.pt``, ``metrics.jsonl`` and ``run.json`` (the options). ``--resume``
+continues its checkpoint mid-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .preprocess import DEFAULT_NAME, PACKS_DIR
+from .store.errors import InputError
+from .store.progress import log
+
+RUNS_DIR = "runs"
+
+
+@dataclass
+class TrainOptions:
+    """Options of a training run (the CLI flags; recorded in ``run.json``).
+
+    Attributes:
+        pack: pack name under DATASET/packs (or a path); its plan gives fanouts and batches.
+        model: ``sage``, ``gcn`` or ``gat``.
+        hidden: hidden width; layers = the plan's hops.
+        dropout, lr, weight_decay, heads: model and Adam settings.
+        epochs: training epochs.
+        seed: model init, dropout and epoch order.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        run_dir: run directory (default DATASET/runs/PACK-MODEL-seedS).
+        log_json: also write the per-epoch JSON lines here.
+        resume: continue the run directory's checkpoint.
+        overwrite: start over in an existing run directory.
+        checkpoint_every: minibatches between checkpoints (0: epoch ends only).
+        queue_depth: bounded queue depth between pipeline stages.
+        direct: read packed extents with O_DIRECT.
+        reference: train in memory with online sampling instead (no pack; the parity reference).
+        fanouts, batch_size: for ``reference`` without a plan (default: the pack's plan config).
+        eval_test_every_epoch: evaluate test each epoch too.
+    """
+
+    pack: str = DEFAULT_NAME
+    model: str = "sage"
+    hidden: int = 256
+    dropout: float = 0.5
+    lr: float = 0.003
+    weight_decay: float = 0.0
+    heads: int = 4
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    run_dir: str | None = None
+    log_json: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_every: int = 0
+    queue_depth: int = 2
+    direct: bool = True
+    reference: bool = False
+    fanouts: list[int] | None = None
+    batch_size: int | None = None
+    eval_test_every_epoch: bool = False
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available else cpu; refuses cuda on a machine without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name} asks for a GPU but torch sees none; use --device cpu")
+    return dev
+
+
+def _pack_dir(dataset: Path, pack: str) -> Path:
+    p = Path(pack)
+    if os.sep in pack or p.is_absolute():
+        return p
+    return dataset / PACKS_DIR / pack
+
+
+def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
+    """Train as ``opts`` says on ``dataset``; returns the summary (also the log's last line)."""
+    from .models import build_model
+    from .pipeline.schedule import epoch_order
+    from .pipeline.trainer import TrainConfig, Trainer
+    from .store.dataset import open_dataset
+
+    dataset = Path(dataset)
+    ds = open_dataset(dataset)
+    if ds.features is None or ds.labels is None:
+        raise InputError(f"dataset {dataset} needs features and labels to train; import them with --features and --labels")
+    if "train" not in ds.splits or not len(ds.splits["train"]):
+        raise InputError(f"dataset {dataset} has no training nodes; import it with --train or --split")
+    device = resolve_device(opts.device)
+    torch.manual_seed(opts.seed)
+    plan = pack = None
+    if not opts.reference or opts.fanouts is None or opts.batch_size is None:
+        from .store.packed import open_pack
+        from .store.plan import open_plan
+
+        pdir = _pack_dir(dataset, opts.pack)
+        if not pdir.exists():
+            raise InputError(f"pack {pdir} does not exist; make it with `diskgraph preprocess all {dataset}` "
+                             f"(or pass --pack NAME)")
+        pack = open_pack(pdir)
+        plan = open_plan(pack.plan_path())
+    fanouts = opts.fanouts or plan.config["fanouts"]
+    batch_size = opts.batch_size or plan.config["batch_size"]
+    splits = [s for s in ("train", "val", "test") if s in ds.splits and len(ds.splits[s])]
+    loaders = {}
+    if opts.reference:
+        from .pipeline.memory_loader import InMemoryLoader
+
+        for split in splits:
+            loaders[split] = InMemoryLoader(ds, split, fanouts=list(fanouts), batch_size=int(batch_size),
+                                            seed=opts.seed, device=device)
+
+        def order(split: str, epoch: int):
+            return None
+    else:
+        from .pipeline.loader import PackedLoader
+
+        for split in splits:
+            if split in pack.splits:
+                loaders[split] = PackedLoader(ds, pack, plan, split, device=device, queue_depth=opts.queue_depth,
+                                              direct=opts.direct)
+
+        def order(split: str, epoch: int):
+            return epoch_order(plan, split, epoch, opts.seed)
+    num_classes = int(ds.num_classes or int(ds.labels.max()) + 1)
+    model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
+                        heads=opts.heads).to(device)
+    run_dir = Path(opts.run_dir) if opts.run_dir else dataset / RUNS_DIR / (
+        f"{'reference' if opts.reference else Path(opts.pack).name}-{opts.model}-seed{opts.seed}")
+    if run_dir.exists() and not opts.resume:
+        if not opts.overwrite and (run_dir / "checkpoint.pt").exists():
+            raise InputError(f"run directory {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
+                             "start over, or --run-dir for another")
+        if opts.overwrite:
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **opts.__dict__}, indent=2, default=str))
+    info = {"dataset": str(dataset), "model": opts.model, "mode": "reference" if opts.reference else "packed",
+            "pack": None if opts.reference else str(_pack_dir(dataset, opts.pack)), "device": str(device),
+            "fanouts": list(fanouts), "batch_size": int(batch_size)}
+    config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
+                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
+    trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
+                      num_classes=num_classes, log_json=opts.log_json, info=info, row_bytes=ds.features.row_bytes)
+    log.info("training %s on %s (%s, %s) into %s", opts.model, dataset, info["mode"], device, run_dir)
+    try:
+        return trainer.fit(resume=opts.resume)
+    finally:
+        for loader in loaders.values():
+            close = getattr(loader, "close", None)
+            if close:
+                close()

@@ -1,0 +1,362 @@
+"""The training loop: epochs over a loader, evaluation, metrics, checkpoints and mid-epoch resume.
+
+The loop is the pipeline's compute stage: it consumes :class:`~diskgraph.pipeline.blocks.Batch`
+objects from a loader (the out-of-core :class:`~diskgraph.pipeline.loader.PackedLoader`, or the
+in-memory reference :class:`~diskgraph.pipeline.memory_loader.InMemoryLoader`) whose read and
+assemble stages run ahead in their own threads, and runs forward/backward/step.
+
+Every epoch appends one JSON object to ``RUN_DIR/metrics.jsonl`` (and rewrites ``--log-json``)
+with loss, accuracy, time per stage, overlap, bytes read from disk, hit rates and peak memory; the
+last line is a summary with the test accuracy of the best-validation model.
+
+Checkpoints (``RUN_DIR/checkpoint.pt``, written atomically) hold the model, the optimizer, the torch
+RNG states, the epoch, the position in the epoch's minibatch order, the partial epoch's
+accumulators and the metrics history. A resumed run therefore continues mid-epoch and ends with the
+same model as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..store.errors import InputError
+from ..store.files import fsync_dir
+from ..store.progress import Progress, format_bytes, log
+from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BEST_MODEL_NAME = "best_model.pt"
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINT_VERSION = 1
+
+
+class Loader(Protocol):
+    """What the trainer needs from a loader."""
+
+    def epoch(self, order, start: int = 0):  # -> Iterator[Batch]
+        ...
+
+    def epoch_stats(self) -> dict:
+        ...
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters and bookkeeping of a run (recorded in checkpoints and logs).
+
+    Attributes:
+        epochs: training epochs.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        seed: seeds the model initialisation, dropout and the epoch orders.
+        checkpoint_every: minibatches between checkpoints (0: only at epoch ends).
+        eval_test_every_epoch: also evaluate the test split each epoch (the summary always does, with the best model).
+    """
+
+    epochs: int = 10
+    lr: float = 0.003
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 0
+    eval_test_every_epoch: bool = False
+
+
+class StopTraining(Exception):
+    """Raised by ``fit(max_steps=…)`` to stop as a crash would (tests of resume)."""
+
+
+@dataclass
+class _EpochAccumulator:
+    """Sums over the minibatches of the current epoch (saved in checkpoints)."""
+
+    loss_sum: float = 0.0
+    seeds: int = 0
+    correct: int = 0
+    minibatches: int = 0
+    compute_s: float = 0.0
+    consumer_wait_s: float = 0.0
+    train_s: float = 0.0
+    read_bytes: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _add_stats(total: dict, part: dict) -> dict:
+    out = dict(total)
+    for k, v in part.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+class Trainer:
+    """Runs training epochs, evaluation, logging and checkpointing.
+
+    Args:
+        model: a module called as ``model(blocks, x) -> logits``.
+        loaders: split name → loader (``train`` required; ``val``/``test`` optional).
+        order: ``order(split, epoch) -> plan rows`` (None: the loader's own order).
+        run_dir: where checkpoints, the best model and ``metrics.jsonl`` go.
+        config: see :class:`TrainConfig`.
+        device: the compute device.
+        num_classes: output classes (2 adds ROC-AUC to the metrics).
+        log_json: also write the metrics lines to this file (rewritten after each epoch).
+        info: extra fields for the first log line's ``run`` record (dataset, pack, model, …).
+        row_bytes: bytes of one feature row (for read amplification); 0 when unknown.
+    """
+
+    def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
+                 order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
+                 device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
+                 info: dict | None = None, row_bytes: int = 0):
+        self.model = model
+        self.loaders = loaders
+        self.order = order
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.device = device
+        self.num_classes = num_classes
+        self.log_json = Path(log_json) if log_json else None
+        self.info = info or {}
+        self.row_bytes = row_bytes
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.history: list[dict] = []
+        self.best = {"val": -math.inf, "epoch": -1}
+        self.epoch = 0
+        self.position = 0
+        self.acc = _EpochAccumulator()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        """Write the full training state atomically."""
+        state = {
+            "version": CHECKPOINT_VERSION, "epoch": self.epoch, "position": self.position,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "accumulator": asdict(self.acc), "history": self.history, "best": self.best,
+            "config": asdict(self.config), "info": self.info,
+        }
+        _atomic_torch_save(state, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`.
+
+        Raises:
+            InputError: no checkpoint, or one from a run with other settings.
+        """
+        if not self.checkpoint_path.exists():
+            raise InputError(f"run directory {self.run_dir} has no {CHECKPOINT_NAME} to resume from; start the run without --resume")
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise InputError(f"checkpoint {self.checkpoint_path} has version {state.get('version')}, this diskgraph reads "
+                             f"{CHECKPOINT_VERSION}; start a new run")
+        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
+        now = {k: v for k, v in asdict(self.config).items() if k != "epochs"}
+        if saved != now:
+            diff = ", ".join(f"{k} {saved.get(k)!r} → {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
+            raise InputError(f"checkpoint {self.checkpoint_path} was made with other settings ({diff}); resume with the "
+                             "same options or start a new run directory")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self.acc = _EpochAccumulator(**state["accumulator"])
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        log.info("resuming %s at epoch %d, minibatch %d", self.run_dir, self.epoch, self.position)
+
+    # -- logging ----------------------------------------------------------------------------------
+
+    def _write_logs(self, lines: list[dict]) -> None:
+        text = "".join(json.dumps(line) + "\n" for line in lines)
+        for path in [self.run_dir / METRICS_NAME] + ([self.log_json] if self.log_json else []):
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, path)
+
+    # -- evaluation -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        """Loss, accuracy (and ROC-AUC for two classes) of the current model on ``split``."""
+        loader = self.loaders[split]
+        self.model.eval()
+        loss_sum, correct, total = 0.0, 0, 0
+        scores, labels = [], []
+        for batch in loader.epoch(self.order(split, self.epoch)):
+            logits = self.model(batch.blocks, batch.x)
+            loss_sum += float(F.cross_entropy(logits, batch.y, reduction="sum"))
+            c, n = accuracy(logits, batch.y)
+            correct, total = correct + c, total + n
+            if self.num_classes == 2:
+                scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+                labels.append(batch.y.cpu().numpy())
+        out = {f"{split}_loss": loss_sum / max(total, 1), f"{split}_acc": correct / max(total, 1)}
+        if self.num_classes == 2 and scores:
+            out[f"{split}_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels))
+        return out
+
+    # -- training ---------------------------------------------------------------------------------
+
+    def _train_epoch(self, max_steps: list[int] | None) -> None:
+        loader = self.loaders["train"]
+        order = self.order("train", self.epoch)
+        total = len(order) if order is not None else None
+        self.model.train()
+        t_start = time.perf_counter()
+        rb_start = process_read_bytes()
+        with Progress(f"epoch {self.epoch}", total, "mb") as bar:
+            bar.update(self.position)
+            t_wait = time.perf_counter()
+            for batch in loader.epoch(order, start=self.position):
+                t0 = time.perf_counter()
+                self.acc.consumer_wait_s += t0 - t_wait
+                self.optimizer.zero_grad(set_to_none=True)
+                logits = self.model(batch.blocks, batch.x)
+                loss = F.cross_entropy(logits, batch.y)
+                loss.backward()
+                self.optimizer.step()
+                n = batch.num_seeds
+                self.acc.loss_sum += float(loss.detach()) * n
+                self.acc.correct += accuracy(logits.detach(), batch.y)[0]
+                self.acc.seeds += n
+                self.acc.minibatches += 1
+                self.acc.stats = _add_stats(self.acc.stats, batch.stats)
+                t_wait = time.perf_counter()
+                self.acc.compute_s += t_wait - t0
+                self.position += 1
+                bar.update(1)
+                if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
+                    self._checkpoint_mid_epoch(t_start, rb_start)
+                    t_start, rb_start = time.perf_counter(), process_read_bytes()
+                if max_steps is not None:
+                    max_steps[0] -= 1
+                    if max_steps[0] <= 0:
+                        raise StopTraining()
+        self.acc.train_s += time.perf_counter() - t_start
+        self.acc.read_bytes += process_read_bytes() - rb_start
+
+    def _checkpoint_mid_epoch(self, t_start: float, rb_start: int) -> None:
+        self.acc.train_s += time.perf_counter() - t_start
+        self.acc.read_bytes += process_read_bytes() - rb_start
+        self.save_checkpoint()
+
+    def _epoch_record(self, eval_s: float, eval_read_bytes: int, eval_metrics: dict) -> dict:
+        a = self.acc
+        s = a.stats
+        stage = {"read_s": float(s.get("read_s", 0.0)), "assemble_s": float(s.get("assemble_s", 0.0)),
+                 "compute_s": a.compute_s}
+        slowest = max(stage.values()) if stage else 0.0
+        rows = {t: int(s.get(f"rows_{t}", 0)) for t in ("gpu", "host", "cold")}
+        all_rows = sum(rows.values())
+        cold_bytes = rows["cold"] * self.row_bytes
+        rec = {
+            "epoch": self.epoch,
+            "loss": a.loss_sum / max(a.seeds, 1),
+            "train_acc": a.correct / max(a.seeds, 1),
+            **eval_metrics,
+            "epoch_s": a.train_s,
+            "eval_s": eval_s,
+            "minibatches": a.minibatches,
+            "stage_s": stage,
+            "queue_wait_s": {"compute": a.consumer_wait_s,
+                             **{k[:-7]: float(v) for k, v in s.items() if k.endswith("_wait_s")}},
+            "overlap": a.train_s / slowest if slowest > 0 else None,
+            "read_bytes": a.read_bytes,
+            "eval_read_bytes": eval_read_bytes,
+            "cold_bytes_needed": cold_bytes,
+            "read_amplification": a.read_bytes / cold_bytes if cold_bytes else None,
+            "extent_bytes": int(s.get("bytes_read", 0)),
+            "hit_rate": {t: rows[t] / all_rows for t in rows} if all_rows else {},
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_gpu_bytes": peak_gpu_bytes(self.device),
+        }
+        return rec
+
+    def fit(self, resume: bool = False, max_steps: int | None = None) -> dict:
+        """Train ``config.epochs`` epochs (continuing a checkpoint with ``resume``); returns the summary.
+
+        ``max_steps`` stops (raising :class:`StopTraining`) after that many minibatches, as a crash would.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_checkpoint()
+        else:
+            torch.manual_seed(self.config.seed)
+        steps = [max_steps] if max_steps is not None else None
+        t_run = time.perf_counter()
+        while self.epoch < self.config.epochs:
+            self._train_epoch(steps)
+            eval_metrics: dict = {}
+            t_eval, rb_eval = time.perf_counter(), process_read_bytes()
+            if "val" in self.loaders:
+                eval_metrics.update(self.evaluate("val"))
+            if self.config.eval_test_every_epoch and "test" in self.loaders:
+                eval_metrics.update(self.evaluate("test"))
+            rec = self._epoch_record(time.perf_counter() - t_eval, process_read_bytes() - rb_eval, eval_metrics)
+            self.history.append(rec)
+            val = rec.get("val_acc", rec["train_acc"])
+            if val > self.best["val"]:
+                self.best = {"val": val, "epoch": self.epoch}
+                _atomic_torch_save(self.model.state_dict(), self.run_dir / BEST_MODEL_NAME)
+            self._log_epoch(rec)
+            self.epoch += 1
+            self.position = 0
+            self.acc = _EpochAccumulator()
+            self.save_checkpoint()
+            self._write_logs(self.history)
+        summary = self._summary(time.perf_counter() - t_run)
+        self._write_logs(self.history + [summary])
+        return summary
+
+    def _summary(self, seconds: float) -> dict:
+        out = {"summary": True, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
+               "best_val_acc": self.best["val"] if self.best["epoch"] >= 0 else None, "seconds": seconds, **self.info}
+        best_path = self.run_dir / BEST_MODEL_NAME
+        if best_path.exists():
+            self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True))
+        for split in ("test", "val"):
+            if split in self.loaders:
+                m = self.evaluate(split)
+                out.update({k: v for k, v in m.items() if not k.endswith("_loss")})
+        return out
+
+    def _log_epoch(self, rec: dict) -> None:
+        stage = rec["stage_s"]
+        parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}", f"train acc {rec['train_acc']:.4f}"]
+        if "val_acc" in rec:
+            parts.append(f"val acc {rec['val_acc']:.4f}")
+        parts.append(f"{rec['epoch_s']:.2f} s (read {stage['read_s']:.2f}, assemble {stage['assemble_s']:.2f}, "
+                     f"compute {stage['compute_s']:.2f}" + (f", overlap {rec['overlap']:.2f})" if rec["overlap"] else ")"))
+        parts.append(f"read {format_bytes(rec['read_bytes'])}" +
+                     (f" (amplification {rec['read_amplification']:.3f})" if rec["read_amplification"] else ""))
+        if rec["hit_rate"]:
+            parts.append("hits " + " ".join(f"{t} {v:.1%}" for t, v in rec["hit_rate"].items()))
+        parts.append(f"peak RSS {format_bytes(rec['peak_rss_bytes'])}")
+        log.info(", ".join(parts))
