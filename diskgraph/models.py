@@ -1,0 +1,298 @@
+"""GNN models on sampled blocks, in plain torch (no PyG or DGL needed).
+
+A model takes the blocks of one minibatch in GNN-layer order and the input
+features of the first block's sources, and returns the logits of the last
+block's destinations (the seeds)::
+
+    model = build_model("sage", in_dim=128, hidden=256, num_classes=47, num_layers=2)
+    logits = model(blocks, x)        # x: [blocks[0].num_src, 128] -> [blocks[-1].num_dst, 47]
+
+Layer ``l`` maps block ``l``'s sources to its destinations; the destinations
+are the first ``num_dst`` sources, so ``h[:block.num_dst]`` are their own
+features. Between layers: activation (ReLU; ELU for GAT) then dropout; none
+after the last layer.
+
+The layers, for a destination ``v`` with sampled in-neighbors ``N(v)`` (a
+multiset: an edge sampled twice counts twice), ``x`` the layer's input:
+
+* **sage** (GraphSAGE, mean aggregator; PyG ``SAGEConv`` / DGL ``SAGEConv('mean')``)::
+
+      h_v = W_self x_v + W_neigh mean_{u in N(v)} x_u + b
+
+  A destination with no sampled neighbor gets a zero neighbor term.
+
+* **gcn** (DGL ``GraphConv(norm='both')`` on the block with one self loop
+  ``v -> v`` added for every destination)::
+
+      h_v = sum_{u in N(v) + {v}} x_u W / sqrt(d_out(u) * d_in(v)) + b
+      d_in(v)  = |N(v)| + 1                       (sampled in-degree + the self loop)
+      d_out(u) = #{edges of the block with source u} + (1 if u < num_dst else 0)
+
+  Both degrees are of the sampled block with its self loops (as DGL computes
+  them on a block), not of the full graph; every degree that occurs is >= 1.
+  A neighbor sampled that is ``v`` itself stays an ordinary edge, next to the
+  added self loop (what ``dgl.add_self_loop`` would give).
+
+* **gat** (multi-head GAT, Veličković et al.; DGL ``GATConv`` / PyG ``GATConv``
+  with ``add_self_loops``), per head ``k``::
+
+      z_u = W^k x_u
+      e_uv = LeakyReLU(a_src^k . z_u + a_dst^k . z_v, slope 0.2)
+      alpha_uv = softmax of e_uv over u in N(v) + {v}     (one self loop per destination)
+      h_v^k = sum_u dropout(alpha_uv) z_u
+
+  Hidden layers concatenate the heads (each head has ``hidden // heads``
+  channels, so a hidden layer is ``hidden`` wide, as PyG's ``models.GAT``;
+  ``hidden`` must be divisible by ``heads``) and add a bias of ``hidden``; the
+  output layer averages its ``heads`` heads of ``num_classes`` channels and
+  adds a bias of ``num_classes``. The softmax subtracts the per-destination
+  maximum (``scatter_reduce`` amax, detached) before ``exp``; attention dropout
+  (probability = ``dropout``) drops normalized coefficients in training.
+
+Aggregation is ``index_select`` over the block's ``indices`` then
+``index_add`` over its ``dst_index``: no Python loop over nodes or edges, and
+the code runs on whichever device the tensors are on. Nothing that depends on
+parameters is computed outside ``forward``.
+
+Determinism: on the CPU, torch's ``index_add`` along dim 0 accumulates the
+edges in index order for any thread count (checked with 1-8 threads in
+``tests/diskgraph/test_models.py``), and ``index_add`` is the backward of
+``index_select``, so the same inputs and parameters give bit-identical logits
+and gradients run to run. On CUDA ``index_add`` uses atomic adds, so float
+sums may differ in the last bits between runs (they agree with the CPU to
+rounding).
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pipeline.blocks import Block
+from .store.errors import InputError
+
+MODELS = ("sage", "gcn", "gat")
+"""The model names :func:`build_model` accepts."""
+
+
+def _gather_sum(block: Block, h: torch.Tensor) -> torch.Tensor:
+    """``out[v] = sum_{u in N(v)} h[u]`` for the block's destinations (any trailing shape)."""
+    msg = h.index_select(0, block.indices)
+    out = h.new_zeros((block.num_dst,) + tuple(h.shape[1:]))
+    return out.index_add(0, block.dst_index, msg)
+
+
+def _check_device(block: Block, x: torch.Tensor) -> None:
+    if block.indices.device != x.device:
+        raise ValueError(f"the block is on {block.indices.device} but the features are on {x.device}; "
+                         f"move the blocks with block.to(device)")
+
+
+class SAGEConv(nn.Module):
+    """GraphSAGE layer with the mean aggregator: ``W_self x_v + W_neigh mean_{u in N(v)} x_u + b``."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.lin_self = nn.Linear(in_dim, out_dim, bias=False)
+        self.lin_neigh = nn.Linear(in_dim, out_dim, bias=False)
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.lin_self.weight, gain=gain)
+        nn.init.xavier_uniform_(self.lin_neigh.weight, gain=gain)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, block: Block, h: torch.Tensor) -> torch.Tensor:
+        # Mean and projection commute: project first when that shrinks the messages.
+        if self.in_dim > self.out_dim:
+            neigh = _gather_sum(block, self.lin_neigh(h))
+        else:
+            neigh = self.lin_neigh(_gather_sum(block, h))
+        deg = block.in_degree.to(neigh.dtype).clamp(min=1).unsqueeze(-1)
+        return self.lin_self(h[: block.num_dst]) + neigh / deg + self.bias
+
+
+class GCNConv(nn.Module):
+    """Graph convolution with symmetric normalization on the block plus self loops (see the module docstring)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    @staticmethod
+    def degrees(block: Block, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(d_out [num_src], d_in [num_dst])`` of the block with one self loop per destination."""
+        d_out = torch.bincount(block.indices, minlength=block.num_src).to(dtype)
+        d_out[: block.num_dst] += 1
+        d_in = block.in_degree.to(dtype) + 1
+        return d_out, d_in
+
+    def forward(self, block: Block, h: torch.Tensor) -> torch.Tensor:
+        nd = block.num_dst
+        d_out, d_in = self.degrees(block, h.dtype)
+        # Every source that sends a message has d_out >= 1; clamp only guards sources that send none.
+        h = h * d_out.clamp(min=1).rsqrt().unsqueeze(-1)
+        if self.in_dim > self.out_dim:
+            h = h @ self.weight
+            out = _gather_sum(block, h) + h[:nd]
+        else:
+            out = (_gather_sum(block, h) + h[:nd]) @ self.weight
+        return out * d_in.rsqrt().unsqueeze(-1) + self.bias
+
+
+class GATConv(nn.Module):
+    """Multi-head graph attention over the sampled in-neighbors plus a self loop (see the module docstring).
+
+    Output: ``[num_dst, heads * out_dim]`` when ``concat``, else ``[num_dst, out_dim]`` (mean of the heads).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int, concat: bool, attn_dropout: float = 0.0,
+                 negative_slope: float = 0.2):
+        super().__init__()
+        self.in_dim, self.out_dim, self.heads, self.concat = in_dim, out_dim, heads, concat
+        self.attn_dropout, self.negative_slope = attn_dropout, negative_slope
+        self.lin = nn.Linear(in_dim, heads * out_dim, bias=False)
+        self.att_src = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.att_dst = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.bias = nn.Parameter(torch.empty(heads * out_dim if concat else out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_normal_(self.lin.weight, gain=gain)
+        nn.init.xavier_normal_(self.att_src, gain=gain)
+        nn.init.xavier_normal_(self.att_dst, gain=gain)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, block: Block, h: torch.Tensor) -> torch.Tensor:
+        nd, H, C = block.num_dst, self.heads, self.out_dim
+        z = self.lin(h).view(-1, H, C)                       # [num_src, H, C]
+        z_dst = z[:nd]
+        s_src = (z * self.att_src).sum(-1)                   # [num_src, H]
+        s_dst = (z_dst * self.att_dst).sum(-1)               # [num_dst, H]
+        e = F.leaky_relu(s_src.index_select(0, block.indices) + s_dst.index_select(0, block.dst_index),
+                         self.negative_slope)               # [E, H]
+        e_self = F.leaky_relu(s_src[:nd] + s_dst, self.negative_slope)  # [num_dst, H]
+        # Segment softmax over N(v) + {v}; the self loop makes every segment non-empty.
+        with torch.no_grad():
+            m = e_self.detach().clone()
+            m.scatter_reduce_(0, block.dst_index.unsqueeze(-1).expand(-1, H), e.detach(), "amax")
+        p = torch.exp(e - m.index_select(0, block.dst_index))
+        p_self = torch.exp(e_self - m)
+        denom = p_self + p.new_zeros((nd, H)).index_add(0, block.dst_index, p)
+        alpha = p / denom.index_select(0, block.dst_index)
+        alpha_self = p_self / denom
+        if self.training and self.attn_dropout > 0:
+            alpha = F.dropout(alpha, self.attn_dropout, True)
+            alpha_self = F.dropout(alpha_self, self.attn_dropout, True)
+        msg = z.index_select(0, block.indices) * alpha.unsqueeze(-1)  # [E, H, C]
+        out = z.new_zeros((nd, H, C)).index_add(0, block.dst_index, msg) + z_dst * alpha_self.unsqueeze(-1)
+        out = out.reshape(nd, H * C) if self.concat else out.mean(dim=1)
+        return out + self.bias
+
+
+class BlockGNN(nn.Module):
+    """A stack of block layers with activation and dropout in between (none after the last).
+
+    Attributes:
+        name: the model name (``sage``, ``gcn`` or ``gat``).
+        layers: one layer per block.
+        num_layers: how many blocks :meth:`forward` expects.
+    """
+
+    def __init__(self, name: str, layers: list[nn.Module], dropout: float, activation):
+        super().__init__()
+        self.name = name
+        self.layers = nn.ModuleList(layers)
+        self.dropout = dropout
+        self.activation = activation
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def reset_parameters(self) -> None:
+        for layer in self.layers:
+            layer.reset_parameters()
+
+    def forward(self, blocks: list[Block], x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[blocks[-1].num_dst, num_classes]`` from input features ``x [blocks[0].num_src, in_dim]``."""
+        if len(blocks) != len(self.layers):
+            raise ValueError(f"this {self.name} model has {len(self.layers)} layers but got {len(blocks)} blocks; "
+                             f"sample with as many hops as layers")
+        if x.dim() != 2 or x.shape[0] != blocks[0].num_src:
+            raise ValueError(f"x has shape {tuple(x.shape)} but the first block has {blocks[0].num_src} source "
+                             f"nodes; x must be [num_src, in_dim]")
+        h = x
+        last = len(self.layers) - 1
+        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
+            if h.shape[0] != block.num_src:
+                raise ValueError(f"block {i} has {block.num_src} source nodes but the previous block has "
+                                 f"{h.shape[0]} destinations; the blocks must chain")
+            _check_device(block, h)
+            h = layer(block, h)
+            if i != last:
+                h = self.activation(h)
+                h = F.dropout(h, self.dropout, self.training)
+        return h
+
+
+def build_model(name: str, in_dim: int, hidden: int, num_classes: int, num_layers: int, dropout: float = 0.5,
+                heads: int = 4) -> nn.Module:
+    """A GNN of ``num_layers`` layers over sampled blocks.
+
+    Args:
+        name: ``sage`` (GraphSAGE, mean), ``gcn`` (GraphConv, symmetric norm with self loops) or ``gat``.
+        in_dim: input feature width.
+        hidden: width of every hidden layer (for ``gat``: all heads together, ``hidden // heads`` per head).
+        num_classes: output width (logits).
+        num_layers: GNN layers = blocks per minibatch (the plan's hops).
+        dropout: dropout between layers; for ``gat`` also the attention dropout.
+        heads: attention heads of every ``gat`` layer (ignored by the others).
+
+    Raises:
+        InputError: unknown name, or sizes that cannot make a model.
+    """
+    key = str(name).lower()
+    if key not in MODELS:
+        raise InputError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    for what, v in (("in_dim", in_dim), ("hidden", hidden), ("num_classes", num_classes),
+                    ("num_layers", num_layers), ("heads", heads)):
+        if int(v) < 1:
+            raise InputError(f"model option {what} is {v}; it must be a positive integer")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InputError(f"model option dropout is {dropout}; it must be in [0, 1)")
+    dims = [in_dim] + [hidden] * (num_layers - 1) + [num_classes]
+    if key == "sage":
+        layers = [SAGEConv(dims[i], dims[i + 1]) for i in range(num_layers)]
+        act = F.relu
+    elif key == "gcn":
+        layers = [GCNConv(dims[i], dims[i + 1]) for i in range(num_layers)]
+        act = F.relu
+    else:
+        if num_layers > 1 and hidden % heads:
+            raise InputError(f"model option hidden ({hidden}) must be divisible by heads ({heads}) for gat")
+        layers = []
+        for i in range(num_layers):
+            out_layer = i == num_layers - 1
+            layers.append(GATConv(dims[i], num_classes if out_layer else hidden // heads, heads,
+                                  concat=not out_layer, attn_dropout=dropout))
+        act = F.elu
+    return BlockGNN(key, layers, float(dropout), act)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters (elements of every parameter that requires a gradient)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
