@@ -124,7 +124,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
                                             seed=opts.seed, device=device)
 
         def order(split: str, epoch: int):
-            return None
+            return loaders[split].order(epoch)
     else:
         from .pipeline.loader import PackedLoader
 
