@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 install:
 	$(PIP) install -q -e ".[test]" -c constraints.txt
 
-# generate raw inputs → import → sample → pack → inspect and verify; then the same for Cora in one command.
+# generate raw inputs → import → sample → pack → inspect and verify → train; then the same for Cora.
 demo: install
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(PY) -m diskgraph generate --format raw --nodes 200000 --edges 4000000 --feature-dim 64 --classes 8 --seed 0 --out $(DEMO)/raw
@@ -20,10 +20,12 @@ demo: install
 	$(PY) -m diskgraph preprocess sample $(DEMO)/synthetic --fanouts 10,5 --batch-size 1024 --seed 0
 	$(PY) -m diskgraph preprocess pack $(DEMO)/synthetic --host-cache 8M --gpu-cache 2M --memory-budget 256M
 	$(PY) -m diskgraph inspect $(DEMO)/synthetic --verify
+	$(PY) -m diskgraph train $(DEMO)/synthetic --model sage --hidden 128 --epochs 3 --seed 0 --log-json $(DEMO)/synthetic.jsonl
 	@if [ -f ../shared/datasets/cora/data.npz ]; then \
 		$(PY) -m diskgraph preprocess all --npz ../shared/datasets/cora/data.npz --out $(DEMO)/cora \
 			--fanouts 10,5 --batch-size 512 --seed 0 --host-cache 1M && \
-		$(PY) -m diskgraph inspect $(DEMO)/cora --verify; \
+		$(PY) -m diskgraph inspect $(DEMO)/cora --verify && \
+		$(PY) -m diskgraph train $(DEMO)/cora --model sage --hidden 256 --epochs 20 --seed 0 --log-json $(DEMO)/cora.jsonl; \
 	fi
 
 test: install
