@@ -37,11 +37,12 @@ class AppendFile:
 
     ``write`` takes any buffer (bytes, a contiguous numpy array). Every
     ``flush_bytes`` the written range is synced and dropped from the cache.
+    With ``readable=True`` the file is opened for reading too (``os.pread(f.fd, …)``).
     """
 
-    def __init__(self, path: str | os.PathLike, flush_bytes: int = FLUSH_BYTES):
+    def __init__(self, path: str | os.PathLike, flush_bytes: int = FLUSH_BYTES, readable: bool = False):
         self.path = os.fspath(path)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.fd = os.open(self.path, (os.O_RDWR if readable else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC, 0o644)
         self.bytes_written = 0
         self._flushed_to = 0
         self._flush_bytes = flush_bytes

@@ -8,41 +8,61 @@ writes a pack directory (format in :mod:`diskgraph.store.packed`) in three steps
 2. Index pass over the plan's minibatches, in plan order: each input node's
    tier and slot (a cold node's slot is its rank among the minibatch's cold
    nodes, sorted by id), the extent's offset (a multiple of 4096) and padded
-   length; the index rows go to ``index/{split}.arrow`` and the sorted cold
-   ids to a scratch file. Each ``cold/{split}`` file is then preallocated.
+   length, computed by a numba kernel (:func:`~diskgraph.native.packing.index_minibatch`,
+   GIL released) while a helper thread writes the previous rows to
+   ``index/{split}.arrow``. Each ``cold/{split}`` file is then preallocated.
 3. ONE sequential pass over the feature table in slices: each slice's hot rows
    are appended to the tier arrays, and for every minibatch (all splits) a
    cursor into its sorted cold ids tells which of its rows fall in the slice;
    a numba kernel gathers them and they are written with one ``pwrite`` per
-   minibatch and slice at ``extent offset + cursor * row_bytes`` (contiguous,
-   because the ids are sorted). No feature row is ever read at random.
+   minibatch and slice, contiguous within the extent (the ids are sorted). No
+   feature row is ever read at random. The sorted cold ids are read back from
+   the index files themselves (memory-mapped: the ``cold_nodes`` buffers of an
+   Arrow IPC file are 8-byte aligned int64), so no copy of them is written.
+
+How the cold files are written:
+  * ``O_DIRECT`` (the default where the filesystem allows it): the kernel
+    (:func:`~diskgraph.native.packing.gather_pages`) lays the rows out as whole
+    4 KiB pages in an aligned buffer; the bytes of a minibatch's not-yet-full
+    last page wait in its *carry* page (4 KiB per minibatch) and go in front of
+    its rows from the next slice; an extent's last page is zero-padded when its
+    last row is in. Nothing goes through the page cache, so there is no copy
+    into it and no writeback to wait for. The files are synced at the end.
+  * buffered, when ``O_DIRECT`` is refused (``EINVAL`` at open or write: one
+    warning, and the same pages are written through the page cache), when the
+    carries would take more than a quarter of the budget, or with
+    ``direct_io=False``: the kernel (:func:`~diskgraph.native.packing.gather_runs`)
+    gathers whole rows, and the writer starts writeback after each batch of
+    writes and syncs and drops the written pages every
+    :data:`~diskgraph.store.files.FLUSH_BYTES` per file.
+Both write the same bytes.
 
 Three threads overlap: one reads the next slice, the main thread gathers
-(numba, GIL released) and one writes (pwrite releases the GIL). Written
-files are synced and dropped from the page cache every
-:data:`~diskgraph.store.files.FLUSH_BYTES` per file, and feature chunks are
-dropped once read, so the page cache stays bounded.
+(numba, GIL released) and one writes (pwrite releases the GIL). Feature
+chunks are dropped from the page cache once read, so the page cache stays bounded.
 
 Memory held (``memory_budget`` covers all of it; what is left after the fixed
 parts goes 50 % to the slices and 15 % to the gather buffers, the rest is
 headroom for the interpreter and temporaries):
   * O(N): ``tier_of`` + ``slot_of``, 5 bytes per node (freed after the index pass);
-  * O(#minibatches): extent offsets, cold-id pointers and cursors, 25 bytes per minibatch;
+  * O(#minibatches): extent offsets, cold-id starts, ends and cursors, 33 bytes per minibatch,
+    and with ``O_DIRECT`` one 4 KiB carry page per minibatch;
   * two feature slices (the one being gathered and the one being read);
   * two gather buffers (the one being filled and the one being written), at most 64 MiB each;
   * one chunk per tier writer (at most 16 MiB, budget / 32) and the tier id lists given as input;
-  * during the index pass, one minibatch's arrays.
-The per-minibatch sorted cold ids are not held: the kernel reads them from a
-memory-mapped scratch file, one cursor position per minibatch and slice; like
+  * during the index pass, a few minibatches' arrays (the one being indexed and those queued for writing).
+The per-minibatch sorted cold ids are not held: the kernel reads them from the
+memory-mapped index files, one cursor position per minibatch and slice; like
 the memory-mapped plan, these are clean file pages the kernel reclaims under
-a memory cap (they show in RSS as RssFile, not RssAnon). The scratch file is
-deleted before the pack is renamed into place. With ``threads=False`` there is
-one slice and one gather buffer, each twice as large.
+a memory cap (they show in RSS as RssFile, not RssAnon). With ``threads=False``
+there is one slice and one gather buffer, each twice as large, and the index
+rows are written by the main thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import errno
 import os
 import shutil
 import time
@@ -51,9 +71,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..native.packing import gather_runs, word_dtype
+from ..native.packing import gather_pages, gather_runs, index_minibatch, word_dtype
 from .atomic import AtomicDirectory
-from .direct_io import ALIGNMENT, round_up
+from .direct_io import ALIGNMENT, O_DIRECT, aligned_empty, round_up
 from .errors import FormatError, InputError
 from .files import FLUSH_BYTES, AppendFile, drop_cache, evict_file, preallocate, start_writeback
 from .manifest import write_manifest
@@ -122,52 +142,91 @@ def _relative_plan_path(plan_dir: Path, dataset_dir: Path, out: Path) -> str:
 # -- the packer ------------------------------------------------------------------------------------
 
 class _ColdWriter:
-    """pwrites into the preallocated cold files.
+    """pwrites into the preallocated cold files, with ``O_DIRECT`` when asked and allowed.
 
-    After each batch of writes, writeback of the touched files starts in the background; every
-    FLUSH_BYTES per file, the file is synced and its pages dropped from the page cache.
+    Direct: every write is whole 4 KiB pages from an aligned buffer at an aligned offset (the
+    caller's promise); nothing enters the page cache and the files are synced on :meth:`close`.
+    ``EINVAL`` at open or at a write (a filesystem that refuses ``O_DIRECT``) switches to buffered
+    writes, with one logged warning, and the writes are retried.
+
+    Buffered: after each batch of writes, writeback of the touched files starts in the background;
+    every ``flush_bytes`` per file, the file is synced and its pages dropped from the page cache.
     """
 
-    def __init__(self, paths: list[Path], sizes: list[int], flush_bytes: int = FLUSH_BYTES):
-        self.fds = []
-        for p, size in zip(paths, sizes):
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            self.fds.append(fd)
-            preallocate(fd, size)
+    def __init__(self, paths: list[Path], sizes: list[int], flush_bytes: int = FLUSH_BYTES, direct: bool = False):
+        self.paths = [os.fspath(p) for p in paths]
+        self.direct = bool(direct and O_DIRECT)
+        self.fds: list[int] = []
+        try:
+            for p, size in zip(paths, sizes):
+                p.parent.mkdir(parents=True, exist_ok=True)
+                fd = self._open(os.fspath(p), os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+                self.fds.append(fd)
+                preallocate(fd, size)
+        except BaseException:
+            self.abort()
+            raise
         self.dirty = [0] * len(self.fds)
         self.flush_bytes = flush_bytes
         self.bytes_written = 0
         self.seconds = 0.0
+
+    def _open(self, path: str, flags: int) -> int:
+        if self.direct:
+            try:
+                return os.open(path, flags | O_DIRECT, 0o644)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._fall_back(path, "EINVAL on open")
+        return os.open(path, flags, 0o644)
+
+    def _fall_back(self, path: str, why: str) -> None:
+        """Switch every file to buffered writes (reopening the ones already open without O_DIRECT)."""
+        log.warning("O_DIRECT is refused for %s (%s); writing the pack with buffered I/O instead, through the page "
+                    "cache (the pack is the same, writing it costs more CPU time and memory)", path, why)
+        self.direct = False
+        for i, fd in enumerate(self.fds):
+            self.fds[i] = os.open(self.paths[i], os.O_RDWR)
+            os.close(fd)
 
     def write_runs(self, buf: memoryview, files: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Write consecutive pieces of ``buf`` (``lengths`` bytes each) to ``files[k]`` at ``offsets[k]``."""
         t0 = time.perf_counter()
         pos = 0
         for f, off, n in zip(files.tolist(), offsets.tolist(), lengths.tolist()):
-            fd = self.fds[f]
             view = buf[pos:pos + n]
             done = 0
             while done < n:
-                done += os.pwrite(fd, view[done:], off + done)
+                try:
+                    done += os.pwrite(self.fds[f], view[done:], off + done)
+                except OSError as e:
+                    if not (self.direct and e.errno == errno.EINVAL):
+                        raise
+                    self._fall_back(self.paths[f], "EINVAL on write")
             pos += n
-            self.dirty[f] += n
-            if self.dirty[f] >= self.flush_bytes:
-                os.fdatasync(fd)
-                drop_cache(fd)
-                self.dirty[f] = 0
-        for f in np.unique(files).tolist():
-            if self.dirty[f]:
-                start_writeback(self.fds[f])
+            if not self.direct:
+                self.dirty[f] += n
+                if self.dirty[f] >= self.flush_bytes:
+                    os.fdatasync(self.fds[f])
+                    drop_cache(self.fds[f])
+                    self.dirty[f] = 0
+        if not self.direct:
+            for f in np.unique(files).tolist():
+                if self.dirty[f]:
+                    start_writeback(self.fds[f])
         self.bytes_written += pos
         self.seconds += time.perf_counter() - t0
 
     def close(self) -> None:
+        t0 = time.perf_counter()
         for fd in self.fds:
             os.fdatasync(fd)
-            drop_cache(fd)
+            if not self.direct:
+                drop_cache(fd)
             os.close(fd)
         self.fds = []
+        self.seconds += time.perf_counter() - t0
 
     def abort(self) -> None:
         for fd in self.fds:
@@ -175,10 +234,109 @@ class _ColdWriter:
         self.fds = []
 
 
+class _IndexWriter:
+    """Writes one split's index rows (Arrow IPC), in a helper thread when ``threaded``.
+
+    :meth:`add` queues a row; at most ``depth`` rows wait, so memory stays a few minibatches'
+    arrays. The rows are written in the order they are added.
+
+    It also finds where each row's sorted cold ids land in the file: the ``cold_nodes`` values are
+    the last buffer of a record batch's message, 8-byte aligned, so they end where the message
+    ends. Each row is checked against the bytes just written (still in the page cache); should a
+    pyarrow lay messages out otherwise, :attr:`starts` is found by reading the file back instead.
+    """
+
+    def __init__(self, path: Path, threaded: bool, depth: int = 4):
+        self.path = path
+        self.schema = index_schema()
+        self.file = AppendFile(path, readable=True)
+        self.writer = pa.ipc.new_file(pa.PythonFile(self.file, mode="w"), self.schema)
+        self.pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="pack-index") if threaded else None
+        self.pending: list[cf.Future] = []
+        self.depth = depth
+        self._starts: list[int] = []
+        self._counts: list[int] = []
+        self._layout_ok = True
+
+    def _write(self, epoch: int, batch: int, pos: int, nbytes: int, padded: int, k: int, tier: np.ndarray,
+               slot: np.ndarray, cold: np.ndarray) -> None:
+        cols = [pa.array([epoch], pa.int32()), pa.array([batch], pa.int32()),
+                pa.array([pos], pa.int64()), pa.array([nbytes], pa.int64()),
+                pa.array([padded], pa.int64()), pa.array([k], pa.int32()),
+                _list(tier, pa.int8()), _list(slot, pa.int32()), _list(cold, pa.int64())]
+        self.writer.write_batch(pa.record_batch(cols, schema=self.schema))
+        end = self.file.tell()
+        start = end - 8 * k
+        if self._layout_ok and k:
+            first = os.pread(self.file.fd, 8, start)
+            last = os.pread(self.file.fd, 8, end - 8)
+            if end % 8 or first != cold[:1].tobytes() or last != cold[k - 1:].tobytes():
+                self._layout_ok = False
+        self._starts.append(start // 8 if k else 0)
+        self._counts.append(k)
+
+    def add(self, *row) -> None:
+        if self.pool is None:
+            self._write(*row)
+            return
+        while len(self.pending) >= self.depth:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, *row))
+
+    def close(self) -> None:
+        """Write what is queued, finish the file (footer) and sync it."""
+        try:
+            for f in self.pending:
+                f.result()
+            self.pending = []
+            self.writer.close()
+            self.file.close()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """int64 per row: where its cold ids start in the (closed) file read as int64."""
+        counts = np.array(self._counts, dtype=np.int64)
+        if self._layout_ok:
+            return np.array(self._starts, dtype=np.int64)
+        return _cold_id_starts(self.path, counts)
+
+    def abort(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        self.file.abort()
+
+
+def _cold_id_starts(path: Path, counts: np.ndarray) -> np.ndarray:
+    """Where each index row's ``cold_nodes`` values start in the file ``path``, in int64 units.
+
+    Arrow IPC pads every buffer of a record batch to a multiple of 8 bytes from the start of the
+    file, so the file read as int64 holds each minibatch's sorted cold ids as one contiguous run;
+    the packing kernel reads them there (memory-mapped) instead of from a copy.
+    """
+    starts = np.zeros(counts.size, dtype=np.int64)
+    if not counts.any():
+        return starts
+    with pa.memory_map(os.fspath(path), "r") as mm:
+        mm.seek(0)
+        base = mm.read_buffer(8).address  # zero-copy: the address of the mapping
+        reader = pa.ipc.open_file(mm)
+        col = reader.schema.get_field_index("cold_nodes")
+        for i in np.flatnonzero(counts).tolist():
+            values = reader.get_batch(i).column(col).values
+            at = values.buffers()[1].address + values.offset * 8 - base
+            if at % 8 or values.type != pa.int64() or len(values) != counts[i]:
+                raise RuntimeError(f"{path}: minibatch {i}'s cold ids are not an aligned int64 run at byte {at}")
+            starts[i] = at // 8
+    return starts
+
+
 def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str, np.ndarray], memory_budget: int,
                   max_blowup: float | None = None, overwrite: bool = False, splits: list[str] | None = None,
                   gpu_cache_bytes: int | None = None, host_cache_bytes: int | None = None,
-                  score: str | None = None, threads: bool = True) -> Path:
+                  score: str | None = None, threads: bool = True, direct_io: bool = True) -> Path:
     """Pack ``dataset``'s features for ``plan`` into the pack directory ``out_dir``.
 
     Args:
@@ -193,7 +351,10 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         gpu_cache_bytes, host_cache_bytes: the requested cache sizes, recorded in the manifest
             (default: the tiers' row bytes).
         score: name of the hotness score the tiers were chosen by, recorded in the manifest.
-        threads: overlap slice reads, gathering and writes with two helper threads.
+        threads: overlap slice reads, gathering and writes with two helper threads (and the index
+            pass's computing and writing with one).
+        direct_io: write the cold files with ``O_DIRECT`` where the filesystem allows it and the
+            carry pages fit the budget (the bytes written are the same either way).
 
     Returns:
         ``out_dir``.
@@ -233,7 +394,17 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     # -- memory plan
     tier_chunk_rows = max(1, min(TIER_CHUNK_BYTES, memory_budget // 32) // rb)
     runs_cap = int(min(_RUNS, max(64, memory_budget // 1024)))
-    fixed = 5 * n + 25 * (total_mb + 1) + 2 * tier_chunk_rows * rb + 3 * runs_cap * 48
+    fixed = 5 * n + 33 * (total_mb + 1) + 2 * tier_chunk_rows * rb + 3 * runs_cap * 32
+    # O_DIRECT: a 4 KiB carry page per minibatch, and gather buffers of at least two pages and a row
+    carry_bytes = total_mb * ALIGNMENT
+    min_gather = 2 * ALIGNMENT + round_up(rb, ALIGNMENT)
+    direct = bool(direct_io and O_DIRECT) and carry_bytes <= (memory_budget - fixed) // 4
+    if direct_io and O_DIRECT and not direct:
+        log.info("writing the pack with buffered I/O: O_DIRECT needs a %s carry page per minibatch, %s for %d "
+                 "minibatches, more than a quarter of the memory budget", format_bytes(ALIGNMENT),
+                 format_bytes(carry_bytes), total_mb)
+    if direct:
+        fixed += carry_bytes
     avail = memory_budget - fixed
     if avail < 4 * rb:
         raise InputError(f"memory budget {format_bytes(memory_budget)} is too small to pack {n} nodes and {total_mb} "
@@ -244,6 +415,8 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     # the libraries and per-minibatch temporaries
     slice_rows = int(min(n, max(1, (avail // 2) // n_buf // rb)))
     gather_rows = int(max(1, min(MAX_GATHER_BYTES, (avail * 15 // 100) // n_buf) // rb))
+    if direct:
+        gather_rows = max(gather_rows, -(-min_gather // rb))
 
     target = AtomicDirectory(out, overwrite=overwrite)
     target.check()
@@ -266,70 +439,65 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
 
         # -- step 2: index pass
         t0 = time.perf_counter()
-        ptr = np.zeros(total_mb + 1, dtype=np.int64)
+        n_cold = np.zeros(total_mb, dtype=np.int64)
         ext_off = np.zeros(total_mb, dtype=np.int64)
         file_of = np.zeros(total_mb, dtype=np.int8)
         split_stats: dict[str, dict] = {}
-        flat_path = tmp / "cold_nodes.scratch"
-        schema = index_schema()
+        scratch = [np.empty(0, np.int64), np.empty(0, np.int64)]  # the kernel's sort buffers, grown as needed
+        id_start = np.zeros(total_mb, dtype=np.int64)
         m = 0
-        with AppendFile(flat_path) as flat, Progress("indexing", total_mb, "minibatches") as bar:
+        with Progress("indexing", total_mb, "minibatches") as bar:
             for si, split in enumerate(splits):
                 stats = {"minibatches": counts[si], "minibatches_per_epoch": pl.minibatches_per_epoch(split),
                          "epochs": pl.num_epochs(split), "input_rows": 0, "gpu_rows": 0, "host_rows": 0,
                          "cold_rows": 0, "cold_bytes": 0, "padded_bytes": 0, "max_padded_nbytes": 0}
-                f = AppendFile(tmp / "index" / f"{split}.arrow")
-                sink = pa.PythonFile(f, mode="w")
-                writer = pa.ipc.new_file(sink, schema)
+                iw = _IndexWriter(tmp / "index" / f"{split}.arrow", threaded=threads)
+                plan_rows = pl._reader(split)  # the plan's Arrow file: only epoch, batch and input_nodes are needed
                 pos = 0
                 try:
                     for i in range(counts[si]):
-                        mb = pl.minibatch(split, i)
-                        nodes = mb.input_nodes
-                        if nodes.size and (nodes.min() < 0 or nodes.max() >= n):
-                            raise FormatError(f"plan {pl.path} minibatch {i} of {split} names node "
-                                              f"{nodes.min() if nodes.min() < 0 else nodes.max()}, outside 0..{n - 1}; "
-                                              "the plan is damaged, sample it again")
-                        t = tier_of[nodes]
-                        slot = slot_of[nodes]
-                        cold_at = np.flatnonzero(t == 0)
-                        cn = nodes[cold_at]
-                        order = np.argsort(cn, kind="stable")
-                        cold_sorted = cn[order]
-                        k = int(cold_sorted.size)
-                        slot[cold_at[order]] = np.arange(k, dtype=np.int32)
+                        row = plan_rows.get_batch(i)
+                        nodes = np.ascontiguousarray(row.column("input_nodes").values.to_numpy(), dtype=np.int64)
+                        size = nodes.shape[0]
+                        if scratch[0].shape[0] < size:
+                            scratch = [np.empty(2 * size, np.int64), np.empty(2 * size, np.int64)]
+                        t = np.empty(size, np.int8)
+                        slot = np.empty(size, np.int32)
+                        cold = np.empty(size, np.int64)
+                        k, n_gpu, bad = index_minibatch(nodes, tier_of, slot_of, t, slot, cold, *scratch)
+                        if bad >= 0:
+                            raise FormatError(f"plan {pl.path} minibatch {i} of {split} names node {nodes[bad]}, "
+                                              f"outside 0..{n - 1}; the plan is damaged, sample it again")
                         nbytes = k * rb
                         padded = round_up(nbytes, ALIGNMENT)
-                        cols = [pa.array([mb.epoch], pa.int32()), pa.array([mb.batch], pa.int32()),
-                                pa.array([pos], pa.int64()), pa.array([nbytes], pa.int64()),
-                                pa.array([padded], pa.int64()), pa.array([k], pa.int32()),
-                                _list(t, pa.int8()), _list(slot, pa.int32()), _list(cold_sorted, pa.int64())]
-                        writer.write_batch(pa.record_batch(cols, schema=schema))
-                        flat.write(cold_sorted)
+                        iw.add(int(row.column("epoch")[0].as_py()), int(row.column("batch")[0].as_py()), pos, nbytes,
+                               padded, k, t, slot, cold[:k])
                         ext_off[m] = pos
                         file_of[m] = si
-                        ptr[m + 1] = ptr[m] + k
+                        n_cold[m] = k
                         pos += padded
                         m += 1
-                        n_gpu = int(np.count_nonzero(t == 2))
-                        stats["input_rows"] += int(nodes.size)
+                        stats["input_rows"] += size
                         stats["gpu_rows"] += n_gpu
-                        stats["host_rows"] += int(nodes.size) - n_gpu - k
+                        stats["host_rows"] += size - n_gpu - k
                         stats["cold_rows"] += k
                         stats["max_padded_nbytes"] = max(stats["max_padded_nbytes"], padded)
                         bar.update(1)
-                    writer.close()
-                    f.close()
+                    iw.close()
                 except BaseException:
-                    f.abort()
+                    iw.abort()
                     raise
+                id_start[m - counts[si]:m] = iw.starts
                 stats["cold_bytes"] = stats["cold_rows"] * rb
                 stats["padded_bytes"] = pos
                 stats["cold_bytes_per_epoch"] = stats["padded_bytes"] // max(1, stats["epochs"])
                 stats["index_bytes"] = (tmp / "index" / f"{split}.arrow").stat().st_size
                 split_stats[split] = stats
+        del scratch
+        bounds_mb = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        id_end = id_start + n_cold  # minibatch m's sorted cold ids: its split's index file as int64 [id_start:id_end]
         t_index = time.perf_counter() - t0
-        del tier_of, slot_of
+        del tier_of, slot_of, n_cold
 
         feature_bytes = n * rb
         packed_bytes = sum(s["padded_bytes"] for s in split_stats.values())
@@ -352,21 +520,21 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         # -- step 3: one pass over the feature table
         t0 = time.perf_counter()
         paths = [cold_chunk_path(tmp, s) for s in splits]
-        cold = _ColdWriter(paths, [split_stats[s]["padded_bytes"] for s in splits])
+        cold = _ColdWriter(paths, [split_stats[s]["padded_bytes"] for s in splits], direct=direct)
         tier_writers = {}
         for name in TIERS:
             write_group(tmp / "tiers" / name)
             tier_writers[name] = RowChunkWriter(tmp / "tiers" / name / "features", tier_ids[name].size, (dim,),
                                                 feats.dtype, min(tier_chunk_rows, max(1, tier_ids[name].size)))
+        index_paths = [tmp / "index" / f"{s}.arrow" for s in splits]
         try:
-            _pack_slices(feats, tier_ids, tier_writers, cold, flat_path, ptr, ext_off, file_of, slice_rows,
-                         gather_rows, runs_cap, threads, packed_bytes)
+            _pack_slices(feats, tier_ids, tier_writers, cold, index_paths, bounds_mb, id_start, id_end, ext_off,
+                         file_of, slice_rows, gather_rows, runs_cap, threads, packed_bytes)
             cold.close()
         except BaseException:
             cold.abort()
             raise
         t_pack = time.perf_counter() - t0
-        flat_path.unlink()
 
         tiers_record = {}
         for name in TIERS:
@@ -402,10 +570,12 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
             "tier_bytes": tier_bytes,
             "blowup": round(blowup, 4),
             "config": {"memory_budget": int(memory_budget), "max_blowup": max_blowup, "slice_rows": slice_rows,
-                       "gather_rows": gather_rows, "runs_per_write": runs_cap, "threads": bool(threads)},
+                       "gather_rows": gather_rows, "runs_per_write": runs_cap, "threads": bool(threads),
+                       "direct_io": bool(direct_io)},
             "seconds": round(seconds, 3),
             "timing": {"index_seconds": round(t_index, 3), "pack_seconds": round(t_pack, 3),
                        "write_seconds": round(cold.seconds, 3), "bytes_written": written,
+                       "write_mode": "O_DIRECT" if cold.direct else "buffered",
                        "write_mb_per_s": round(rate / 1e6, 1)},
         })
     log.info("packed %s: blow-up %.2fx (cold extents %s over %s), gpu tier %s (%d rows), host tier %s (%d rows); "
@@ -421,22 +591,36 @@ def _list(values: np.ndarray, type_: pa.DataType) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.array([0, len(values)], dtype=np.int32)), pa.array(values, type=type_))
 
 
-def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, flat_path: Path, ptr: np.ndarray,
-                 ext_off: np.ndarray, file_of: np.ndarray, slice_rows: int, gather_rows: int, runs_cap: int, threads: bool,
-                 total_bytes: int) -> None:
-    """Step 3: read the feature table slice by slice, write tier rows and every minibatch's rows in the slice."""
+def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: list[Path], bounds_mb: np.ndarray,
+                 id_start: np.ndarray, id_end: np.ndarray, ext_off: np.ndarray, file_of: np.ndarray, slice_rows: int,
+                 gather_rows: int, runs_cap: int, threads: bool, total_bytes: int) -> None:
+    """Step 3: read the feature table slice by slice, write tier rows and every minibatch's rows in the slice.
+
+    Minibatches ``bounds_mb[s]..bounds_mb[s+1]-1`` belong to split ``s``; minibatch ``k``'s sorted cold
+    ids are ``flat_s[id_start[k]:id_end[k]]`` where ``flat_s`` is ``index_paths[s]`` read as int64.
+    """
     n = feats.shape[0]
     rb = feats.row_bytes
     dim = feats.shape[1]
     word = word_dtype(rb)
     width = rb // word.itemsize
     n_buf = 2 if threads else 1
+    pages = cold.direct  # whole-page runs for O_DIRECT (decided once: a later fallback writes the same pages)
     slices = [np.empty((slice_rows, dim), dtype=feats.storage_dtype) for _ in range(n_buf)]
-    gbufs = [np.empty((gather_rows, width), dtype=word) for _ in range(n_buf)]
-    runs = np.empty((runs_cap, 3), dtype=np.int64)
-    cursor = ptr[:-1].copy()
-    have_cold = int(ptr[-1]) > 0
-    flat = np.asarray(np.memmap(flat_path, dtype=np.int64, mode="r")) if have_cold else np.zeros(1, np.int64)
+    if pages:
+        page_words = ALIGNMENT // word.itemsize
+        gwords = max(gather_rows * width // page_words, 1) * page_words
+        gbufs = [aligned_empty(gwords * word.itemsize).view(word) for _ in range(n_buf)]
+        carry = np.zeros((id_start.shape[0], page_words), dtype=word)
+        runs = np.empty((runs_cap, 4), dtype=np.int64)
+    else:
+        gbufs = [np.empty((gather_rows, width), dtype=word) for _ in range(n_buf)]
+        runs = np.empty((runs_cap, 3), dtype=np.int64)
+    cursor = id_start.copy()
+    splits = [(s, int(bounds_mb[s]), int(bounds_mb[s + 1])) for s in range(len(index_paths))
+              if (id_end[bounds_mb[s]:bounds_mb[s + 1]] > id_start[bounds_mb[s]:bounds_mb[s + 1]]).any()]
+    flats = {s: np.memmap(index_paths[s], dtype=np.int64, mode="r", shape=(index_paths[s].stat().st_size // 8,))
+             for s, _, _ in splits}
     chunk_rows = feats.chunk_shape[0]
 
     def read(k: int, lo: int, hi: int) -> np.ndarray:
@@ -465,36 +649,43 @@ def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, flat_path: Pa
                     step = tier_writers[name].chunk_rows  # bounded temporaries: one tier chunk at a time
                     for j in range(a, b, step):
                         tier_writers[name].append(block[ids[j:min(j + step, b)] - lo])
-                if not have_cold:
-                    continue
                 words = block.reshape(hi - lo, -1).view(np.uint8).view(word).reshape(hi - lo, width)
-                m = 0
-                while m < cursor.shape[0]:
-                    if pending_write[g] is not None:
-                        pending_write[g].result()
-                        pending_write[g] = None
-                    m, fill, nr = gather_runs(words, lo, hi, flat, ptr, cursor, m, gbufs[g], runs)
-                    if nr == 0:
-                        continue
-                    r = runs[:nr]
-                    mbs = r[:, 0]
-                    files = file_of[mbs]
-                    offsets = ext_off[mbs] + (r[:, 1] - ptr[mbs]) * rb
-                    lengths = r[:, 2] * rb
-                    view = memoryview(gbufs[g]).cast("B")
-                    if pool:
-                        pending_write[g] = wpool.submit(cold.write_runs, view, files, offsets, lengths)
-                        g = (g + 1) % n_buf
-                    else:
-                        cold.write_runs(view, files, offsets, lengths)
-                    bar.update(int(lengths.sum()))
+                for s, m, m_end in splits:
+                    flat = flats[s]
+                    while m < m_end:
+                        if pending_write[g] is not None:
+                            pending_write[g].result()
+                            pending_write[g] = None
+                        if pages:
+                            m, fill, nr = gather_pages(words, lo, hi, flat, id_start, id_end, cursor, m, m_end, ext_off,
+                                                       file_of, carry, page_words, gbufs[g], runs)
+                            r = runs[:nr]
+                            files, offsets, lengths = r[:, 0], r[:, 1], r[:, 3]
+                        else:
+                            m, fill, nr = gather_runs(words, lo, hi, flat, id_start, id_end, cursor, m, m_end, gbufs[g],
+                                                      runs)
+                            r = runs[:nr]
+                            mbs = r[:, 0]
+                            files = file_of[mbs]
+                            offsets = ext_off[mbs] + r[:, 1] * rb
+                            lengths = r[:, 2] * rb
+                        if nr == 0:
+                            continue
+                        files, offsets, lengths = files.copy(), offsets.copy(), lengths.copy()
+                        view = memoryview(gbufs[g]).cast("B")
+                        if pool:
+                            pending_write[g] = wpool.submit(cold.write_runs, view, files, offsets, lengths)
+                            g = (g + 1) % n_buf
+                        else:
+                            cold.write_runs(view, files, offsets, lengths)
+                        bar.update(int(lengths.sum()))
             for f in pending_write:
                 if f is not None:
                     f.result()
-        if have_cold and not np.array_equal(cursor, ptr[1:]):
+        if not np.array_equal(cursor, id_end):
             raise RuntimeError("packing did not place every cold row (an input node id outside the feature table?)")
     finally:
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
             wpool.shutdown(wait=True, cancel_futures=True)
-        del flat
+        del flats

@@ -294,3 +294,270 @@ def test_end_to_end_with_sampler(tmp_path):
         pack = open_pack(pack_features(ds, plan, tmp_path / f"pack{gpu}", tiers=tiers, memory_budget=256 << 10))
         _check_all_minibatches(pack, plan, feats)
         assert pack.verify() == []
+
+
+# -- the O_DIRECT writer: whole pages, carries, fallback ---------------------------------------------
+
+def _simulate_pages(rb: int, extents: list[np.ndarray], n: int, slice_rows: int, buf_bytes: int, max_runs: int,
+                    seed: int = 0):
+    """Drive ``gather_pages`` over slices like the packer does; returns (files, expected files, writes per page)."""
+    from diskgraph.native.packing import gather_pages, word_dtype
+    from diskgraph.store.direct_io import aligned_empty
+
+    rng = np.random.default_rng(seed)
+    table = rng.integers(0, 256, (n, rb), dtype=np.uint8)
+    word = word_dtype(rb)
+    width, page_words = rb // word.itemsize, 4096 // word.itemsize
+    # two "files": extents alternate between them, each extent page aligned and zero-padded
+    file_of = np.array([i % 2 for i in range(len(extents))], dtype=np.int8)
+    ext_off = np.zeros(len(extents), np.int64)
+    sizes = [0, 0]
+    for i, ids in enumerate(extents):
+        ext_off[i] = sizes[file_of[i]]
+        sizes[file_of[i]] += -(-ids.size * rb // 4096) * 4096
+    want = [np.zeros(s, np.uint8) for s in sizes]
+    for i, ids in enumerate(extents):
+        want[file_of[i]][ext_off[i]:ext_off[i] + ids.size * rb] = table[np.sort(ids)].reshape(-1)
+    flat = np.concatenate([np.zeros(3, np.int64)] + [np.sort(ids) for ids in extents])  # a little offset
+    counts = np.array([ids.size for ids in extents], np.int64)
+    start = 3 + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    end = start + counts
+    cursor = start.copy()
+    carry = np.full((len(extents), page_words), 0xAB, dtype=word)  # garbage: must never reach the file
+    buf = aligned_empty(buf_bytes).view(word)
+    runs = np.empty((max_runs, 4), np.int64)
+    got = [np.full(s, 0xEE, np.uint8) for s in sizes]  # unwritten bytes show
+    writes = [np.zeros(s // 4096, np.int64) for s in sizes]
+    for lo in range(0, n, slice_rows):
+        hi = min(lo + slice_rows, n)
+        block = table[lo:hi].view(word).reshape(hi - lo, width)
+        m = 0
+        while m < len(extents):
+            buf[:] = 0x77  # stale bytes from an earlier fill must not leak
+            m, fill, nr = gather_pages(block, lo, hi, flat, start, end, cursor, m, len(extents), ext_off, file_of,
+                                       carry, page_words, buf, runs)
+            raw = buf.view(np.uint8)
+            pos = 0
+            for f, off, at, length in runs[:nr].tolist():
+                assert off % 4096 == 0 and at % 4096 == 0 and length % 4096 == 0 and length > 0
+                assert at == pos  # runs lie back to back in the buffer
+                got[f][off:off + length] = raw[at:at + length]
+                writes[f][off // 4096:(off + length) // 4096] += 1
+                pos += length
+            assert pos == fill * word.itemsize
+    assert np.array_equal(cursor, end)
+    return got, want, writes
+
+
+@pytest.mark.parametrize("rb", [12, 8, 520, 4096])
+@pytest.mark.parametrize("buf_pages,max_runs", [(None, 1), (None, 3), (64, 64)])
+def test_gather_pages_carry_logic(rb, buf_pages, max_runs):
+    """Whole pages only, every page written once, carries and zero padding right: tiny, empty, page-sized,
+    large extents; many slices; the smallest buffer (two pages and a row) and one-run batches."""
+    n = 2100
+    rng = np.random.default_rng(rb)
+    extents = [np.zeros(0, np.int64), np.array([5]), np.array([n - 1]), rng.choice(n, 3, replace=False),
+               np.arange(0, n, 2), rng.choice(n, 400, replace=False), np.zeros(0, np.int64),
+               np.arange(4096 // np.gcd(rb, 4096)) * (n // (4096 // np.gcd(rb, 4096))),  # exactly whole pages
+               rng.choice(n, 97, replace=False), np.array([0, 1, 2, 3, 699])]
+    buf_bytes = (2 * 4096 + -(-rb // 4096) * 4096) if buf_pages is None else buf_pages * 4096
+    for slice_rows in (n, 150, 7, 1):
+        got, want, writes = _simulate_pages(rb, extents, n, slice_rows, buf_bytes, max_runs)
+        for g, w, c in zip(got, want, writes):
+            assert np.array_equal(g, w), slice_rows
+            assert (c == 1).all(), "every page is written exactly once"
+
+
+def _tree_bytes(root: Path) -> dict:
+    """Every file of a pack but the manifest (which holds timings), by relative path."""
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"}
+
+
+def _direct_supported(path: Path) -> bool:
+    import os
+
+    from diskgraph.store.direct_io import O_DIRECT
+
+    if not O_DIRECT:
+        return False
+    try:
+        os.close(os.open(path / ".direct-probe", os.O_RDWR | os.O_CREAT | O_DIRECT, 0o644))
+        return True
+    except OSError:
+        return False
+    finally:
+        (path / ".direct-probe").unlink(missing_ok=True)
+
+
+def _odd_extents_plan(ds, out: Path, seed: int = 0) -> Path:
+    """Minibatches with 0 cold rows (all hot: nodes 0..3), 1 row, a few rows, page multiples and large ones."""
+    from packing_helpers import _one_hop, _write_plan
+
+    rng = np.random.default_rng(seed)
+    n = ds.num_nodes
+    sizes = [4, 1, 2, 3, 1024, 5, n // 2, 340, 341, 1, n - 10]
+    mbs = []
+    for b, size in enumerate(sizes):
+        nodes = np.arange(4) if b == 0 else rng.choice(np.arange(4, n), size=min(size, n - 4), replace=False)
+        mbs.append(_one_hop(0, b, nodes, max(1, len(nodes) // 4), rng))
+    per = {"train": len(mbs), "val": 2, "test": 1}
+    split_mbs = {"train": mbs, "val": [_one_hop(0, 0, np.arange(4), 1, rng), _one_hop(0, 1, np.array([n - 1]), 1, rng)],
+                 "test": [_one_hop(0, 0, rng.choice(n, 50, replace=False), 5, rng)]}
+    return _write_plan(ds, out, split_mbs, per, {"train": 1, "val": 1, "test": 1},
+                       {"fanouts": [2], "batch_size": 0, "seed": seed, "epochs": 1, "handmade": True})
+
+
+@pytest.mark.parametrize("dtype,dim,n", [("float32", 3, 60_000), ("float32", 1024, 600), ("bfloat16", 8, 30_000)])
+def test_direct_and_buffered_packs_are_identical(tmp_path, dtype, dim, n):
+    """O_DIRECT (whole pages + carries) and buffered writes give byte-identical packs, for 12-byte and
+    4 KiB rows, empty, one-row and page-multiple extents, one slice or many."""
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    ds = open_dataset(identity_dataset(tmp_path / "ds", n, dim=dim, dtype=dtype))
+    plan = open_plan(_odd_extents_plan(ds, tmp_path / "plan"))
+    feats = all_features(ds)
+    tiers = {"gpu": np.array([0, 1]), "host": np.array([2, 3])}
+    ref = pack_features(ds, plan, tmp_path / "buffered", tiers=tiers, memory_budget=64 << 20, direct_io=False)
+    assert open_pack(ref).manifest["timing"]["write_mode"] == "buffered"
+    want = _tree_bytes(ref)
+    assert open_pack(ref).entry("train", 0).n_cold == 0 and open_pack(ref).entry("val", 0).n_cold == 0
+    small = 5 * n + 6 * 14 * 4096 + (1 << 16)  # room for the 14 carry pages, many slices
+    for name, kw in (("one-slice", dict(memory_budget=64 << 20)),
+                     ("many-slices", dict(memory_budget=small)),
+                     ("serial", dict(memory_budget=small, threads=False))):
+        out = pack_features(ds, plan, tmp_path / name, tiers=tiers, **kw)
+        pack = open_pack(out)
+        assert pack.manifest["timing"]["write_mode"] == "O_DIRECT", name
+        if name != "one-slice":
+            assert pack.manifest["config"]["slice_rows"] < n // 2, pack.manifest["config"]  # three slices or more
+        assert _tree_bytes(out) == want, name
+        _check_all_minibatches(pack, plan, feats)
+        assert pack.verify() == []
+
+
+def test_carries_that_do_not_fit_the_budget_use_buffered_writes(world, tmp_path, caplog):
+    ds, plan, _ = world
+    with caplog.at_level(logging.INFO, logger="diskgraph"):
+        out = pack_features(ds, plan, tmp_path / "pack", tiers={}, memory_budget=5 * ds.num_nodes + 60_000)
+    assert open_pack(out).manifest["timing"]["write_mode"] == "buffered"
+    assert any("carry page" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("refuse_at", ["open", "write"])
+def test_o_direct_refused_falls_back_to_buffered(world, tmp_path, monkeypatch, caplog, refuse_at):
+    """EINVAL for O_DIRECT at open or at the first write: one warning, and the same bytes as a direct pack."""
+    import errno
+    import fcntl
+    import os
+
+    from diskgraph.store.direct_io import O_DIRECT
+
+    if not _direct_supported(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    ds, plan, feats = world
+    rb = ds.features.row_bytes
+    tiers = select_hot_sets(expected_reads_per_epoch(plan), rb, 6 * rb, 9 * rb)
+    direct = pack_features(ds, plan, tmp_path / "direct", tiers=tiers, memory_budget=1 << 20)
+    assert open_pack(direct).manifest["timing"]["write_mode"] == "O_DIRECT"
+
+    refused = []
+    if refuse_at == "open":
+        real_open = os.open
+
+        def fake_open(path, flags, *args, **kw):
+            if flags & O_DIRECT:
+                refused.append(path)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *args, **kw)
+
+        monkeypatch.setattr(os, "open", fake_open)
+    else:
+        real_pwrite = os.pwrite
+
+        def fake_pwrite(fd, data, offset):
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+                refused.append(fd)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", fake_pwrite)
+    with caplog.at_level(logging.INFO, logger="diskgraph"):
+        out = pack_features(ds, plan, tmp_path / "fallback", tiers=tiers, memory_budget=1 << 20)
+    monkeypatch.undo()
+    assert refused
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "O_DIRECT is refused" in warnings[0] and "buffered" in warnings[0], warnings
+    assert open_pack(out).manifest["timing"]["write_mode"] == "buffered"
+    assert _tree_bytes(out) == _tree_bytes(direct)
+    _check_all_minibatches(open_pack(out), plan, feats)
+
+
+def test_cold_ids_read_back_when_the_ipc_layout_differs(world, tmp_path, monkeypatch):
+    """The packer finds each minibatch's cold ids at the end of its Arrow message; if a pyarrow laid the
+    message out otherwise, it reads the offsets back from the file and the pack is the same."""
+    import diskgraph.store.packer as packer
+
+    ds, plan, _ = world
+    tiers = {"host": np.arange(0, 2000, 7)}
+    fast = pack_features(ds, plan, tmp_path / "fast", tiers=tiers, memory_budget=1 << 20)
+    for s in plan.splits:
+        counts = np.array([open_pack(fast).entry(s, i).n_cold for i in range(plan.num_minibatches(s))])
+        starts = packer._cold_id_starts(fast / "index" / f"{s}.arrow", counts)
+        flat = np.fromfile(fast / "index" / f"{s}.arrow", dtype=np.uint8)
+        flat = flat[: flat.size // 8 * 8].view(np.int64)
+        for i, (a, k) in enumerate(zip(starts.tolist(), counts.tolist())):
+            assert np.array_equal(flat[a:a + k], open_pack(fast).entry(s, i).cold_nodes)
+    real_write = packer._IndexWriter._write
+
+    def write_and_forget_layout(self, *row):
+        real_write(self, *row)
+        self._layout_ok = False
+
+    monkeypatch.setattr(packer._IndexWriter, "_write", write_and_forget_layout)
+    slow = pack_features(ds, plan, tmp_path / "slow", tiers=tiers, memory_budget=1 << 20)
+    assert _tree_bytes(slow) == _tree_bytes(fast)
+
+
+def test_refuses_a_plan_naming_a_node_outside_the_graph(world, tmp_path):
+    from diskgraph.store.errors import FormatError
+    from packing_helpers import _one_hop, _write_plan
+
+    ds, _, _ = world
+    rng = np.random.default_rng(0)
+    mbs = [_one_hop(0, 0, np.array([3, 1, 2]), 1, rng), _one_hop(0, 1, np.array([5, -1, 7]), 1, rng)]
+    plan = open_plan(_write_plan(ds, tmp_path / "bad", {"train": mbs}, {"train": 2}, {"train": 1},
+                                 {"fanouts": [2], "batch_size": 0, "seed": 0, "epochs": 1, "handmade": True}))
+    out = tmp_path / "pack"
+    with pytest.raises(FormatError) as ei:
+        pack_features(ds, plan, out, tiers={}, memory_budget=1 << 20)
+    msg = str(ei.value)
+    assert "minibatch 1 of train names node -1, outside 0..1999" in msg and "sample it again" in msg
+    assert not out.exists() and not list(tmp_path.glob(".pack.diskgraph-tmp-*"))
+
+
+@pytest.mark.parametrize("n,size,hot", [(1, 1, 0.0), (100, 0, 0.5), (5000, 64, 0.3), (5000, 65, 0.3),
+                                        (2_000_000, 5000, 0.0), (2_000_000, 5000, 0.5), (3_000_000, 3000, 1.0)])
+def test_index_kernel_equals_numpy(n, size, hot):
+    """The index kernel (radix sort) gives numpy's answer: stable order, repeated ids included."""
+    from diskgraph.native.packing import index_minibatch
+
+    rng = np.random.default_rng(size)
+    tier_of = np.where(rng.random(n) < hot, rng.integers(1, 3, n), 0).astype(np.int8)
+    slot_of = rng.integers(0, 1000, n).astype(np.int32)
+    nodes = rng.integers(0, n, size).astype(np.int64)  # repeats allowed
+    t, slot, cold = np.empty(size, np.int8), np.empty(size, np.int32), np.empty(size, np.int64)
+    k, n_gpu, bad = index_minibatch(nodes, tier_of, slot_of, t, slot, cold, np.empty(size, np.int64),
+                                    np.empty(size, np.int64))
+    want_t, want_slot = tier_of[nodes], slot_of[nodes].copy()
+    at = np.flatnonzero(want_t == 0)
+    order = np.argsort(nodes[at], kind="stable")
+    want_slot[at[order]] = np.arange(at.size)
+    assert bad == -1 and k == at.size and n_gpu == int((want_t == 2).sum())
+    assert np.array_equal(t, want_t) and np.array_equal(slot, want_slot)
+    assert np.array_equal(cold[:k], nodes[at][order])
+    if size:
+        nodes[size // 2] = n  # out of range: its position comes back
+        assert index_minibatch(nodes, tier_of, slot_of, t, slot, cold, np.empty(size, np.int64),
+                               np.empty(size, np.int64))[2] == size // 2
