@@ -47,7 +47,8 @@ def aligned_empty(nbytes: int, alignment: int = ALIGNMENT) -> np.ndarray:
     if nbytes < 0:
         raise ValueError(f"nbytes {nbytes} is negative")
     if nbytes >= (1 << 20) and alignment <= mmap.PAGESIZE and mmap.PAGESIZE % alignment == 0:
-        m = mmap.mmap(-1, round_up(nbytes, mmap.PAGESIZE))
+        # private, so the memory counts as the process's own (anon), not as shared memory
+        m = mmap.mmap(-1, round_up(nbytes, mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         return np.frombuffer(m, dtype=np.uint8, count=nbytes)
     raw = np.empty(nbytes + alignment, dtype=np.uint8)
     start = (-raw.ctypes.data) % alignment

@@ -301,7 +301,7 @@ def probe_write(directory: Path, total: int, direct: bool, block: int = 16 * MiB
 
     Buffered (``direct=False``): preallocate, ``pwrite`` of ``block`` bytes, start writeback
     (``sync_file_range``) after each, ``fdatasync`` + ``POSIX_FADV_DONTNEED`` every
-    ``FLUSH_BYTES`` (64 MiB) — :class:`diskgraph.store.packer._ColdWriter`'s method.
+    ``FLUSH_BYTES`` (64 MiB) — the packer's buffered fallback; by default it writes whole pages with O_DIRECT.
     O_DIRECT: the same blocks from a 4 KiB-aligned buffer with O_DIRECT, ``fdatasync``
     every 64 MiB. The clock covers the writes and the final ``fdatasync``.
     """
