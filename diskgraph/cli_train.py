@@ -24,6 +24,7 @@ def add_train(sub) -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", choices=["sage", "gcn", "gat"], default="sage", help="GNN (default: sage, mean aggregator)")
     m.add_argument("--hidden", type=positive_int, default=256, help="hidden width (default: 256); layers = the plan's hops")
+    m.add_argument("--layers", type=positive_int, help="GNN layers; must equal the plan's hops (default: the plan's hops)")
     m.add_argument("--heads", type=positive_int, default=4, help="attention heads of GAT (default: 4)")
     m.add_argument("--dropout", type=float, default=0.5, help="dropout (default: 0.5)")
     o = p.add_argument_group("optimisation")
@@ -59,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
-    opts = TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, dropout=args.dropout, lr=args.lr,
+    opts = TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, layers=args.layers, dropout=args.dropout, lr=args.lr,
                         weight_decay=args.weight_decay, heads=args.heads, epochs=args.epochs, seed=args.seed,
                         device=args.device, run_dir=args.run_dir, log_json=args.log_json, resume=args.resume,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,

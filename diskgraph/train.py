@@ -29,7 +29,8 @@ class TrainOptions:
     Attributes:
         pack: pack name under DATASET/packs (or a path); its plan gives fanouts and batches.
         model: ``sage``, ``gcn`` or ``gat``.
-        hidden: hidden width; layers = the plan's hops.
+        hidden: hidden width.
+        layers: GNN layers; must equal the plan's hops (None: the plan's hops).
         dropout, lr, weight_decay, heads: model and Adam settings.
         epochs: training epochs.
         seed: model init, dropout and epoch order.
@@ -49,6 +50,7 @@ class TrainOptions:
     pack: str = DEFAULT_NAME
     model: str = "sage"
     hidden: int = 256
+    layers: int | None = None
     dropout: float = 0.5
     lr: float = 0.003
     weight_decay: float = 0.0
@@ -135,6 +137,9 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
 
         def order(split: str, epoch: int):
             return epoch_order(plan, split, epoch, opts.seed)
+    if opts.layers is not None and opts.layers != len(fanouts):
+        raise InputError(f"--layers {opts.layers} does not match the {len(fanouts)} hops the plan sampled "
+                         f"(fanouts {','.join(map(str, fanouts))}); drop --layers or sample with {opts.layers} fanouts")
     num_classes = int(ds.num_classes or int(ds.labels.max()) + 1)
     model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
                         heads=opts.heads).to(device)

@@ -138,6 +138,8 @@ def test_cli_log_json_interface(shared_dataset, tmp_path, cli):
     # a second run into the same directory needs --resume or --overwrite; --resume of a finished run is a no-op
     r = cli.run("train", out, "--model", "sage", "--hidden", "32", "--epochs", "3", "--seed", "0")
     assert r.rc == 2 and "--resume" in r.err
+    r = cli.run("train", out, "--model", "sage", "--layers", "3", "--epochs", "1", "--run-dir", tmp_path / "x")
+    assert r.rc == 2 and "--layers 3" in r.err and "2 hops" in r.err
     r = cli.run("train", out, "--model", "sage", "--hidden", "32", "--epochs", "4", "--seed", "0", "--resume",
                 "--log-json", log, "-q")
     assert r.rc == 0, r.err
