@@ -43,6 +43,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (tools/bench is not a package)
+from common import diskgraph_cmd, git_state  # noqa: E402
 
 MiB = 1 << 20
 NPY_HEADER = 128
@@ -68,10 +69,6 @@ def fmt_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def diskgraph_cmd() -> list[str]:
-    return ["diskgraph"] if shutil.which("diskgraph") else [sys.executable, "-m", "diskgraph"]
 
 
 def input_sizes(nodes: int, edges: int, dim: int, itemsize: int) -> dict:
@@ -174,19 +171,6 @@ def run_baseline(args, work: Path, budget: int) -> dict:
     shutil.rmtree(work / "baseline-out", ignore_errors=True)
     shutil.rmtree(tiny, ignore_errors=True)
     return out
-
-
-def git_state() -> dict:
-    """The repository's commit and whether the working tree differs from it."""
-    import subprocess
-
-    def git(*a):
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except OSError:
-        return {}
 
 
 def read_manifest(out: Path) -> dict:

@@ -59,6 +59,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (tools/bench is not a package)
+from common import gen_params, read_json, tail  # noqa: E402
 from import_oocore import diskgraph_cmd, fmt_bytes, git_state, parse_size  # noqa: E402
 
 MiB = 1 << 20
@@ -107,13 +108,6 @@ def parse_sample_log(text: str) -> dict:
             "nodes_per_s": si(m.group(7)), "edges_per_s": si(m.group(8))}
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def block_device_facts(path: Path) -> dict:
     """read_ahead_kb / rotational / scheduler of the block device holding ``path`` (best effort)."""
     try:
@@ -135,10 +129,6 @@ def block_device_facts(path: Path) -> dict:
                     pass
             break
     return out
-
-
-def tail(text: str | None, n: int = 2000) -> str:
-    return (text or "")[-n:]
 
 
 # -- workers (run as children inside a capped cgroup) ---------------------------------------------
@@ -349,11 +339,6 @@ def probe_write(directory: Path, total: int, direct: bool, block: int = 16 * MiB
 
 
 # -- steps -----------------------------------------------------------------------------------------
-
-def gen_params(a) -> dict:
-    return {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes, "seed": a.seed,
-            "feature_dtype": "float32", "split": a.split}
-
 
 def ensure_dataset(a, ds: Path) -> tuple[dict | None, str | None, str | None]:
     """(generate run, generate command, refusal) — generates ``ds`` unless a matching one is there."""

@@ -51,6 +51,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (tools/bench is not a package)
+from common import gen_params, read_json, read_log, tail  # noqa: E402
 from import_oocore import diskgraph_cmd, fmt_bytes, git_state, parse_size  # noqa: E402
 
 MiB = 1 << 20
@@ -68,17 +69,6 @@ def size_arg(n: int) -> str:
     return str(n)
 
 
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def tail(text: str | None, n: int = 2000) -> str:
-    return (text or "")[-n:]
-
-
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -93,11 +83,6 @@ def run_summary(r: cgroup.RunResult) -> dict:
 
 
 # -- steps -----------------------------------------------------------------------------------------
-
-def gen_params(a) -> dict:
-    return {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes, "seed": a.seed,
-            "feature_dtype": "float32", "split": a.split}
-
 
 def ensure_dataset(a, ds: Path) -> tuple[dict | None, str | None]:
     """Generate ``ds`` (inside the cap unless --generate-uncapped) unless a matching one is there."""
@@ -159,19 +144,6 @@ def baseline(a, work: Path) -> dict:
     shutil.rmtree(work / "baseline-run", ignore_errors=True)
     (work / "baseline.jsonl").unlink(missing_ok=True)
     return out
-
-
-def read_log(path: Path) -> tuple[list[dict], dict | None]:
-    epochs, summary = [], None
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("summary"):
-                    summary = rec
-                else:
-                    epochs.append(rec)
-    return epochs, summary
 
 
 def metadata_bytes(ds: Path, name: str, split: str = "train") -> dict:

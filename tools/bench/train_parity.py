@@ -46,6 +46,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (machine facts only; nothing here needs a cgroup)
+from common import diskgraph_cmd, git_state, read_log  # noqa: E402
 
 DEFAULT_DATASETS = ("amazon-computers", "coauthor-cs", "cora")
 
@@ -59,10 +60,6 @@ PRESETS = {
     "coauthor-cs": {"fanouts": "10,5", "batch_size": 1024, "epochs": 5, "lr": 0.005},
 }
 FALLBACK = {"fanouts": "10,5", "batch_size": 512, "epochs": 10, "lr": 0.005}
-
-
-def diskgraph_cmd() -> list[str]:
-    return ["diskgraph"] if shutil.which("diskgraph") else [sys.executable, "-m", "diskgraph"]
 
 
 def fmt_bytes(n) -> str:
@@ -81,22 +78,6 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if not vals:
         return None, None
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
-
-
-def read_log(path: Path) -> tuple[list[dict], dict | None]:
-    """The per-epoch records and the summary line of a ``--log-json`` file."""
-    epochs, summary = [], None
-    if not path.exists():
-        return epochs, summary
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        if rec.get("summary"):
-            summary = rec
-        else:
-            epochs.append(rec)
-    return epochs, summary
 
 
 def run(cmd: list[str], log_path: Path, timeout: float | None) -> dict:
@@ -383,16 +364,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     return 0 if all(d["pass"] for d in results) else 1
-
-
-def git_state() -> dict:
-    def git(*a):
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True).stdout.strip()
-
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except OSError:
-        return {}
 
 
 if __name__ == "__main__":
