@@ -84,10 +84,10 @@ class _EpochAccumulator:
     correct: int = 0
     minibatches: int = 0
     compute_s: float = 0.0
-    consumer_wait_s: float = 0.0
     train_s: float = 0.0
     read_bytes: int = 0
-    stats: dict = field(default_factory=dict)
+    prior_stats: dict = field(default_factory=dict)
+    """The loader's additive epoch statistics from earlier processes of this epoch (a resumed run)."""
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -100,10 +100,16 @@ def _atomic_torch_save(obj, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+_RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",
+           "slowest_stage_s"}
+"""Keys of a loader's ``epoch_stats()`` derived from the others: not summed across a resume."""
+
+
 def _add_stats(total: dict, part: dict) -> dict:
+    """``total`` plus the additive numeric entries of a loader's ``epoch_stats()``."""
     out = dict(total)
     for k, v in part.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _RATIOS:
             out[k] = out.get(k, 0) + v
     return out
 
@@ -233,10 +239,8 @@ class Trainer:
         rb_start = process_read_bytes()
         with Progress(f"epoch {self.epoch}", total, "mb") as bar:
             bar.update(self.position)
-            t_wait = time.perf_counter()
             for batch in loader.epoch(order, start=self.position):
                 t0 = time.perf_counter()
-                self.acc.consumer_wait_s += t0 - t_wait
                 self.optimizer.zero_grad(set_to_none=True)
                 logits = self.model(batch.blocks, batch.x)
                 loss = F.cross_entropy(logits, batch.y)
@@ -247,13 +251,11 @@ class Trainer:
                 self.acc.correct += accuracy(logits.detach(), batch.y)[0]
                 self.acc.seeds += n
                 self.acc.minibatches += 1
-                self.acc.stats = _add_stats(self.acc.stats, batch.stats)
-                t_wait = time.perf_counter()
-                self.acc.compute_s += t_wait - t0
+                self.acc.compute_s += time.perf_counter() - t0
                 self.position += 1
                 bar.update(1)
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
-                    self._checkpoint_mid_epoch(t_start, rb_start)
+                    self._checkpoint_mid_epoch(t_start, rb_start, loader)
                     t_start, rb_start = time.perf_counter(), process_read_bytes()
                 if max_steps is not None:
                     max_steps[0] -= 1
@@ -261,18 +263,27 @@ class Trainer:
                         raise StopTraining()
         self.acc.train_s += time.perf_counter() - t_start
         self.acc.read_bytes += process_read_bytes() - rb_start
+        self.acc.prior_stats = _add_stats(self.acc.prior_stats, loader.epoch_stats())
 
-    def _checkpoint_mid_epoch(self, t_start: float, rb_start: int) -> None:
+    def _checkpoint_mid_epoch(self, t_start: float, rb_start: int, loader: Loader) -> None:
+        """Save, with this process's loader statistics so far folded into what the checkpoint carries."""
         self.acc.train_s += time.perf_counter() - t_start
         self.acc.read_bytes += process_read_bytes() - rb_start
-        self.save_checkpoint()
+        prior = self.acc.prior_stats
+        self.acc.prior_stats = _add_stats(prior, loader.epoch_stats())
+        try:
+            self.save_checkpoint()
+        finally:
+            self.acc.prior_stats = prior  # the running epoch's statistics are added again at its end
 
     def _epoch_record(self, eval_s: float, eval_read_bytes: int, eval_metrics: dict) -> dict:
         a = self.acc
-        s = a.stats
-        stage = {"read_s": float(s.get("read_s", 0.0)), "assemble_s": float(s.get("assemble_s", 0.0)),
+        s = a.prior_stats  # the whole epoch's loader statistics, after _train_epoch
+        stage = {"read_s": float(s.get("read_busy_s", 0.0)), "assemble_s": float(s.get("assemble_busy_s", 0.0)),
                  "compute_s": a.compute_s}
-        slowest = max(stage.values()) if stage else 0.0
+        if s.get("sample_busy_s"):
+            stage["sample_s"] = float(s["sample_busy_s"])  # the in-memory reference samples online
+        slowest = max(stage.values())
         rows = {t: int(s.get(f"rows_{t}", 0)) for t in ("gpu", "host", "cold")}
         all_rows = sum(rows.values())
         cold_bytes = rows["cold"] * self.row_bytes
@@ -285,8 +296,8 @@ class Trainer:
             "eval_s": eval_s,
             "minibatches": a.minibatches,
             "stage_s": stage,
-            "queue_wait_s": {"compute": a.consumer_wait_s,
-                             **{k[:-7]: float(v) for k, v in s.items() if k.endswith("_wait_s")}},
+            "io_s": float(s.get("io_s", 0.0)),
+            "queue_wait_s": {k[:-7]: float(v) for k, v in s.items() if k.endswith("_wait_s")},
             "overlap": a.train_s / slowest if slowest > 0 else None,
             "read_bytes": a.read_bytes,
             "eval_read_bytes": eval_read_bytes,

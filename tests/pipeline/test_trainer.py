@@ -49,8 +49,9 @@ def _close(trainer):
         loader.close()
 
 
-_TIMING = ("epoch_s", "eval_s", "stage_s", "queue_wait_s", "overlap", "read_bytes", "eval_read_bytes",
-           "read_amplification", "peak_rss_bytes", "peak_gpu_bytes", "seconds")
+_TIMING = ("epoch_s", "eval_s", "stage_s", "io_s", "queue_wait_s", "overlap", "read_bytes", "eval_read_bytes",
+           "read_amplification", "extent_bytes", "peak_rss_bytes", "peak_gpu_bytes", "seconds")
+"""Fields that measure time or I/O: a crash repeats the minibatches read ahead, so these may differ."""
 
 
 def _learning(history):
