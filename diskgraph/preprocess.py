@@ -24,12 +24,11 @@ def _name_ok(name: str, option: str) -> str:
     return name
 
 
-def plan_path(dataset: str | os.PathLike, plan: str) -> Path:
-    """The plan directory for ``plan``: a name under ``DATASET/plans/`` or a path to a plan directory."""
-    p = Path(plan)
-    if os.sep in plan or p.is_absolute() or (p / "manifest.json").exists() and not (Path(dataset) / PLANS_DIR / plan).exists():
-        return p
-    return Path(dataset) / PLANS_DIR / _name_ok(plan, "--plan")
+def artifact_path(dataset: str | os.PathLike, kind: str, name: str, option: str) -> Path:
+    """``DATASET/{kind}/NAME`` for a bare name (``kind`` is plans or packs); a path (with a separator) as given."""
+    if os.sep in name or Path(name).is_absolute():
+        return Path(name)
+    return Path(dataset) / kind / _name_ok(name, option)
 
 
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
@@ -40,7 +39,7 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
     from .store.dataset import open_dataset
 
     ds = open_dataset(dataset)
-    out = Path(dataset) / PLANS_DIR / _name_ok(name, "--name")
+    out = artifact_path(dataset, PLANS_DIR, name, "--name")
     out.parent.mkdir(exist_ok=True)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
@@ -51,7 +50,7 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
              host_cache: int = 0, memory_budget: int | None = None, max_blowup: float | None = 10.0,
              overwrite: bool = False) -> Path:
     """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``."""
-    from .sampler.hot_set import SCORE_NAME, expected_reads_per_epoch, select_hot_sets
+    from .sampler.hot_set import SCORE_NAME, hot_sets_for_plan
     from .store.dataset import open_dataset
     from .store.importer import default_memory_budget
     from .store.packer import pack_features
@@ -60,14 +59,14 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
     ds = open_dataset(dataset)
     if ds.features is None:
         raise InputError(f"dataset {dataset} has no features to pack; import it with --features")
-    pdir = plan_path(dataset, plan)
+    pdir = artifact_path(dataset, PLANS_DIR, plan, "--plan")
     if not pdir.exists():
         raise InputError(f"plan {pdir} does not exist; create it with `diskgraph preprocess sample {dataset} --name {plan}`")
     pl = open_plan(pdir)
     if gpu_cache < 0 or host_cache < 0:
         raise InputError("--gpu-cache and --host-cache must not be negative; pass sizes in bytes (0 = no cache)")
-    tiers = select_hot_sets(expected_reads_per_epoch(pl), ds.features.row_bytes, gpu_cache, host_cache)
-    out = Path(dataset) / PACKS_DIR / _name_ok(name or pdir.name, "--name")
+    tiers = hot_sets_for_plan(pl, ds.features.row_bytes, gpu_cache, host_cache)
+    out = artifact_path(dataset, PACKS_DIR, name or pdir.name, "--name")
     out.parent.mkdir(exist_ok=True)
     return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
                          max_blowup=max_blowup, overwrite=overwrite, gpu_cache_bytes=gpu_cache,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .preprocess import DEFAULT_NAME, PACKS_DIR
+from .preprocess import DEFAULT_NAME, PACKS_DIR, artifact_path
 from .store.errors import InputError
 from .store.progress import log
 
@@ -81,13 +81,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _pack_dir(dataset: Path, pack: str) -> Path:
-    p = Path(pack)
-    if os.sep in pack or p.is_absolute():
-        return p
-    return dataset / PACKS_DIR / pack
-
-
 def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
     """Train as ``opts`` says on ``dataset``; returns the summary (also the log's last line)."""
     from .models import build_model
@@ -108,7 +101,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
         from .store.packed import open_pack
         from .store.plan import open_plan
 
-        pdir = _pack_dir(dataset, opts.pack)
+        pdir = artifact_path(dataset, PACKS_DIR, opts.pack, "--pack")
         if not pdir.exists():
             raise InputError(f"pack {pdir} does not exist; make it with `diskgraph preprocess all {dataset}` "
                              f"(or pass --pack NAME)")
@@ -154,7 +147,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **opts.__dict__}, indent=2, default=str))
     info = {"dataset": str(dataset), "model": opts.model, "mode": "reference" if opts.reference else "packed",
-            "pack": None if opts.reference else str(_pack_dir(dataset, opts.pack)), "device": str(device),
+            "pack": None if opts.reference else str(pdir), "device": str(device),
             "fanouts": list(fanouts), "batch_size": int(batch_size)}
     config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
                          checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)

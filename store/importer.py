@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,6 @@ class ImportOptions:
     num_classes: int | None = None
     feature_dtype: str | None = None
     overwrite: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _node_count(edges: EdgeSource, features: FeatureSource | None, labels: np.ndarray | None, labels_label: str,
@@ -173,7 +172,7 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
             feat_info = {"dim": fc.dim, "dtype": fc.dtype, "row_bytes": fc.nbytes // max(fc.num_rows, 1),
                          "bytes": fc.nbytes, "chunk_rows": fc.chunk_rows}
         seconds = time.perf_counter() - t0
-        options_record = {k: v for k, v in asdict(opts).items() if k not in ("extra", "overwrite")}
+        options_record = {k: v for k, v in asdict(opts).items() if k != "overwrite"}
         options_record["memory_budget"] = budget
         if random_split is not None and not splits:
             options_record["split"] = {"random": list(random_split[0]), "seed": random_split[1]}

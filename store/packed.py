@@ -48,9 +48,8 @@ PACK_VERSION = 1
 """The pack format version this diskgraph writes and the newest it reads."""
 
 TIERS = ("gpu", "host")
-TIER_CODES = {"cold": 0, "host": 1, "gpu": 2}
-"""Values of the index's ``tier`` column."""
 COLD, HOST, GPU = 0, 1, 2
+"""Values of the index's ``tier`` column."""
 
 
 def index_schema() -> pa.Schema:

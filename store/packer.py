@@ -452,11 +452,10 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                          "epochs": pl.num_epochs(split), "input_rows": 0, "gpu_rows": 0, "host_rows": 0,
                          "cold_rows": 0, "cold_bytes": 0, "padded_bytes": 0, "max_padded_nbytes": 0}
                 iw = _IndexWriter(tmp / "index" / f"{split}.arrow", threaded=threads)
-                plan_rows = pl._reader(split)  # the plan's Arrow file: only epoch, batch and input_nodes are needed
                 pos = 0
                 try:
                     for i in range(counts[si]):
-                        row = plan_rows.get_batch(i)
+                        row = pl.record_batch(split, i)  # only epoch, batch and input_nodes are read
                         nodes = np.ascontiguousarray(row.column("input_nodes").values.to_numpy(), dtype=np.int64)
                         size = nodes.shape[0]
                         if scratch[0].shape[0] < size:

@@ -26,7 +26,7 @@ first, as in DGL's blocks). The first GNN layer runs on hop ``L`` (input nodes
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -191,9 +191,13 @@ class Plan:
         """Presampled epochs of ``split`` (1 for val/test)."""
         return int(self.split_info[split]["epochs"])
 
+    def record_batch(self, split: str, i: int) -> pa.RecordBatch:
+        """Row ``i`` of ``split`` as the Arrow record batch it is stored as (zero-copy, memory-mapped)."""
+        return self._reader(split).get_batch(i)
+
     def minibatch(self, split: str, i: int) -> SampledMinibatch:
         """Minibatch ``i`` of ``split`` (rows in epoch order), arrays zero-copy from the memory-mapped file."""
-        b = self._reader(split).get_batch(i)
+        b = self.record_batch(split, i)
 
         def values(name: str) -> np.ndarray:
             return b.column(name).values.to_numpy()
@@ -206,7 +210,7 @@ class Plan:
 
     def input_nodes(self, split: str, i: int) -> np.ndarray:
         """int64 global ids of minibatch ``i``'s input nodes (zero-copy)."""
-        return self._reader(split).get_batch(i).column("input_nodes").values.to_numpy()
+        return self.record_batch(split, i).column("input_nodes").values.to_numpy()
 
     def verify(self, dataset_manifest: dict | None = None) -> list[str]:
         """See :func:`verify_plan`."""
