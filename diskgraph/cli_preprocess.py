@@ -138,6 +138,8 @@ def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True) -> No
                    help="distinct training epochs to presample; training replays them in a fresh order (default: 1)")
     g.add_argument("--eval-fanouts", type=fanouts, help="fanouts of the val/test plans (default: --fanouts)")
     g.add_argument("--eval-batch-size", type=positive_int, help="seed nodes per val/test minibatch (default: --batch-size)")
+    g.add_argument("--splits", help="comma-separated splits to sample, e.g. train,val to skip a large test split "
+                                    "(default: every one of train, val, test the dataset has)")
     g.add_argument("--threads", type=positive_int, help="sampling threads (default: one per CPU)")
 
 
@@ -166,7 +168,8 @@ def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Pa
     return _sample(dataset, name=args.name, fanouts=parse_fanouts(args.fanouts), batch_size=args.batch_size,
                    seed=args.seed, epochs=args.epochs,
                    eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
-                   eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite)
+                   eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite,
+                   splits=[x.strip() for x in args.splits.split(",")] if args.splits else None)
 
 
 def _dataset_arg(args: argparse.Namespace, command: str) -> str:

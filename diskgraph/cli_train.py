@@ -36,6 +36,8 @@ def add_train(sub) -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
     r.add_argument("--run-dir", metavar="DIR", help="run directory (default: DATASET/runs/PACK-MODEL-seedS)")
     r.add_argument("--log-json", metavar="FILE", help="also write one JSON object per epoch here; the last line is the summary")
+    r.add_argument("--step-log", metavar="FILE", help="append one JSON line per training minibatch (epoch, position, loss, "
+                                                     "seconds, bytes read) to FILE, flushed as it goes")
     r.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint (mid-epoch)")
     r.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
     r.add_argument("--checkpoint-every", type=positive_int, default=0, metavar="N",
@@ -46,6 +48,10 @@ def add_train(sub) -> argparse.ArgumentParser:
     pl.add_argument("--no-direct", dest="direct", action="store_false", help="buffered reads instead of O_DIRECT")
     pl.add_argument("--reference", action="store_true",
                     help="train in memory with online sampling instead (features in RAM, no pack): the accuracy reference")
+    pl.add_argument("--reference-features", choices=["ram", "mmap", "mmap-random"], default="ram",
+                    help="with --reference: ram loads the feature table; mmap / mmap-random read it through memory maps "
+                         "(default readahead / MADV_RANDOM), as np.memmap training does — the baseline for tables larger "
+                         "than memory (default: ram)")
     pl.add_argument("--fanouts", type=fanouts, help="fanouts for --reference (default: the pack's plan)")
     pl.add_argument("--batch-size", type=positive_int, help="batch size for --reference (default: the pack's plan)")
     add_common(p)
@@ -58,6 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
+    if args.reference_features != "ram" and not args.reference:
+        raise InputError("--reference-features applies to --reference runs only; add --reference or drop it")
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
     opts = TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, layers=args.layers, dropout=args.dropout, lr=args.lr,
@@ -66,7 +74,8 @@ def run_train(args: argparse.Namespace) -> int:
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                         queue_depth=max(1, args.queue_depth), direct=args.direct, reference=args.reference,
                         fanouts=parse_fanouts(args.fanouts) if args.fanouts else None, batch_size=args.batch_size,
-                        eval_test_every_epoch=args.eval_test_every_epoch)
+                        eval_test_every_epoch=args.eval_test_every_epoch,
+                        reference_features=args.reference_features, step_log=args.step_log)
     summary = run_training(args.dataset, opts)
     keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))

@@ -33,8 +33,9 @@ def artifact_path(dataset: str | os.PathLike, kind: str, name: str, option: str)
 
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
                seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
-               eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False) -> Path:
-    """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path."""
+               eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False,
+               splits: list[str] | None = None) -> Path:
+    """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path (``splits``: None = all present)."""
     from .sampler.neighbor_sampler import sample_plan
     from .store.dataset import open_dataset
 
@@ -43,7 +44,7 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
     out.parent.mkdir(exist_ok=True)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
-                       overwrite=overwrite)
+                       overwrite=overwrite, splits=splits)
 
 
 def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str | None = None, gpu_cache: int = 0,

@@ -45,6 +45,9 @@ class TrainOptions:
         reference: train in memory with online sampling instead (no pack; the parity reference).
         fanouts, batch_size: for ``reference`` without a plan (default: the pack's plan config).
         eval_test_every_epoch: evaluate test each epoch too.
+        reference_features: with ``reference``: ``ram`` (load the table), ``mmap`` or ``mmap-random``
+            (read it through memory maps, default advice or ``MADV_RANDOM``: the np.memmap baseline).
+        step_log: append one JSON line per training minibatch to this file.
     """
 
     pack: str = DEFAULT_NAME
@@ -69,6 +72,8 @@ class TrainOptions:
     fanouts: list[int] | None = None
     batch_size: int | None = None
     eval_test_every_epoch: bool = False
+    reference_features: str = "ram"
+    step_log: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,7 +121,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
 
         for split in splits:
             loaders[split] = InMemoryLoader(ds, split, fanouts=list(fanouts), batch_size=int(batch_size),
-                                            seed=opts.seed, device=device)
+                                            seed=opts.seed, device=device, features=opts.reference_features)
 
         def order(split: str, epoch: int):
             return loaders[split].order(epoch)
@@ -146,13 +151,16 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **opts.__dict__}, indent=2, default=str))
-    info = {"dataset": str(dataset), "model": opts.model, "mode": "reference" if opts.reference else "packed",
+    mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
+            if opts.reference else "packed")
+    info = {"dataset": str(dataset), "model": opts.model, "mode": mode,
             "pack": None if opts.reference else str(pdir), "device": str(device),
             "fanouts": list(fanouts), "batch_size": int(batch_size)}
     config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
                          checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
-                      num_classes=num_classes, log_json=opts.log_json, info=info, row_bytes=ds.features.row_bytes)
+                      num_classes=num_classes, log_json=opts.log_json, info=info, row_bytes=ds.features.row_bytes,
+                      step_log=opts.step_log)
     log.info("training %s on %s (%s, %s) into %s", opts.model, dataset, info["mode"], device, run_dir)
     try:
         return trainer.fit(resume=opts.resume)

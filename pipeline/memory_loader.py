@@ -3,7 +3,11 @@
 It is what ordinary neighbor-sampling training does (PyG's ``NeighborLoader``,
 DGL's ``DataLoader``) with the project's own sampler, and is the baseline the
 out-of-core :class:`~diskgraph.pipeline.loader.PackedLoader` must match in
-accuracy. The whole feature table is loaded into memory (small datasets only).
+accuracy. The whole feature table is loaded into memory (``features="ram"``), or —
+as the baseline for tables larger than memory — read through memory maps of its
+chunk files (``features="mmap"``, the kernel's default readahead, or
+``"mmap-random"``, ``MADV_RANDOM``: :class:`~diskgraph.store.feature_mmap.MappedFeatures`),
+which is what training with ``np.memmap`` features does.
 
 Minibatches are numbered like a plan with unboundedly many presampled epochs:
 row ``r`` is batch ``r % per_epoch`` of epoch ``r // per_epoch``. Its seeds are
@@ -32,6 +36,7 @@ from ..sampler.neighbor_sampler import epoch_order as shuffled_seeds
 from ..sampler.neighbor_sampler import minibatch_key, sample_minibatch
 from ..store.dataset import Dataset, open_dataset
 from ..store.errors import InputError
+from ..store.feature_mmap import MappedFeatures
 from ..store.plan import SampledMinibatch
 from .blocks import Batch, make_block
 from .cache import storage_tensor, torch_dtype
@@ -47,10 +52,14 @@ class InMemoryLoader:
         batch_size: seeds per minibatch.
         seed: sampling seed (the same as a plan's ``--seed`` gives the plan's minibatches).
         device: where batches are delivered.
+        features: ``ram`` (load the table), ``mmap`` (memory-map it, default advice) or ``mmap-random``
+            (memory-map it with ``MADV_RANDOM``).
     """
 
+    FEATURE_MODES = ("ram", "mmap", "mmap-random")
+
     def __init__(self, dataset: Dataset | str | os.PathLike, split: str, *, fanouts: Sequence[int], batch_size: int,
-                 seed: int = 0, device: torch.device | str = "cpu"):
+                 seed: int = 0, device: torch.device | str = "cpu", features: str = "ram"):
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         ds = self.dataset
         if split not in ds.splits:
@@ -70,9 +79,16 @@ class InMemoryLoader:
         self.indptr = np.asarray(ds.indptr)
         self.indices = np.asarray(ds.indices)
         self.labels = np.asarray(ds.labels, dtype=np.int64)
+        if features not in self.FEATURE_MODES:
+            raise InputError(f"reference features {features!r} is not one of {', '.join(self.FEATURE_MODES)}")
         torch_dtype(ds.feature_dtype)
-        rows = ds.features.read_rows(0, ds.num_nodes)
-        self.features = storage_tensor(rows, ds.feature_dtype)
+        self.feature_mode = features
+        self.mapped: MappedFeatures | None = None
+        self.features: torch.Tensor | None = None
+        if features == "ram":
+            self.features = storage_tensor(ds.features.read_rows(0, ds.num_nodes), ds.feature_dtype)
+        else:
+            self.mapped = MappedFeatures(ds.features, advice="random" if features == "mmap-random" else "normal")
         self.per_epoch = -(-self.nodes.size // self.batch_size)
         self._seed_cache: tuple[int, np.ndarray] | None = None
         self._stats: dict = {}
@@ -122,8 +138,11 @@ class InMemoryLoader:
                 mb = self.minibatch(int(order[pos]))
                 blocks = [make_block(ns, nd, ptr, idx) for ns, nd, ptr, idx in mb.blocks()]
                 t1 = time.perf_counter()
-                nodes = torch.from_numpy(np.ascontiguousarray(mb.input_nodes, dtype=np.int64))
-                x = self.features.index_select(0, nodes).to(torch.float32)
+                if self.mapped is not None:
+                    x = storage_tensor(self.mapped.gather(mb.input_nodes), self.dataset.feature_dtype).to(torch.float32)
+                else:
+                    nodes = torch.from_numpy(np.ascontiguousarray(mb.input_nodes, dtype=np.int64))
+                    x = self.features.index_select(0, nodes).to(torch.float32)
                 y = torch.from_numpy(self.labels[mb.seeds])
                 if self.device.type != "cpu":
                     x, y = x.to(self.device), y.to(self.device)
@@ -144,6 +163,11 @@ class InMemoryLoader:
                 tot["compute_s"] += time.perf_counter() - t3
         finally:
             tot["epoch_s"] = time.perf_counter() - t_start
+
+    def close(self) -> None:
+        """Release the memory maps (``mmap`` modes)."""
+        if self.mapped is not None:
+            self.mapped.close()
 
     def epoch_stats(self) -> dict:
         """Sums over the running (or last) epoch, with the keys of :meth:`PackedLoader.epoch_stats` that apply."""

@@ -128,12 +128,15 @@ class Trainer:
         log_json: also write the metrics lines to this file (rewritten after each epoch).
         info: extra fields for the first log line's ``run`` record (dataset, pack, model, …).
         row_bytes: bytes of one feature row (for read amplification); 0 when unknown.
+        step_log: append one JSON line per training minibatch here (epoch, position, loss, seconds since the
+            epoch's start, bytes read by the process so far); flushed per line so a watcher — or whoever finds
+            the run killed — sees how far it got.
     """
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
                  device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
-                 info: dict | None = None, row_bytes: int = 0):
+                 info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None):
         self.model = model
         self.loaders = loaders
         self.order = order
@@ -144,6 +147,7 @@ class Trainer:
         self.log_json = Path(log_json) if log_json else None
         self.info = info or {}
         self.row_bytes = row_bytes
+        self.step_log = Path(step_log) if step_log else None
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.history: list[dict] = []
         self.best = {"val": -math.inf, "epoch": -1}
@@ -237,6 +241,16 @@ class Trainer:
         self.model.train()
         t_start = time.perf_counter()
         rb_start = process_read_bytes()
+        steps = open(self.step_log, "a") if self.step_log else None
+        try:
+            self._train_minibatches(loader, order, total, t_start, rb_start, max_steps, steps)
+        finally:
+            if steps:
+                steps.close()
+
+    def _train_minibatches(self, loader: Loader, order, total: int | None, t_start: float, rb_start: int,
+                           max_steps: list[int] | None, steps) -> None:
+        t_epoch = t_start
         with Progress(f"epoch {self.epoch}", total, "mb") as bar:
             bar.update(self.position)
             for batch in loader.epoch(order, start=self.position):
@@ -254,6 +268,11 @@ class Trainer:
                 self.acc.compute_s += time.perf_counter() - t0
                 self.position += 1
                 bar.update(1)
+                if steps:
+                    steps.write(json.dumps({"epoch": self.epoch, "position": self.position, "of": total,
+                                            "loss": float(loss.detach()), "seconds": time.perf_counter() - t_epoch,
+                                            "read_bytes": process_read_bytes()}) + "\n")
+                    steps.flush()
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
                     self._checkpoint_mid_epoch(t_start, rb_start, loader)
                     t_start, rb_start = time.perf_counter(), process_read_bytes()

@@ -118,6 +118,12 @@ def test_sample_then_pack_commands_and_refusals(shared_dataset, tmp_path, cli, r
     assert plan.num_epochs("train") == 2 and plan.minibatches_per_epoch("train") == 3
     assert cli.run("preprocess", "pack", out, "--host-cache", "64K", "-q").rc == 0
     assert _check_every_minibatch(out, "default") > 0
+    # --splits leaves out a split (a large test split need not be sampled or packed)
+    refused(cli.run("preprocess", "sample", out, "--splits", "train,nope", "--name", "tv"), "'nope'", "--splits")
+    assert cli.run("preprocess", "all", out, "--splits", "train,val", "--fanouts", "5,5", "--batch-size", "64",
+                   "--name", "tv", "-q").rc == 0
+    assert open_plan(out / "plans" / "tv").splits == ["train", "val"]
+    assert _check_every_minibatch(out, "tv") > 0
 
 
 def test_config_file_sections_for_the_new_stages(tmp_path, cli):

@@ -108,3 +108,15 @@ def test_in_memory_loader_on_cuda(ident):
     gpu = _loader(ident, "val", device="cuda")
     for a, b in zip(cpu.epoch(), gpu.epoch()):
         assert b.x.is_cuda and torch.equal(a.x, b.x.cpu()) and torch.equal(a.y, b.y.cpu())
+
+
+@pytest.mark.parametrize("features", ["mmap", "mmap-random"])
+def test_memory_mapped_features_give_the_same_batches(ident, features):
+    ram = _loader(ident, "train")
+    mapped = _loader(ident, "train", features=features)
+    assert mapped.features is None and mapped.mapped is not None
+    for a, b in zip(ram.epoch(ram.order(1)), mapped.epoch(mapped.order(1))):
+        assert a.index == b.index and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    mapped.close()
+    with pytest.raises(InputError, match="reference features 'disk'"):
+        _loader(ident, "train", features="disk")

@@ -140,11 +140,33 @@ def test_cli_log_json_interface(shared_dataset, tmp_path, cli):
     assert r.rc == 2 and "--resume" in r.err
     r = cli.run("train", out, "--model", "sage", "--layers", "3", "--epochs", "1", "--run-dir", tmp_path / "x")
     assert r.rc == 2 and "--layers 3" in r.err and "2 hops" in r.err
+    r = cli.run("train", out, "--reference-features", "mmap", "--epochs", "1", "--run-dir", tmp_path / "y")
+    assert r.rc == 2 and "--reference runs only" in r.err
+    r = cli.run("train", out, "--reference", "--reference-features", "mmap-random", "--epochs", "1", "--hidden", "16",
+                "--run-dir", tmp_path / "z", "--step-log", tmp_path / "steps.jsonl", "-q")
+    assert r.rc == 0, r.err
+    assert len((tmp_path / "steps.jsonl").read_text().splitlines()) == 3  # 140 train nodes / 64 per batch
     r = cli.run("train", out, "--model", "sage", "--hidden", "32", "--epochs", "4", "--seed", "0", "--resume",
                 "--log-json", log, "-q")
     assert r.rc == 0, r.err
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [rec["epoch"] for rec in lines[:-1]] == [0, 1, 2, 3] and lines[-1]["summary"]
+
+
+def test_step_log_has_a_line_per_training_minibatch(ident, tmp_path):
+    steps = tmp_path / "steps.jsonl"
+    t = _trainer(ident, tmp_path / "run", epochs=2, checkpoint_every=0)
+    t.step_log = steps
+    try:
+        t.fit()
+    finally:
+        _close(t)
+    lines = [json.loads(line) for line in steps.read_text().splitlines()]
+    per_epoch = t.history[0]["minibatches"]
+    assert len(lines) == 2 * per_epoch
+    assert [(r["epoch"], r["position"]) for r in lines] == [(e, p) for e in (0, 1) for p in range(1, per_epoch + 1)]
+    assert all(r["of"] == per_epoch and r["seconds"] > 0 and np.isfinite(r["loss"]) for r in lines)
+    assert lines[per_epoch - 1]["seconds"] <= t.history[0]["epoch_s"]
 
 
 @pytest.mark.parametrize("model", ["gcn", "gat"])
