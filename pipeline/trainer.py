@@ -128,9 +128,9 @@ class Trainer:
         log_json: also write the metrics lines to this file (rewritten after each epoch).
         info: extra fields for the first log line's ``run`` record (dataset, pack, model, …).
         row_bytes: bytes of one feature row (for read amplification); 0 when unknown.
-        step_log: append one JSON line per training minibatch here (epoch, position, loss, seconds since the
-            epoch's start, bytes read by the process so far); flushed per line so a watcher — or whoever finds
-            the run killed — sees how far it got.
+        step_log: append one JSON line per training minibatch here (epoch, position, input rows, loss,
+            seconds since the epoch's start, bytes read by the process so far); flushed per line so a watcher
+            — or whoever finds the run killed — sees how far it got.
     """
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
@@ -270,7 +270,8 @@ class Trainer:
                 bar.update(1)
                 if steps:
                     steps.write(json.dumps({"epoch": self.epoch, "position": self.position, "of": total,
-                                            "loss": float(loss.detach()), "seconds": time.perf_counter() - t_epoch,
+                                            "inputs": int(batch.x.shape[0]), "loss": float(loss.detach()),
+                                            "seconds": time.perf_counter() - t_epoch,
                                             "read_bytes": process_read_bytes()}) + "\n")
                     steps.flush()
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
