@@ -59,24 +59,30 @@ def add_train(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from .train import TrainOptions, run_training
+def options_from_args(args: argparse.Namespace) -> "TrainOptions":
+    """The :class:`~diskgraph.train.TrainOptions` the parsed flags describe (refusing contradictory ones)."""
+    from .train import TrainOptions
 
-    if not args.dataset:
-        raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
     if args.reference_features != "ram" and not args.reference:
         raise InputError("--reference-features applies to --reference runs only; add --reference or drop it")
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
-    opts = TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, layers=args.layers, dropout=args.dropout, lr=args.lr,
-                        weight_decay=args.weight_decay, heads=args.heads, epochs=args.epochs, seed=args.seed,
+    return TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
+                        lr=args.lr, weight_decay=args.weight_decay, heads=args.heads, epochs=args.epochs, seed=args.seed,
                         device=args.device, run_dir=args.run_dir, log_json=args.log_json, resume=args.resume,
                         overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
                         queue_depth=max(1, args.queue_depth), direct=args.direct, reference=args.reference,
                         fanouts=parse_fanouts(args.fanouts) if args.fanouts else None, batch_size=args.batch_size,
                         eval_test_every_epoch=args.eval_test_every_epoch,
                         reference_features=args.reference_features, step_log=args.step_log)
-    summary = run_training(args.dataset, opts)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import run_training
+
+    if not args.dataset:
+        raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
+    summary = run_training(args.dataset, options_from_args(args))
     keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,6 +48,8 @@ class TrainOptions:
         reference_features: with ``reference``: ``ram`` (load the table), ``mmap`` or ``mmap-random``
             (read it through memory maps, default advice or ``MADV_RANDOM``: the np.memmap baseline).
         step_log: append one JSON line per training minibatch to this file.
+        stop: an event that stops the run when set: the trainer checkpoints after the current minibatch and raises
+            :class:`~diskgraph.pipeline.trainer.StopRequested` (the daemon's graceful shutdown; not in ``run.json``).
     """
 
     pack: str = DEFAULT_NAME
@@ -74,6 +76,7 @@ class TrainOptions:
     eval_test_every_epoch: bool = False
     reference_features: str = "ram"
     step_log: str | None = None
+    stop: object = field(default=None, repr=False, compare=False)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +153,8 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
         if opts.overwrite:
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **opts.__dict__}, indent=2, default=str))
+    recorded = {k: v for k, v in opts.__dict__.items() if k != "stop"}
+    (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **recorded}, indent=2, default=str))
     mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
             if opts.reference else "packed")
     info = {"dataset": str(dataset), "model": opts.model, "mode": mode,
@@ -160,7 +164,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
                          checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
                       num_classes=num_classes, log_json=opts.log_json, info=info, row_bytes=ds.features.row_bytes,
-                      step_log=opts.step_log)
+                      step_log=opts.step_log, stop=opts.stop)
     log.info("training %s on %s (%s, %s) into %s", opts.model, dataset, info["mode"], device, run_dir)
     try:
         return trainer.fit(resume=opts.resume)

@@ -35,6 +35,7 @@ from ..store.progress import Progress, format_bytes, log
 from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
 
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_INFO_NAME = "checkpoint.json"
 BEST_MODEL_NAME = "best_model.pt"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_VERSION = 1
@@ -73,6 +74,10 @@ class TrainConfig:
 
 class StopTraining(Exception):
     """Raised by ``fit(max_steps=…)`` to stop as a crash would (tests of resume)."""
+
+
+class StopRequested(Exception):
+    """Raised by ``fit`` when its ``stop`` event was set: a checkpoint was saved first, so ``resume`` continues."""
 
 
 @dataclass
@@ -136,7 +141,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
                  device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
-                 info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None):
+                 info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None,
+                 stop=None):
         self.model = model
         self.loaders = loaders
         self.order = order
@@ -148,6 +154,7 @@ class Trainer:
         self.info = info or {}
         self.row_bytes = row_bytes
         self.step_log = Path(step_log) if step_log else None
+        self.stop = stop
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.history: list[dict] = []
         self.best = {"val": -math.inf, "epoch": -1}
@@ -162,7 +169,7 @@ class Trainer:
         return self.run_dir / CHECKPOINT_NAME
 
     def save_checkpoint(self) -> None:
-        """Write the full training state atomically."""
+        """Write the full training state atomically, then ``checkpoint.json`` (epoch, position; readable without torch)."""
         state = {
             "version": CHECKPOINT_VERSION, "epoch": self.epoch, "position": self.position,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -172,6 +179,11 @@ class Trainer:
             "config": asdict(self.config), "info": self.info,
         }
         _atomic_torch_save(state, self.checkpoint_path)
+        info = self.run_dir / CHECKPOINT_INFO_NAME
+        tmp = info.with_name(f".{info.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"epoch": self.epoch, "position": self.position, "epochs": self.config.epochs,
+                                   "saved_at": time.time()}))
+        os.replace(tmp, info)
 
     def load_checkpoint(self) -> None:
         """Restore the state saved by :meth:`save_checkpoint`.
@@ -277,6 +289,9 @@ class Trainer:
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
                     self._checkpoint_mid_epoch(t_start, rb_start, loader)
                     t_start, rb_start = time.perf_counter(), process_read_bytes()
+                if self._stop_requested():
+                    self._checkpoint_mid_epoch(t_start, rb_start, loader)
+                    raise StopRequested()
                 if max_steps is not None:
                     max_steps[0] -= 1
                     if max_steps[0] <= 0:
@@ -343,6 +358,8 @@ class Trainer:
         steps = [max_steps] if max_steps is not None else None
         t_run = time.perf_counter()
         while self.epoch < self.config.epochs:
+            if self._stop_requested():
+                raise StopRequested()  # the epoch-end checkpoint already holds this point
             self._train_epoch(steps)
             eval_metrics: dict = {}
             t_eval, rb_eval = time.perf_counter(), process_read_bytes()
@@ -365,6 +382,9 @@ class Trainer:
         summary = self._summary(time.perf_counter() - t_run)
         self._write_logs(self.history + [summary])
         return summary
+
+    def _stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def _summary(self, seconds: float) -> dict:
         out = {"summary": True, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
