@@ -11,7 +11,8 @@ import argparse
 import logging
 import sys
 
-from . import cli_generate, cli_inspect, cli_preprocess, cli_train
+from . import cli_daemon, cli_generate, cli_inspect, cli_preprocess, cli_train
+from . import cli_plan
 from .config import apply_config, render_config
 from .store.errors import InputError
 from .store.progress import set_quiet
@@ -50,6 +51,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "generate": cli_generate.add_generate(sub),
         "inspect": cli_inspect.add_inspect(sub),
         "train": cli_train.add_train(sub),
+        "plan": cli_plan.add_plan(sub),
+        "serve": cli_daemon.add_serve(sub),
+        "submit": cli_daemon.add_submit(sub),
+        "jobs": cli_daemon.add_jobs(sub),
+        "logs": cli_daemon.add_logs(sub),
+        "cancel": cli_daemon.add_cancel(sub),
     }
     pre.set_defaults(func=lambda a: _usage(pre))
     return parser, leaves

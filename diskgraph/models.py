@@ -49,18 +49,19 @@ multiset: an edge sampled twice counts twice), ``x`` the layer's input:
   maximum (``scatter_reduce`` amax, detached) before ``exp``; attention dropout
   (probability = ``dropout``) drops normalized coefficients in training.
 
-Aggregation is ``index_select`` over the block's ``indices`` then
-``index_add`` over its ``dst_index``: no Python loop over nodes or edges, and
-the code runs on whichever device the tensors are on. Nothing that depends on
-parameters is computed outside ``forward``.
+Aggregation is :meth:`Block.sum_neighbors <diskgraph.pipeline.blocks.Block.sum_neighbors>`:
+on the CPU a CSR × dense product forward (no ``[E, F]`` message tensor) and
+``index_select`` + ``index_add`` backward; on CUDA ``index_select`` over the
+block's ``indices`` then ``index_add`` over its ``dst_index``. No Python loop
+over nodes or edges. Nothing that depends on parameters is computed outside
+``forward``.
 
-Determinism: on the CPU, torch's ``index_add`` along dim 0 accumulates the
-edges in index order for any thread count (checked with 1-8 threads in
-``tests/diskgraph/test_models.py``), and ``index_add`` is the backward of
-``index_select``, so the same inputs and parameters give bit-identical logits
-and gradients run to run. On CUDA ``index_add`` uses atomic adds, so float
-sums may differ in the last bits between runs (they agree with the CPU to
-rounding).
+Determinism: on the CPU each destination's sum runs over its edges in index
+order for any thread count (checked with 1-8 threads in
+``tests/diskgraph/test_models.py``), so the same inputs and parameters give
+bit-identical logits and gradients run to run. On CUDA ``index_add`` uses
+atomic adds, so float sums may differ in the last bits between runs (they
+agree with the CPU to rounding).
 """
 
 from __future__ import annotations
@@ -79,9 +80,18 @@ MODELS = ("sage", "gcn", "gat")
 
 def _gather_sum(block: Block, h: torch.Tensor) -> torch.Tensor:
     """``out[v] = sum_{u in N(v)} h[u]`` for the block's destinations (any trailing shape)."""
-    msg = h.index_select(0, block.indices)
-    out = h.new_zeros((block.num_dst,) + tuple(h.shape[1:]))
-    return out.index_add(0, block.dst_index, msg)
+    return block.sum_neighbors(h)
+
+
+def dropout(h: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``F.dropout``; on the CPU from a uniform mask, which is about 4x faster than torch's CPU ``bernoulli_``
+    (5 vs 20 ms for a 7000 x 256 float32 tensor on 2 vCPUs). Seeded by the torch RNG like ``F.dropout``."""
+    if not training or p == 0.0:
+        return h
+    if h.device.type != "cpu":
+        return F.dropout(h, p, True)
+    keep = (torch.rand_like(h) >= p).to(h.dtype)
+    return h * keep * (1.0 / (1.0 - p))
 
 
 def _check_device(block: Block, x: torch.Tensor) -> None:
@@ -195,8 +205,8 @@ class GATConv(nn.Module):
         alpha = p / denom.index_select(0, block.dst_index)
         alpha_self = p_self / denom
         if self.training and self.attn_dropout > 0:
-            alpha = F.dropout(alpha, self.attn_dropout, True)
-            alpha_self = F.dropout(alpha_self, self.attn_dropout, True)
+            alpha = dropout(alpha, self.attn_dropout, True)
+            alpha_self = dropout(alpha_self, self.attn_dropout, True)
         msg = z.index_select(0, block.indices) * alpha.unsqueeze(-1)  # [E, H, C]
         out = z.new_zeros((nd, H, C)).index_add(0, block.dst_index, msg) + z_dst * alpha_self.unsqueeze(-1)
         out = out.reshape(nd, H * C) if self.concat else out.mean(dim=1)
@@ -245,7 +255,7 @@ class BlockGNN(nn.Module):
             h = layer(block, h)
             if i != last:
                 h = self.activation(h)
-                h = F.dropout(h, self.dropout, self.training)
+                h = dropout(h, self.dropout, self.training)
         return h
 
 

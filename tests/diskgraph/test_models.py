@@ -366,3 +366,36 @@ def test_cuda_matches_cpu(name):
     assert torch.isfinite(out).all()
     with pytest.raises(ValueError, match="block.to"):
         gpu(blocks, x.cuda())
+
+
+@pytest.mark.parametrize("trailing", [(5,), (3, 4)])
+def test_sum_neighbors_forward_and_backward_match_a_dense_oracle(trailing):
+    rng = np.random.default_rng(7)
+    nsrc, ndst = 40, 12
+    deg = rng.integers(0, 6, ndst)
+    ptr = np.concatenate([[0], np.cumsum(deg)])
+    idx = rng.integers(0, nsrc, int(ptr[-1]))
+    block = make_block(nsrc, ndst, ptr, idx)
+    adj = np.zeros((ndst, nsrc))
+    for v in range(ndst):
+        for u in idx[ptr[v]:ptr[v + 1]]:
+            adj[v, u] += 1  # an edge sampled twice counts twice
+    h = torch.randn((nsrc,) + trailing, dtype=torch.float64, requires_grad=True)
+    out = block.sum_neighbors(h)
+    want = torch.einsum("vu,u...->v...", torch.from_numpy(adj), h)
+    assert torch.allclose(out, want)
+    g = torch.randn_like(out)
+    (out * g).sum().backward()
+    assert torch.allclose(h.grad, torch.einsum("vu,v...->u...", torch.from_numpy(adj), g))
+
+
+def test_cpu_dropout_keeps_the_expected_fraction_and_scales():
+    from diskgraph.models import dropout
+
+    torch.manual_seed(0)
+    h = torch.ones(200, 500)
+    out = dropout(h, 0.3, True)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / 0.7))
+    assert dropout(h, 0.3, False) is h and dropout(h, 0.0, True) is h

@@ -1,0 +1,608 @@
+"""The out-of-core head-to-head: diskgraph vs training in RAM vs np.memmap features, under one memory cap.
+
+One command, one table (issue 5). What it does, in order:
+
+0. checks that cgroup-v1 memory children can be made (root, /sys/fs/cgroup/memory), else says why in one
+   sentence and exits 2; refuses when the disk would keep less than ``--min-free``;
+1. **inputs**: ``diskgraph generate --format raw`` (R-MAT with planted classes: edges.npy, features.npy,
+   labels.npy) into ``CACHE/raw-…``, reused when its parameters match;
+2. **diskgraph preprocess**, each stage timed separately inside the cap, the page cache of its inputs
+   dropped first: ``preprocess import`` (``--split``, ``--dedup --drop-self-loops``), ``preprocess sample``
+   (``--splits train,val``: the test split is not used), ``preprocess pack`` (``--host-cache``);
+   ``--reuse-preprocess`` keeps an existing dataset/plan/pack (then not timed);
+3. **contestants**, each a ``diskgraph train`` process for ``--epochs`` epochs with the same model (GraphSAGE,
+   ``--hidden``), the same sampler (fanouts, batch size, seed: the online contestants draw exactly the plan's
+   minibatches), inside its own cgroup child with the same cap (``memory`` has none), the page cache of the
+   dataset and pack dropped before each:
+
+   - ``diskgraph``: the packed, pipelined, out-of-core trainer;
+   - ``memory``: ``--reference``: online sampling, features loaded into RAM — the speed of light for this CPU;
+   - ``mmap``: ``--reference --reference-features mmap``: online sampling, features as memory maps with the
+     kernel's default readahead — what ``np.memmap`` features give a PyG user today;
+   - ``mmap-random``: the same with ``MADV_RANDOM``;
+   - ``pyg``: PyG's ``NeighborLoader`` — only when ``torch_geometric`` with ``pyg-lib`` or ``torch-sparse`` is
+     importable; otherwise it is skipped with a line saying so.
+
+   Rounds interleave the contestants (the order rotates every round) so machine drift hits them alike;
+   ``--repeat N`` gives medians. A process still running after ``--time-limit`` seconds is killed and
+   reported with its progress (from ``--step-log``: minibatches done, seconds) and an extrapolated epoch time.
+   ``--sweep-caps`` runs the capped contestants once more at other caps (the plot's x axis);
+4. prints one table, writes the JSON (``--json``: every run, the commands, the machine) and the plot
+   (``--plot``: epoch time vs memory cap, matplotlib).
+
+Targets checked at ``--memory-cap`` (exit 1 when one is missed): diskgraph's epoch ≤ 1.3 × ``memory``'s and
+≤ ``--target-epoch-s`` (15.5 s, the C++ peer in memory on this machine); ≥ 5 × faster than ``mmap-random``;
+finishing (the others may not); read amplification ≤ 1.1 (OS-counted bytes of the training pass ÷ cold-row bytes
+needed); validation accuracy within 0.5 point of ``memory``'s; no OOM kill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import cgroup  # noqa: E402  (tools/bench is not a package)
+from common import diskgraph_cmd, git_state, read_json, read_log, tail  # noqa: E402
+from import_oocore import fmt_bytes, parse_size  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+UNCAPPED = 1 << 62
+
+CONTESTANTS = {
+    "diskgraph": "diskgraph: packed extents (O_DIRECT), pipelined",
+    "memory": "in RAM, no cap: same model + sampler, online",
+    "mmap": "np.memmap features, default readahead",
+    "mmap-random": "np.memmap features, MADV_RANDOM",
+    "pyg": "PyG NeighborLoader on the memmap",
+}
+CAPPED = {"diskgraph", "mmap", "mmap-random", "pyg"}
+
+
+def size_arg(n: int) -> str:
+    """A byte count as a command-line size (``256M``, ``1G``) when it is a whole number of MiB/GiB."""
+    for unit, mult in (("G", GiB), ("M", MiB)):
+        if n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+def run_summary(r: cgroup.RunResult) -> dict:
+    """The memory/IO figures of one cgroup run that the tables quote."""
+    return {"returncode": r.returncode, "ok": r.ok, "timed_out": r.timed_out, "wall_s": r.wall_s,
+            "limit_bytes": r.limit_bytes, "max_usage_bytes": r.max_usage_bytes, "failcnt": r.failcnt,
+            "oom_kills": r.oom_kills, "peak_anon_bytes": r.peak_stat.get("total_rss", 0),
+            "peak_shmem_bytes": r.peak_stat.get("total_shmem", 0), "peak_cache_bytes": r.peak_stat.get("total_cache", 0),
+            "peak_rss_bytes": r.peak_rss_bytes, "read_bytes": r.read_bytes, "write_bytes": r.write_bytes,
+            "user_s": r.user_s, "sys_s": r.sys_s}
+
+
+def capped_run(cmd: list, cap: int, name: str, timeout: float) -> cgroup.RunResult:
+    cmd = [str(c) for c in cmd]
+    return cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{name}-{os.getpid()}", capture=True, timeout=timeout)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+# -- inputs and preprocessing ----------------------------------------------------------------------
+
+def ensure_raw(a, raw: Path) -> dict | None:
+    """Generate the raw inputs (edges/features/labels .npy) unless a copy with the same parameters is there."""
+    params = {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes, "seed": a.seed}
+    marker = raw / "bench-params.json"
+    if not a.regenerate and read_json(marker).get("params") == params and all(
+            (raw / f"{k}.npy").exists() for k in ("edges", "features", "labels")):
+        print(f"reusing raw inputs in {raw}", flush=True)
+        return None
+    cmd = [*diskgraph_cmd(), "generate", "--format", "raw", "--nodes", a.nodes, "--edges", a.edges, "--feature-dim",
+           a.feature_dim, "--classes", a.classes, "--seed", a.seed, "--out", raw, "--overwrite", "-q"]
+    print(f"generating raw inputs: {shlex.join(map(str, cmd))}", flush=True)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    r = capped_run(cmd, UNCAPPED, "generate", a.stage_timeout)
+    if not r.ok:
+        raise SystemExit(f"head_to_head: generating the inputs failed (exit {r.returncode})\n{tail(r.stderr)}")
+    marker.write_text(json.dumps({"params": params, "command": shlex.join(map(str, cmd))}, indent=2))
+    print(f"  {r.wall_s:.1f} s", flush=True)
+    return {**run_summary(r), "command": shlex.join(map(str, cmd))}
+
+
+def preprocess(a, raw: Path, ds: Path) -> dict:
+    """import → sample → pack, each timed inside the cap with its inputs evicted from the page cache."""
+    dg = diskgraph_cmd()
+    budget = size_arg(a.memory_budget)
+    stages = {
+        "import": [*dg, "preprocess", "import", "--edges", raw / "edges.npy", "--features", raw / "features.npy",
+                   "--labels", raw / "labels.npy", "--split", a.split, "--dedup", "--drop-self-loops",
+                   "--memory-budget", budget, "--out", ds, "--overwrite"],
+        "sample": [*dg, "preprocess", "sample", ds, "--fanouts", a.fanouts, "--batch-size", a.batch_size, "--seed", 0,
+                   "--splits", "train,val", "--name", a.name, "--overwrite"],
+        "pack": [*dg, "preprocess", "pack", ds, "--plan", a.name, "--host-cache", size_arg(a.host_cache),
+                 "--memory-budget", budget, "--overwrite"],
+    }
+    out = {}
+    for stage, cmd in stages.items():
+        cgroup.evict([raw] if stage == "import" else [ds])
+        print(f"preprocess {stage} under {fmt_bytes(a.memory_cap)}: {shlex.join(map(str, cmd))}", flush=True)
+        r = capped_run(cmd, a.memory_cap, f"pre-{stage}", a.stage_timeout)
+        out[stage] = {**run_summary(r), "command": shlex.join(map(str, cmd)), "log_tail": tail(r.stderr, 3000)}
+        print(f"  exit {r.returncode}, {r.wall_s:.1f} s, max usage {fmt_bytes(r.max_usage_bytes)}, peak anon "
+              f"{fmt_bytes(r.peak_stat.get('total_rss'))}, oom kills {r.oom_kills}", flush=True)
+        if not r.ok:
+            raise SystemExit(f"head_to_head: preprocess {stage} failed inside the {fmt_bytes(a.memory_cap)} cap "
+                             f"(exit {r.returncode}, oom kills {r.oom_kills})\n{tail(r.stderr)}")
+    return out
+
+
+def pack_facts(ds: Path, name: str) -> dict:
+    pm = read_json(ds / "packs" / name / "manifest.json")
+    tr = pm["splits"]["train"]
+    return {"blowup": pm["blowup"], "cold_bytes": pm["cold_bytes"], "host_rows": pm["tiers"]["host"]["rows"],
+            "host_tier_bytes": pm["tier_bytes"]["host"], "train_minibatches": tr["minibatches"],
+            "train_inputs": tr["input_rows"], "train_cold_bytes": tr["cold_bytes"], "splits": pm["splits"]}
+
+
+# -- contestants -----------------------------------------------------------------------------------
+
+def pyg_available() -> str | None:
+    """None when PyG's NeighborLoader can run here, else why not (one sentence)."""
+    probe = ("import importlib.util as u, sys; ok = u.find_spec('torch_geometric') is not None; "
+             "lib = [m for m in ('pyg_lib', 'torch_sparse') if u.find_spec(m)]; "
+             "sys.exit(0 if ok and lib else 3 if ok else 4)")
+    rc = subprocess.run([sys.executable, "-c", probe]).returncode
+    if rc == 0:
+        return None
+    if rc == 3:
+        return "torch_geometric is importable but neither pyg-lib nor torch-sparse is, and NeighborLoader needs one"
+    return "torch_geometric is not installed here (pip install torch_geometric plus pyg-lib or torch-sparse)"
+
+
+def train_cmd(a, ds: Path, who: str, work: Path) -> list:
+    cmd = [*diskgraph_cmd(), "train", ds, "--pack", a.name, "--model", "sage", "--hidden", a.hidden, "--epochs",
+           a.epochs, "--seed", a.train_seed, "--device", "cpu", "--log-json", work / "log.jsonl", "--step-log",
+           work / "steps.jsonl", "--run-dir", work / "run", "--overwrite"]
+    if who == "diskgraph":
+        return cmd + ["--queue-depth", a.queue_depth]
+    features = {"memory": "ram", "mmap": "mmap", "mmap-random": "mmap-random"}[who]
+    return cmd + ["--reference", "--reference-features", features, "--fanouts", a.fanouts, "--batch-size", a.batch_size]
+
+
+def read_steps(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line cut by the kill
+            pass
+    return out
+
+
+def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, row_bytes: int) -> dict:
+    """One training process of ``who`` under ``cap``, from a cold page cache; epoch time measured or extrapolated."""
+    work = work_root / f"{who}-{size_arg(cap) if cap < UNCAPPED else 'nocap'}-r{rnd}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    files, nbytes = cgroup.evict([ds])
+    resident = cgroup.resident_bytes([ds])
+    cmd = [str(c) for c in train_cmd(a, ds, who, work)]
+    where = f"under {fmt_bytes(cap)}" if cap < UNCAPPED else "without a cap"
+    print(f"[round {rnd}] {who} {where} ({fmt_bytes(resident)} cached): {shlex.join(cmd)}", flush=True)
+    r = capped_run(cmd, cap, who, a.time_limit)
+    epochs, summary = read_log(work / "log.jsonl")
+    steps = read_steps(work / "steps.jsonl")
+    per_epoch = steps[0]["of"] if steps else None
+    first = [s for s in steps if s["epoch"] == 0]
+    rec = {"contestant": who, "round": rnd, "cap_bytes": cap, "command": shlex.join(cmd), "run": run_summary(r),
+           "evicted": {"files": files, "bytes": nbytes, "resident_after_bytes": resident},
+           "epochs": epochs, "summary": summary, "stderr_tail": tail(r.stderr, 2500),
+           "minibatches_per_epoch": per_epoch, "minibatches_done": len(steps)}
+    if epochs:
+        rec["epoch_s"] = statistics.mean(e["epoch_s"] for e in epochs)
+        rec["epoch0_s"] = epochs[0]["epoch_s"]
+        rec["status"] = "finished" if r.ok else f"finished {len(epochs)} epoch(s), then {describe_end(r)}"
+    elif first and per_epoch:
+        done, secs = len(first), first[-1]["seconds"]
+        rec["epoch_s"] = secs * per_epoch / done
+        rec["extrapolated"] = done < per_epoch
+        rec["status"] = (f"{describe_end(r)} at {done}/{per_epoch} minibatches after {secs:.1f} s" if done < per_epoch
+                         else f"trained the epoch, then {describe_end(r)}")
+    else:
+        rec["epoch_s"] = None
+        rec["status"] = f"{describe_end(r)} before its first minibatch"
+    if first:
+        needed = sum(s["inputs"] for s in first) * row_bytes
+        # the process counter at the first step covers start-up; the epoch's reads are counted from there
+        rec["progress"] = {"minibatches": len(first), "seconds": first[-1]["seconds"],
+                           "read_bytes": first[-1]["read_bytes"], "input_row_bytes": needed}
+    if epochs:
+        e0 = epochs[0]
+        rec["val_acc"] = e0.get("val_acc")
+        rec["stage_s"] = e0.get("stage_s")
+        rec["read_bytes"] = e0.get("read_bytes")
+        rec["read_amplification"] = e0.get("read_amplification")
+        if who != "diskgraph" and rec.get("progress"):
+            rec["read_amplification"] = e0["read_bytes"] / rec["progress"]["input_row_bytes"]
+    elif rec.get("progress"):
+        p = rec["progress"]
+        rec["read_bytes"] = p["read_bytes"]
+        rec["read_amplification"] = p["read_bytes"] / p["input_row_bytes"] if p["input_row_bytes"] else None
+    if summary:
+        rec["val_acc"] = summary.get("val_acc", rec.get("val_acc"))
+    shown = f"{rec['epoch_s']:.1f} s" if rec["epoch_s"] else "-"
+    print(f"  {rec['status']}; epoch {shown}{' (extrapolated)' if rec.get('extrapolated') else ''}, max usage "
+          f"{fmt_bytes(r.max_usage_bytes)}, peak anon {fmt_bytes(r.peak_stat.get('total_rss'))}, read "
+          f"{fmt_bytes(r.read_bytes)}, oom kills {r.oom_kills}", flush=True)
+    if not a.keep_runs:
+        shutil.rmtree(work / "run", ignore_errors=True)
+    return rec
+
+
+def describe_end(r: cgroup.RunResult) -> str:
+    if r.timed_out:
+        return "stopped at the time limit"
+    if r.oom_kills:
+        return "OOM-killed"
+    return f"exited with {r.returncode}"
+
+
+# -- summary, table, plot --------------------------------------------------------------------------
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians per (contestant, cap) over rounds."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["contestant"], r["cap_bytes"]), []).append(r)
+    out = {}
+    for (who, cap), rs in groups.items():
+        out[f"{who}@{cap}"] = {
+            "contestant": who, "cap_bytes": cap, "rounds": len(rs),
+            "epoch_s": median([r.get("epoch_s") for r in rs]),
+            "epoch_s_all": [r.get("epoch_s") for r in rs],
+            "extrapolated": any(r.get("extrapolated") for r in rs),
+            "finished": all(r["run"]["ok"] for r in rs),
+            "status": "; ".join(sorted({r["status"] for r in rs})),
+            "val_acc": median([r.get("val_acc") for r in rs]),
+            "read_bytes": median([r.get("read_bytes") for r in rs]),
+            "read_amplification": median([r.get("read_amplification") for r in rs]),
+            "max_usage_bytes": max(r["run"]["max_usage_bytes"] for r in rs),
+            "peak_anon_bytes": max(r["run"]["peak_anon_bytes"] for r in rs),
+            "peak_shmem_bytes": max(r["run"]["peak_shmem_bytes"] for r in rs),
+            "peak_rss_bytes": max(r["run"]["peak_rss_bytes"] for r in rs),
+            "failcnt": median([r["run"]["failcnt"] for r in rs]),
+            "oom_kills": sum(r["run"]["oom_kills"] for r in rs),
+            "process_read_bytes": median([r["run"]["read_bytes"] for r in rs]),
+            "stage_s": {k: median([(r.get("stage_s") or {}).get(k) for r in rs])
+                        for k in ("sample_s", "read_s", "assemble_s", "compute_s")},
+        }
+    return out
+
+
+def checks(a, summ: dict) -> dict:
+    cap = a.memory_cap
+    dg = summ.get(f"diskgraph@{cap}")
+    mem = summ.get(f"memory@{UNCAPPED}")
+    rnd = summ.get(f"mmap-random@{cap}")
+    mm = summ.get(f"mmap@{cap}")
+    out = {}
+    if not dg:
+        return {"diskgraph ran": False}
+    e = dg["epoch_s"]
+    out["diskgraph finished inside the cap, no OOM kill"] = dg["finished"] and dg["oom_kills"] == 0
+    if not e:
+        return out
+    if mem and mem["epoch_s"]:
+        out[f"epoch <= {a.ratio_target} x in RAM ({e / mem['epoch_s']:.2f}x)"] = e <= a.ratio_target * mem["epoch_s"]
+        if dg["val_acc"] is not None and mem["val_acc"] is not None:
+            d = 100 * (dg["val_acc"] - mem["val_acc"])
+            out[f"val accuracy within {a.acc_points} pt of in RAM ({d:+.2f} pt)"] = abs(d) <= a.acc_points
+    out[f"epoch <= {a.target_epoch_s} s ({e:.2f} s)"] = e <= a.target_epoch_s
+    if rnd and rnd["epoch_s"]:
+        out[f">= {a.speedup_target}x faster than mmap MADV_RANDOM ({rnd['epoch_s'] / e:.1f}x)"] = \
+            rnd["epoch_s"] >= a.speedup_target * e
+    if mm:
+        out["finishes where mmap (default readahead) " + ("does not" if not mm["finished"] else "also finishes")] = \
+            dg["finished"]
+    amp = dg["read_amplification"]
+    out[f"read amplification <= 1.1 ({amp:.3f})" if amp else "read amplification logged"] = bool(amp) and amp <= 1.1
+    return out
+
+
+def fmt_s(v, extrapolated=False) -> str:
+    if v is None:
+        return "-"
+    return f"{'~' if extrapolated else ''}{v:.1f}" if v >= 100 else f"{'~' if extrapolated else ''}{v:.2f}"
+
+
+def render(rep: dict) -> str:
+    p, m, d = rep["params"], rep["machine"], rep["dataset"]
+    lines = []
+    title = (f"head_to_head — {d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {p['feature_dim']}-d float32 "
+             f"({fmt_bytes(d['feature_bytes'])} of features), cap {fmt_bytes(p['memory_cap'])} ({rep['date']})")
+    lines += [title, "-" * len(title)]
+    disk = next(iter(m.get("disks", {}).values()), {})
+    lines.append(f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
+                 f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
+                 f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
+    lines.append(f"model: GraphSAGE (mean), hidden {p['hidden']}, {len(p['fanouts'].split(','))} layers, fanouts "
+                 f"{p['fanouts']}, batch {p['batch_size']}, {p['epochs']} epoch(s), train split "
+                 f"{d['train_nodes']:,} nodes = {rep['pack']['train_minibatches']} minibatches, "
+                 f"{rep['pack']['train_inputs'] / rep['pack']['train_minibatches']:,.0f} input rows each on average")
+    pk = rep["pack"]
+    lines.append(f"pack: host tier {fmt_bytes(pk['host_tier_bytes'])} ({pk['host_rows']:,} rows), cold extents "
+                 f"{fmt_bytes(pk['cold_bytes'])} (train {fmt_bytes(pk['train_cold_bytes'])}), blow-up {pk['blowup']:.2f}x")
+    pre = rep.get("preprocess")
+    if pre:
+        lines.append("preprocess under the cap: " + ", ".join(
+            f"{k} {v['wall_s']:.1f} s (peak anon {fmt_bytes(v['peak_anon_bytes'])}, oom {v['oom_kills']})"
+            for k, v in pre.items()) + f"; total {sum(v['wall_s'] for v in pre.values()):.1f} s")
+    else:
+        lines.append("preprocess: reused (not timed in this run)")
+    lines.append(f"rounds: {p['repeat']} (contestants interleaved, order rotated per round); time limit "
+                 f"{p['time_limit']:.0f} s per process; medians")
+    lines.append("")
+    hdr = (f"{'contestant':<44} {'cap':>8} {'epoch s':>8} {'x diskgraph':>11} {'status':<12} {'read':>9} {'amp':>7} "
+           f"{'max usage':>9} {'anon':>9} {'oom':>3} {'val acc':>7}")
+    lines += [hdr, "-" * len(hdr)]
+    summ = rep["summary"]
+    dg = summ.get(f"diskgraph@{p['memory_cap']}")
+    order = sorted(summ.values(), key=lambda s: (list(CONTESTANTS).index(s["contestant"]),
+                                                  s["cap_bytes"] != p["memory_cap"], s["cap_bytes"]))
+    for s in order:
+        cap = "none" if s["cap_bytes"] >= UNCAPPED else fmt_bytes(s["cap_bytes"])
+        rel = (s["epoch_s"] / dg["epoch_s"]) if dg and dg["epoch_s"] and s["epoch_s"] else None
+        status = "finished" if s["finished"] else ("killed, est." if s["extrapolated"] else "failed")
+        amp = f"{s['read_amplification']:.2f}" if s["read_amplification"] else "-"
+        acc = f"{s['val_acc']:.4f}" if s["val_acc"] is not None else "-"
+        lines.append(f"{CONTESTANTS[s['contestant']]:<44} {cap:>8} {fmt_s(s['epoch_s'], s['extrapolated']):>8} "
+                     f"{(f'{rel:.2f}x' if rel else '-'):>11} {status:<12} {fmt_bytes(s['read_bytes']):>9} {amp:>7} "
+                     f"{fmt_bytes(s['max_usage_bytes']):>9} {fmt_bytes(s['peak_anon_bytes']):>9} {s['oom_kills']:>3} "
+                     f"{acc:>7}")
+    for why in rep.get("skipped", {}).values():
+        lines.append(f"{CONTESTANTS['pyg']:<44} skipped: {why}")
+    lines.append("")
+    lines.append("epoch s: the training pass of epoch 0 (mean over epochs when more ran), from the run's JSON log; "
+                 "~ = stopped at the time limit, extrapolated from its step log (seconds x minibatches per epoch / done)")
+    lines.append("read: bytes the process read from disk in the training pass (/proc/self/io); amp: read ÷ feature "
+                 "bytes needed (diskgraph: cold rows not in a cache tier; the others: every input row); max usage: "
+                 "cgroup peak incl. page cache; anon: peak memory.stat total_rss")
+    for s in order:
+        st = {k: v for k, v in s["stage_s"].items() if v is not None}
+        if st:
+            lines.append(f"stages {s['contestant']}@{'none' if s['cap_bytes'] >= UNCAPPED else fmt_bytes(s['cap_bytes'])}: "
+                         + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in st.items())
+                         + f"; per round: {', '.join(fmt_s(v) for v in s['epoch_s_all'])}; {s['status']}")
+    lines.append("")
+    chk = rep["checks"]
+    lines.append("targets at the main cap: " + "; ".join(f"{k}: {'ok' if v else 'MISSED'}" for k, v in chk.items()))
+    lines.append(f"result: {'PASS' if chk and all(chk.values()) else 'FAIL'}")
+    lines.append("")
+    lines.append("command: " + rep["commands"]["bench"])
+    for who, cmd in rep["commands"]["contestants"].items():
+        lines.append(f"  {who}: {cmd}")
+    return "\n".join(lines)
+
+
+def plot(rep: dict, path: Path) -> None:
+    """Epoch time against the memory cap, one line per contestant (log scale; hollow markers = extrapolated)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("head_to_head: --plot needs matplotlib (pip install matplotlib); no plot written", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    summ = list(rep["summary"].values())
+    feature_bytes = rep["dataset"]["feature_bytes"]
+    for who in ("diskgraph", "mmap-random", "mmap", "pyg"):
+        pts = sorted((s["cap_bytes"] / GiB, s["epoch_s"], s["extrapolated"]) for s in summ
+                     if s["contestant"] == who and s["epoch_s"])
+        if not pts:
+            continue
+        line, = ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=CONTESTANTS[who])
+        for x, y, ex in pts:
+            if ex:
+                ax.plot([x], [y], marker="o", markerfacecolor="white", color=line.get_color())
+    mem = next((s for s in summ if s["contestant"] == "memory" and s["epoch_s"]), None)
+    if mem:
+        ax.axhline(mem["epoch_s"], color="grey", linestyle="--", label="in RAM, no cap")
+    ax.axvline(feature_bytes / GiB, color="black", linestyle=":", linewidth=1, label="feature table size")
+    ax.set_yscale("log")
+    ax.set_xlabel("memory cap (GiB, cgroup v1, page cache included)")
+    ax.set_ylabel("epoch time (s, log scale)")
+    d = rep["dataset"]
+    ax.set_title(f"{d['num_nodes'] / 1e6:.0f}M nodes, {d['num_edges'] / 1e6:.0f}M edges, {rep['params']['feature_dim']}-d; "
+                 f"hollow = extrapolated", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}", flush=True)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="head_to_head.py",
+        description="diskgraph vs the same model trained in RAM, and vs np.memmap features (default readahead and "
+                    "MADV_RANDOM), each in its own cgroup-v1 memory child with the same cap, from a cold page cache: "
+                    "epoch time, bytes read, memory, validation accuracy. Needs root and cgroup v1.",
+        epilog="Example (the issue's graph, 3 rounds, the cap sweep for the plot):\n"
+               "  python tools/bench/head_to_head.py --repeat 3 --sweep-caps 768M,1536M,2G,3G \\\n"
+               "      --json tools/bench/results/head_to_head-cpu2.json --txt tools/bench/results/head_to_head-cpu2.txt \\\n"
+               "      --plot docs/img/head_to_head-cpu2.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("graph (default: 2M nodes, 31M edges drawn, 128-d float32 = 977 MiB of features)")
+    g.add_argument("--nodes", type=int, default=2_000_000)
+    g.add_argument("--edges", type=int, default=31_000_000, help="edges drawn (≥ 30M are kept after dedup)")
+    g.add_argument("--feature-dim", type=int, default=128)
+    g.add_argument("--classes", type=int, default=16)
+    g.add_argument("--seed", type=int, default=0, help="generator seed")
+    g.add_argument("--split", default="random:0.1,0.1,0.8", help="train/val/test fractions (default: 10/10/80 %%)")
+    t = p.add_argument_group("model, sampler, pack")
+    t.add_argument("--fanouts", default="15,10")
+    t.add_argument("--batch-size", type=int, default=1024)
+    t.add_argument("--hidden", type=int, default=256)
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--train-seed", type=int, default=0, help="training seed = the plan's seed, so online contestants "
+                                                           "draw the plan's minibatches (default 0)")
+    t.add_argument("--host-cache", type=parse_size, default=0, help="diskgraph's host tier (default: 0)")
+    t.add_argument("--queue-depth", type=int, default=2)
+    t.add_argument("--name", default="h2h", help="plan and pack name (default: h2h)")
+    r = p.add_argument_group("runs")
+    r.add_argument("--contestants", default="diskgraph,memory,mmap,mmap-random,pyg",
+                   help="comma-separated subset of " + ", ".join(CONTESTANTS))
+    r.add_argument("--memory-cap", type=parse_size, default=1 * GiB, help="the cap (default: 1G)")
+    r.add_argument("--sweep-caps", default="", help="more caps for the capped contestants, one round each (the plot)")
+    r.add_argument("--repeat", type=int, default=1, help="rounds at the main cap (medians)")
+    r.add_argument("--time-limit", type=float, default=300, help="seconds before a training process is stopped "
+                                                                 "(default: 300)")
+    r.add_argument("--stage-timeout", type=float, default=3600, help="limit of a preprocessing stage (s)")
+    r.add_argument("--memory-budget", type=parse_size, default=256 * MiB, help="--memory-budget of import and pack")
+    r.add_argument("--reuse-preprocess", action="store_true", help="keep an existing dataset, plan and pack")
+    r.add_argument("--min-free", type=parse_size, default=10 * GiB, help="refuse when the disk would keep less free")
+    k = p.add_argument_group("targets")
+    k.add_argument("--ratio-target", type=float, default=1.3, help="diskgraph epoch ÷ in-RAM epoch (default: 1.3)")
+    k.add_argument("--target-epoch-s", type=float, default=15.5, help="diskgraph epoch seconds (default: 15.5)")
+    k.add_argument("--speedup-target", type=float, default=5.0, help="mmap-random epoch ÷ diskgraph epoch (default: 5)")
+    k.add_argument("--acc-points", type=float, default=0.5, help="val accuracy difference to in RAM, points")
+    o = p.add_argument_group("files")
+    o.add_argument("--cache-dir", type=Path, default=REPO / "bench-data" / "h2h", help="data directory (gitignored)")
+    o.add_argument("--regenerate", action="store_true")
+    o.add_argument("--keep-runs", action="store_true", help="keep the run directories (checkpoints)")
+    o.add_argument("--keep-pack", action="store_true", help="keep the plan and pack afterwards")
+    o.add_argument("--json", type=Path, metavar="FILE")
+    o.add_argument("--txt", type=Path, metavar="FILE")
+    o.add_argument("--plot", type=Path, metavar="PNG", help="epoch time vs memory cap (matplotlib)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        parent = cgroup.check_memory_cgroup()
+    except cgroup.CgroupUnavailable as e:
+        print(f"head_to_head: {e}", file=sys.stderr)
+        return 2
+    wanted = [c.strip() for c in a.contestants.split(",") if c.strip()]
+    bad = [c for c in wanted if c not in CONTESTANTS]
+    if bad:
+        print(f"head_to_head: unknown contestant {bad[0]!r}; pick from {', '.join(CONTESTANTS)}", file=sys.stderr)
+        return 2
+    skipped = {}
+    if "pyg" in wanted:
+        why = pyg_available()
+        if why:
+            skipped["pyg"] = why
+            print(f"PyG NeighborLoader: skipped — {why}", flush=True)
+        else:
+            print("head_to_head: PyG is importable, but this benchmark has no PyG contestant yet; drop pyg from "
+                  "--contestants", file=sys.stderr)
+            return 2
+        wanted.remove("pyg")
+    cache = a.cache_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    tag = f"n{a.nodes}-e{a.edges}-f{a.feature_dim}-c{a.classes}-s{a.seed}"
+    raw, ds = cache / f"raw-{tag}", cache / f"syn-{tag}"
+    feature_bytes = a.nodes * a.feature_dim * 4
+    need = 0 if a.reuse_preprocess else (2 * feature_bytes + 40 * a.edges)
+    if shutil.disk_usage(cache).free - need < a.min_free:
+        print(f"head_to_head: {cache} has {fmt_bytes(shutil.disk_usage(cache).free)} free; the run needs about "
+              f"{fmt_bytes(need)} plus the pack and would leave less than --min-free", file=sys.stderr)
+        return 2
+    machine = cgroup.machine_facts([cache])
+    machine["cgroup_parent"] = str(parent)
+    machine["loadavg_start"] = os.getloadavg()
+    t0 = time.time()
+
+    gen = pre = None
+    if a.reuse_preprocess and (ds / "packs" / a.name / "manifest.json").exists():
+        print(f"reusing {ds} with plan and pack {a.name!r} (preprocessing not timed)", flush=True)
+    else:
+        gen = ensure_raw(a, raw)
+        pre = preprocess(a, raw, ds)
+    dm = read_json(ds / "manifest.json")
+    from diskgraph.store.dataset import open_dataset
+
+    dso = open_dataset(ds)
+    row_bytes = dso.features.row_bytes
+    pack = pack_facts(ds, a.name)
+
+    work = cache / "runs"
+    caps = {"main": a.memory_cap}
+    sweep = [parse_size(c) for c in a.sweep_caps.split(",") if c.strip()]
+    runs = []
+    commands = {}
+    plan_rounds = [(rnd, a.memory_cap) for rnd in range(a.repeat)] + [(a.repeat + i, c) for i, c in enumerate(sweep)]
+    for rnd, cap in plan_rounds:
+        order = [w for w in wanted if cap == a.memory_cap or w in CAPPED]
+        k = rnd % len(order)
+        for who in order[k:] + order[:k]:
+            run_cap = UNCAPPED if who == "memory" else cap
+            rec = run_contestant(a, ds, who, run_cap, rnd, work, row_bytes)
+            commands.setdefault(who, rec["command"])
+            runs.append(rec)
+    machine["loadavg_end"] = os.getloadavg()
+    summ = summarize(runs)
+    rep = {
+        "bench": "head_to_head",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "params": {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes,
+                   "seed": a.seed, "split": a.split, "fanouts": a.fanouts, "batch_size": a.batch_size,
+                   "hidden": a.hidden, "epochs": a.epochs, "train_seed": a.train_seed, "host_cache": a.host_cache,
+                   "queue_depth": a.queue_depth, "memory_cap": a.memory_cap, "sweep_caps": sweep, "repeat": a.repeat,
+                   "time_limit": a.time_limit, "memory_budget": a.memory_budget, "caps": caps},
+        "dataset": {"path": str(ds), "num_nodes": dm.get("num_nodes"), "num_edges": dm.get("num_edges"),
+                    "feature_bytes": dso.features.nbytes, "train_nodes": len(dso.splits["train"]),
+                    "val_nodes": len(dso.splits["val"]) if "val" in dso.splits else 0},
+        "machine": machine,
+        "git": git_state(),
+        "commands": {"bench": shlex.join([sys.executable, *sys.argv]), "contestants": commands,
+                     "preprocess": {k: v["command"] for k, v in (pre or {}).items()}},
+        "generate": gen,
+        "preprocess": pre,
+        "pack": pack,
+        "skipped": skipped,
+        "runs": runs,
+        "summary": summ,
+        "total_seconds": time.time() - t0,
+    }
+    rep["checks"] = checks(a, summ)
+    if not a.keep_pack:
+        shutil.rmtree(ds / "packs" / a.name, ignore_errors=True)
+        shutil.rmtree(ds / "plans" / a.name, ignore_errors=True)
+    table = render(rep)
+    print()
+    print(table)
+    if a.txt:
+        a.txt.parent.mkdir(parents=True, exist_ok=True)
+        a.txt.write_text(table + "\n")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    if a.plot:
+        plot(rep, a.plot)
+    return 0 if rep["checks"] and all(rep["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
