@@ -1,0 +1,267 @@
+"""Job specs: the CLI's options as JSON (or TOML), checked before a job is queued.
+
+A spec is::
+
+    {"dataset": "data/cora",                                   # where the dataset is, or is made
+     "preprocess": {"npz": "raw/cora.npz", "fanouts": "10,5"},  # options of `diskgraph preprocess all`
+     "train": {"model": "sage", "epochs": 2},                   # options of `diskgraph train`
+     "name": "cora-sage"}                                       # optional label
+
+with ``preprocess``, ``train`` or both. Keys are the commands' option names (dashes or underscores);
+values have the JSON type of the option (true/false for flags, numbers for counts, strings for
+names and paths; a fanout list may be an array). The values are then parsed by the commands' own
+parsers, so a spec accepts exactly what the command line accepts. Options the daemon sets itself
+(the output, the run directory, resume, overwrite, log files) are refused.
+
+Paths (``dataset`` and every option that takes a path) are relative to the first allowed root or
+absolute inside one; a path with ``..``, an absolute path elsewhere, or one whose symbolic links lead
+outside the allowed roots is refused. Any refusal is a :class:`SpecError`: one sentence, HTTP 400.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from ..cli_common import fanouts as _fanouts_type
+from ..cli_common import positive_int
+from ..units import parse_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SECTIONS = {"preprocess": "all", "train": "train"}
+"""Spec section → the CLI leaf whose options it takes."""
+
+TOP_KEYS = {"dataset", "preprocess", "train", "name"}
+
+DAEMON_SET = {
+    "preprocess": {"dataset": "the spec's top-level dataset names it", "out": "the spec's top-level dataset names it",
+                   "overwrite": "a daemon job never replaces existing artifacts"},
+    "train": {"dataset": "the spec's top-level dataset names it", "run_dir": "each job has its own run directory",
+              "resume": "the daemon resumes from checkpoints itself", "overwrite": "each job has its own run directory",
+              "log_json": "the job's metrics are in its run directory", "step_log": "the job's step log is in its directory"},
+}
+"""Options the daemon sets itself, with the reason given when a spec sets them."""
+
+META = {"config", "print_config", "quiet", "verbose", "help", "func", "section"}
+NAME_OPTIONS = {"pack", "name", "plan"}
+"""Options that take an artifact name (a bare name in specs: artifacts live inside the dataset)."""
+PATH_METAVARS = {"PATH", "DIR", "FILE"}
+RAW_INPUTS = ("npz", "edges", "features", "labels", "train", "val", "test")
+
+DEFAULT_CHECKPOINT_EVERY = 50
+"""Minibatches between checkpoints of a daemon job that does not set ``checkpoint_every``."""
+
+
+class SpecError(ValueError):
+    """A spec was refused; the message is one sentence."""
+
+
+def parse_body(body: bytes, content_type: str = "application/json") -> dict:
+    """A request body → the spec dict (JSON, or TOML when the content type says so)."""
+    kind = (content_type or "application/json").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("the request body is not UTF-8 text; send the spec as JSON") from None
+    if kind in ("application/toml", "text/toml"):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise SpecError(f"the request body is not valid TOML ({e}); fix the spec") from None
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise SpecError(f"the request body is not valid JSON ({e}); send one JSON object") from None
+    if not isinstance(data, dict):
+        raise SpecError("a job spec must be a JSON object with dataset and a preprocess and/or train table")
+    return data
+
+
+def leaves() -> dict[str, argparse.ArgumentParser]:
+    """Fresh leaf parsers of the CLI (spec section → parser) that raise :class:`SpecError` instead of exiting."""
+    from ..cli import build_parser
+
+    _, all_leaves = build_parser()
+    out = {}
+    for section, leaf_name in SECTIONS.items():
+        leaf = all_leaves[leaf_name]
+
+        def error(message, section=section):
+            raise SpecError(f"{section} spec: {message}; see `diskgraph {SECTIONS[section].replace('all', 'preprocess all')} --help`")
+
+        leaf.error = error
+        out[section] = leaf
+    return out
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in META and a.option_strings}
+
+
+def _check_value(section: str, key: str, value, action: argparse.Action):
+    """The JSON type of ``value`` must fit the option; returns it (a fanout array as text)."""
+    where = f"{section}.{key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, not {type(value).__name__}")
+        return value
+    t = action.type
+    if t is _fanouts_type and isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return ",".join(str(v) for v in value)
+    if t in (int, positive_int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif t is float:
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif t is parse_bytes:
+        ok, want = (isinstance(value, (int, str)) and not isinstance(value, bool)), "a size (bytes or text like \"4M\")"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise SpecError(f"{where} must be {want}, not {json.dumps(value)}")
+    return value
+
+
+def section_argv(section: str, values: dict, parser: argparse.ArgumentParser) -> list[str]:
+    """A spec section's checked values → command-line flags for ``parser`` (the dataset is added by the caller)."""
+    known = _options(parser)
+    argv: list[str] = []
+    for key, value in values.items():
+        action = known[key]
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif isinstance(action, argparse._StoreFalseAction):
+            argv += [] if value else [flag]
+        else:
+            argv += [f"{flag}={value}"]
+    return argv
+
+
+class SpecChecker:
+    """Checks specs against the CLI's options and the daemon's allowed roots.
+
+    Args:
+        allowed_roots: directories jobs may read and write under; the first is where relative paths start.
+    """
+
+    def __init__(self, allowed_roots: list[str | os.PathLike]):
+        if not allowed_roots:
+            raise ValueError("at least one allowed root")
+        self.roots = [Path(os.path.realpath(r)) for r in allowed_roots]
+        self.parsers = leaves()
+        self._lock = threading.Lock()  # the API checks specs on many threads; the parsers are shared
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def _inside(self, p: Path) -> bool:
+        return any(p == r or r in p.parents for r in self.roots)
+
+    def resolve(self, value: str, what: str) -> Path:
+        """A spec path → its real absolute path inside an allowed root (or :class:`SpecError`)."""
+        if not isinstance(value, str) or not value:
+            raise SpecError(f"{what} must be a non-empty path string")
+        if "\0" in value:
+            raise SpecError(f"{what} contains a NUL byte; give a plain path")
+        p = Path(value)
+        if ".." in p.parts:
+            raise SpecError(f"{what} {value!r} contains '..'; give a path inside the allowed roots without '..'")
+        if not p.is_absolute():
+            p = self.roots[0] / p
+        if not self._inside(Path(os.path.normpath(p))):
+            raise SpecError(f"{what} {value!r} is outside the daemon's allowed roots ({', '.join(map(str, self.roots))}); "
+                            "move it under one or start the daemon with --allow")
+        real = Path(os.path.realpath(p))
+        if not self._inside(real):
+            raise SpecError(f"{what} {value!r} leads outside the daemon's allowed roots through a symbolic link (to {real}); "
+                            "give a path that stays inside them")
+        return real
+
+    # -- the spec ----------------------------------------------------------------------------------
+
+    def check(self, spec: dict) -> dict:
+        """Validate ``spec``; returns it normalised (real absolute paths, underscore keys, defaults the daemon sets).
+
+        Raises:
+            SpecError: the first problem, in one sentence.
+        """
+        if not isinstance(spec, dict):
+            raise SpecError("a job spec must be a JSON object with dataset and a preprocess and/or train table")
+        unknown = sorted(set(spec) - TOP_KEYS)
+        if unknown:
+            raise SpecError(f"unknown spec key {unknown[0]!r}; a spec has {', '.join(sorted(TOP_KEYS))}")
+        if "preprocess" not in spec and "train" not in spec:
+            raise SpecError("the spec has neither preprocess nor train; give at least one of them")
+        name = spec.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > 200):
+            raise SpecError("name must be a string of at most 200 characters")
+        if "dataset" not in spec:
+            raise SpecError("the spec has no dataset; give the dataset directory's path")
+        dataset = self.resolve(spec["dataset"], "dataset")
+        out: dict = {"dataset": str(dataset), **({"name": name} if name is not None else {})}
+        for section in ("preprocess", "train"):
+            if section in spec:
+                out[section] = self._section(section, spec[section])
+        self._check_artifacts(out, dataset)
+        if "train" in out:
+            out["train"].setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+        return out
+
+    def _section(self, section: str, values) -> dict:
+        if not isinstance(values, dict):
+            raise SpecError(f"{section} must be a table of `diskgraph {SECTIONS[section]}` options, not {json.dumps(values)}")
+        parser = self.parsers[section]
+        known = _options(parser)
+        checked = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key in DAEMON_SET[section]:
+                raise SpecError(f"{section}.{raw_key} is set by the daemon ({DAEMON_SET[section][key]}); remove it")
+            if key not in known:
+                raise SpecError(f"{section} spec has unknown option {raw_key!r}; the options are those of "
+                                f"`diskgraph {SECTIONS[section].replace('all', 'preprocess all')} --help`")
+            value = _check_value(section, raw_key, value, known[key])
+            if key in NAME_OPTIONS and ("/" in value or value.startswith(".") or not value):
+                raise SpecError(f"{section}.{raw_key} {value!r} must be a bare name (letters, digits, '-', '_'): "
+                                "plans and packs live inside the dataset")
+            if known[key].metavar in PATH_METAVARS and isinstance(value, str):
+                real = self.resolve(value, f"{section}.{raw_key}")
+                if not real.exists():
+                    raise SpecError(f"{section}.{raw_key} {value!r} does not exist; check the path")
+                value = str(real)
+            checked[key] = value
+        # the command's own parser checks the values (choices, number formats, fanout lists)
+        with self._lock:
+            parser.parse_args(["DATASET", *section_argv(section, checked, parser)])
+        return checked
+
+    def _check_artifacts(self, spec: dict, dataset: Path) -> None:
+        pre, train = spec.get("preprocess"), spec.get("train")
+        raw = pre is not None and any(k in pre for k in RAW_INPUTS)
+        name = (pre or {}).get("name", "default")
+        if raw:
+            if dataset.exists():
+                raise SpecError(f"dataset {spec['dataset']} already exists and the preprocess spec imports raw inputs "
+                                "into it; choose a new dataset path or drop the raw inputs to add a plan and pack")
+            if not dataset.parent.is_dir():
+                raise SpecError(f"dataset {spec['dataset']} cannot be created: its parent directory does not exist")
+        elif not (dataset / "manifest.json").is_file():
+            raise SpecError(f"dataset {spec['dataset']} does not exist (no manifest.json); make it with a preprocess "
+                            "spec that has raw inputs, or check the path")
+        if pre is not None:
+            for kind in ("plans", "packs"):
+                if (dataset / kind / name).exists():
+                    raise SpecError(f"{kind[:-1]} {name!r} already exists in {dataset}; pick another preprocess.name")
+        if train is not None and not (train.get("reference") and train.get("fanouts") and train.get("batch_size")):
+            pack = train.get("pack", "default")
+            if not (pre is not None and pack == name) and not (dataset / "packs" / pack).is_dir():
+                raise SpecError(f"pack {pack!r} does not exist in {dataset} and the spec does not make it; add a "
+                                "preprocess table or set train.pack")
