@@ -100,7 +100,6 @@ def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"diskgraph: serving {daemon.root.path} on {daemon.url}", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         pass
     log.info("stopping: running jobs checkpoint and stay resumable")

@@ -31,7 +31,8 @@ Stages, each in its own thread, joined by bounded queues (``queue_depth``):
    before handing it over (and records the batch's tensors on that stream), so
    the batch is ready to use on whatever stream is current.
 
-``x`` lives in a pool of ``queue_depth + 2`` reused buffers: a batch's ``x`` is
+``x`` lives in a pool of ``queue_depth + 2`` reused buffers (on the CPU the pool
+and the staging ring are freed when an epoch's iteration ends): a batch's ``x`` is
 valid until the iterator is asked for the next batch (its buffer then returns
 to the pool; on CUDA after the work queued on the consumer's stream so far).
 Clone it to keep it, or build the loader with ``reuse_buffers=False``.
@@ -452,6 +453,21 @@ class PackedLoader:
             if self._active is run:  # (not when another epoch superseded this one)
                 self._active = None
                 self._last = run
+                if not self.cuda:
+                    self._free_buffers()
+
+    def _free_buffers(self) -> None:
+        """Drop the staging ring and the ``x`` pool between epochs (CPU): they are re-made by the next epoch in
+        microseconds, and the train, val and test loaders then do not each hold theirs at the same time. (On CUDA
+        they stay: page-locking them again would cost more.)"""
+        for slot in self._slots:
+            if slot.pin is not None:
+                slot.pin.close()
+        self._slots = []
+        for buf in self._out_pool:
+            buf.x = None
+            buf.released = None
+        self._raw = self._cold_dev = None
 
     def _batch_tensors(self, batch: Batch, pooled: bool) -> list[torch.Tensor]:
         out = [batch.y] + ([] if pooled else [batch.x])
@@ -686,12 +702,8 @@ class PackedLoader:
         if self._active is not None:
             self._active.shutdown()
             self._active = None
-        for slot in self._slots:
-            if slot.pin is not None:
-                slot.pin.close()
-        self._slots = []
+        self._free_buffers()
         self._out_pool = []
-        self._raw = self._cold_dev = None
         if self._own_cache:
             self.cache.close()
         if self._own_pack:

@@ -43,7 +43,6 @@ log = logging.getLogger("diskgraph")
 class _Child:
     proc: subprocess.Popen
     slot: int
-    logf: object
     kill_at: float | None = None
     """When SIGTERM was sent: SIGKILL follows at this time."""
     shutdown: bool = False
@@ -62,7 +61,7 @@ def _same_process(pid: int | None, started: float | None) -> bool:
         return False
     try:
         p = psutil.Process(pid)
-        return started is None or abs(p.create_time() - started) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+        return (started is None or abs(p.create_time() - started) < 1.0) and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -97,7 +96,7 @@ class Scheduler:
         for job in self.store.list(state="running"):
             if _same_process(job["pid"], job["pid_started"]):
                 log.warning("job %d: its child %d outlived the previous daemon; stopping it first", job["id"], job["pid"])
-                self._stop_orphan(job["pid"])
+                self._stop_orphan(job["pid"], job["pid_started"])
             if job["cancel_requested"]:
                 self.store.transition(job["id"], "cancelled", "cancelled while running (finished at daemon restart)")
                 continue
@@ -105,17 +104,14 @@ class Scheduler:
             recovered.append(job["id"])
         return recovered
 
-    def _stop_orphan(self, pid: int) -> None:
+    def _stop_orphan(self, pid: int, started: float | None) -> None:
+        """SIGTERM a job process left by a previous daemon, wait for its checkpoint, SIGKILL it after the timeout."""
         _signal_group(pid, signal.SIGTERM)
         deadline = time.time() + self.stop_timeout
-        while time.time() < deadline and psutil.pid_exists(pid):
-            try:
-                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                    break
-            except psutil.Error:
-                break
+        while time.time() < deadline and _same_process(pid, started):
             time.sleep(0.05)
-        _signal_group(pid, signal.SIGKILL)
+        if _same_process(pid, started):
+            _signal_group(pid, signal.SIGKILL)
 
     def start(self) -> None:
         self._thread.start()
@@ -175,7 +171,11 @@ class Scheduler:
         for job in self.store.list(state="queued", limit=free):
             if not self.store.transition(job["id"], "running", "started"):
                 continue
-            self._spawn(self.store.get(job["id"]), slots.pop(0))
+            try:
+                self._spawn(self.store.get(job["id"]), slots.pop(0))
+            except OSError as e:  # no process, or its directory cannot be written: the job cannot run
+                log.exception("job %d: could not start", job["id"])
+                self.store.transition(job["id"], "failed", f"could not start its process ({e})")
 
     def _spawn(self, job: dict, slot: int) -> None:
         jd = JobDir(self.root.job_path(job["id"]))
@@ -184,21 +184,16 @@ class Scheduler:
         env = dict(os.environ, **{ENV_DAEMON_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
         if self.gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        logf = open(jd.log, "ab")
-        try:
+        with open(jd.log, "ab") as logf:
             proc = subprocess.Popen([sys.executable, "-m", "diskgraph.daemon.runner", str(jd.path)], cwd=jd.path,
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=env)
-        except OSError as e:
-            logf.close()
-            self.store.transition(job["id"], "failed", f"could not start its process ({e})")
-            return
         try:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             started = None
         self.store.update(job["id"], pid=proc.pid, pid_started=started)
-        self.children[job["id"]] = _Child(proc, slot, logf)
+        self.children[job["id"]] = _Child(proc, slot)
         log.info("job %d: started attempt %d (pid %d)", job["id"], job["attempts"], proc.pid)
 
     def _handle_cancels(self) -> None:
@@ -219,7 +214,6 @@ class Scheduler:
             if rc is None:
                 continue
             del self.children[job_id]
-            child.logf.close()
             _signal_group(child.proc.pid, signal.SIGKILL)  # anything the job left behind in its group
             self._record_exit(job_id, rc, child.shutdown)
 

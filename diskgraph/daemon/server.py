@@ -123,7 +123,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body, ctype: str) -> None:
         data = (json.dumps(body) + "\n").encode() if ctype == "application/json" else body.encode()
-        unread = not self._body_read and int(self.headers.get("Content-Length") or 0) > 0
+        unread = not self._body_read and self._content_length() > 0
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         self.send_response(status)
         self.send_header("Content-Type", ctype + ("" if "charset" in ctype else "; charset=utf-8"))
@@ -144,7 +144,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_WR)
             self.connection.settimeout(2.0)
-            left = min(int(self.headers.get("Content-Length") or 0), DRAIN_LIMIT)
+            left = min(self._content_length(), DRAIN_LIMIT)
             while left > 0:
                 chunk = self.rfile.read(min(left, 1 << 16))
                 if not chunk:
@@ -153,14 +153,17 @@ class Handler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass
 
+    def _content_length(self) -> int:
+        """The request's Content-Length (-1: missing or not a number)."""
+        try:
+            return int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return -1
+
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise ApiError(400, "chunked request bodies are not accepted; send the body with a Content-Length")
-        raw = self.headers.get("Content-Length")
-        try:
-            length = int(raw) if raw is not None else -1
-        except ValueError:
-            length = -1
+        length = self._content_length()
         if length < 0:
             raise ApiError(400, "the request has no valid Content-Length; send the spec with one")
         cap = self.daemon.max_body

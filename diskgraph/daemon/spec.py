@@ -38,6 +38,7 @@ else:  # pragma: no cover
 
 SECTIONS = {"preprocess": "all", "train": "train"}
 """Spec section → the CLI leaf whose options it takes."""
+COMMANDS = {"preprocess": "diskgraph preprocess all", "train": "diskgraph train"}
 
 TOP_KEYS = {"dataset", "preprocess", "train", "name"}
 
@@ -96,11 +97,17 @@ def leaves() -> dict[str, argparse.ArgumentParser]:
         leaf = all_leaves[leaf_name]
 
         def error(message, section=section):
-            raise SpecError(f"{section} spec: {message}; see `diskgraph {SECTIONS[section].replace('all', 'preprocess all')} --help`")
+            raise SpecError(f"{section} spec: {message}; see `{COMMANDS[section]} --help`")
 
         leaf.error = error
         out[section] = leaf
     return out
+
+
+def _show(value) -> str:
+    """A value for an error message: JSON, cut to 60 characters."""
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
@@ -126,7 +133,7 @@ def _check_value(section: str, key: str, value, action: argparse.Action):
     else:
         ok, want = isinstance(value, str), "a string"
     if not ok:
-        raise SpecError(f"{where} must be {want}, not {json.dumps(value)}")
+        raise SpecError(f"{where} must be {want}, not {_show(value)}")
     return value
 
 
@@ -217,7 +224,7 @@ class SpecChecker:
 
     def _section(self, section: str, values) -> dict:
         if not isinstance(values, dict):
-            raise SpecError(f"{section} must be a table of `diskgraph {SECTIONS[section]}` options, not {json.dumps(values)}")
+            raise SpecError(f"{section} must be a table of `{COMMANDS[section]}` options, not {_show(values)}")
         parser = self.parsers[section]
         known = _options(parser)
         checked = {}
@@ -227,7 +234,7 @@ class SpecChecker:
                 raise SpecError(f"{section}.{raw_key} is set by the daemon ({DAEMON_SET[section][key]}); remove it")
             if key not in known:
                 raise SpecError(f"{section} spec has unknown option {raw_key!r}; the options are those of "
-                                f"`diskgraph {SECTIONS[section].replace('all', 'preprocess all')} --help`")
+                                f"`{COMMANDS[section]} --help`")
             value = _check_value(section, raw_key, value, known[key])
             if key in NAME_OPTIONS and ("/" in value or value.startswith(".") or not value):
                 raise SpecError(f"{section}.{raw_key} {value!r} must be a bare name (letters, digits, '-', '_'): "

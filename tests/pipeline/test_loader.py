@@ -139,7 +139,12 @@ def test_queue_depths_and_ring_sizes(ident, depth, ring):
     loader = ident.loader("none", queue_depth=depth, ring=ring)
     assert loader.ring_size == (depth + 2 if ring is None else ring)
     ident.check_epoch(loader, loader.order(0, seed=PLAN_SEED))
+    it = loader.epoch(loader.order(0, seed=PLAN_SEED))
+    next(it)
     assert len(loader._slots) == loader.ring_size
+    for _ in it:
+        pass
+    assert loader._slots == [] and all(b.x is None for b in loader._out_pool)  # freed between epochs (CPU)
 
 
 def test_direct_and_buffered_reads_agree(ident):

@@ -265,6 +265,7 @@ class RunResult:
     limit_bytes: int
     returncode: int | None = None
     timed_out: bool = False
+    stopped_early: bool = False
     wall_s: float = 0.0
     user_s: float = 0.0
     sys_s: float = 0.0
@@ -373,7 +374,7 @@ class _Sampler(threading.Thread):
 def run_in_cgroup(cmd: list[str], limit_bytes: int, *, name: str | None = None, env: dict | None = None,
                   cwd: str | None = None, timeout: float | None = None, capture: bool = False,
                   stdout=None, stderr=None, sample_interval: float = 0.05, timeline_every: float = 1.0,
-                  parent: Path | None = None) -> RunResult:
+                  parent: Path | None = None, stop_when=None) -> RunResult:
     """Run ``cmd`` in a new child memory cgroup capped at ``limit_bytes``; return what was measured.
 
     The command starts through ``sh -c 'echo $$ > cgroup.procs; exec "$@"'`` so
@@ -383,7 +384,8 @@ def run_in_cgroup(cmd: list[str], limit_bytes: int, *, name: str | None = None, 
     ``stdout``/``stderr`` (default: inherited). Sampling every ``sample_interval``
     s gives the memory.stat and RssAnon peaks; the timeline keeps one sample per
     ``timeline_every`` s. Only one command at a time per parent process, so the
-    ``/proc/self/io`` delta belongs to it.
+    ``/proc/self/io`` delta belongs to it. ``stop_when`` (a callable, polled every
+    0.25 s) ends the command early (SIGKILL, ``stopped_early``) once it returns true.
 
     Raises:
         CgroupUnavailable: no cgroup v1 memory controller, or not allowed to use it.
@@ -411,12 +413,18 @@ def run_in_cgroup(cmd: list[str], limit_bytes: int, *, name: str | None = None, 
                 readers.append(th)
         deadline = None if timeout is None else t0 + timeout
         status = rusage = None
+        next_check = t0
         while True:
             pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            if deadline is not None and time.perf_counter() > deadline:
-                res.timed_out = True
+            now = time.perf_counter()
+            early = False
+            if stop_when is not None and now >= next_check:
+                next_check = now + 0.25
+                early = bool(stop_when())
+            if early or (deadline is not None and now > deadline):
+                res.stopped_early, res.timed_out = early, not early
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -204,33 +204,62 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
     cmd = [str(c) for c in train_cmd(a, ds, who, work)]
     where = f"under {fmt_bytes(cap)}" if cap < UNCAPPED else "without a cap"
     print(f"[round {rnd}] {who} {where} ({fmt_bytes(resident)} cached): {shlex.join(cmd)}", flush=True)
-    r = capped_run(cmd, cap, who, a.time_limit)
+    steps_file = work / "steps.jsonl"
+    total_steps: list[int] = []
+
+    def trained_all() -> bool:
+        """The last training minibatch is logged (memmap contestants need no evaluation: stop them there)."""
+        if not total_steps:
+            first_line = read_steps(steps_file)[:1]
+            if not first_line:
+                return False
+            total_steps.append(first_line[0]["of"] * a.epochs)
+        try:
+            with open(steps_file, "rb") as f:
+                return sum(1 for _ in f) >= total_steps[0]
+        except OSError:
+            return False
+
+    stop = None if (who in ("diskgraph", "memory") or a.eval_all) else trained_all
+    r = cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{who}-{os.getpid()}", capture=True, timeout=a.time_limit,
+                             stop_when=stop)
     epochs, summary = read_log(work / "log.jsonl")
-    steps = read_steps(work / "steps.jsonl")
+    steps = read_steps(steps_file)
     per_epoch = steps[0]["of"] if steps else None
     first = [s for s in steps if s["epoch"] == 0]
+    done_epochs = [e for e in range(a.epochs) if per_epoch and sum(s["epoch"] == e for s in steps) == per_epoch]
+    finished = len(done_epochs) == a.epochs and r.oom_kills == 0 and (r.ok or r.stopped_early)
     rec = {"contestant": who, "round": rnd, "cap_bytes": cap, "command": shlex.join(cmd), "run": run_summary(r),
            "evicted": {"files": files, "bytes": nbytes, "resident_after_bytes": resident},
-           "epochs": epochs, "summary": summary, "stderr_tail": tail(r.stderr, 2500),
-           "minibatches_per_epoch": per_epoch, "minibatches_done": len(steps)}
+           "epochs": epochs, "summary": summary, "stderr_tail": tail(r.stderr, 2500), "finished": finished,
+           "stopped_after_training": r.stopped_early, "minibatches_per_epoch": per_epoch,
+           "minibatches_done": len(steps)}
     if epochs:
         rec["epoch_s"] = statistics.mean(e["epoch_s"] for e in epochs)
         rec["epoch0_s"] = epochs[0]["epoch_s"]
-        rec["status"] = "finished" if r.ok else f"finished {len(epochs)} epoch(s), then {describe_end(r)}"
+    elif done_epochs:
+        secs = [max(s["seconds"] for s in steps if s["epoch"] == e) for e in done_epochs]
+        rec["epoch_s"], rec["epoch0_s"] = statistics.mean(secs), secs[0]
     elif first and per_epoch:
         done, secs = len(first), first[-1]["seconds"]
-        rec["epoch_s"] = secs * per_epoch / done
-        rec["extrapolated"] = done < per_epoch
-        rec["status"] = (f"{describe_end(r)} at {done}/{per_epoch} minibatches after {secs:.1f} s" if done < per_epoch
-                         else f"trained the epoch, then {describe_end(r)}")
+        rec["epoch_s"] = rec["epoch0_s"] = secs * per_epoch / done
+        rec["extrapolated"] = True
     else:
         rec["epoch_s"] = None
+    if finished:
+        rec["status"] = ("trained every epoch; stopped before evaluation (not needed)" if r.stopped_early
+                         else "finished")
+    elif rec.get("extrapolated"):
+        rec["status"] = f"{describe_end(r)} at {len(first)}/{per_epoch} minibatches after {first[-1]['seconds']:.1f} s"
+    elif done_epochs:
+        rec["status"] = f"trained every epoch, then {describe_end(r)}"
+    else:
         rec["status"] = f"{describe_end(r)} before its first minibatch"
-    if first:
-        needed = sum(s["inputs"] for s in first) * row_bytes
-        # the process counter at the first step covers start-up; the epoch's reads are counted from there
+    if len(first) > 1:
+        # the process counter at the first step includes start-up: count the epoch's reads from there on
+        needed = sum(s["inputs"] for s in first[1:]) * row_bytes
         rec["progress"] = {"minibatches": len(first), "seconds": first[-1]["seconds"],
-                           "read_bytes": first[-1]["read_bytes"], "input_row_bytes": needed}
+                           "read_bytes": first[-1]["read_bytes"] - first[0]["read_bytes"], "input_row_bytes": needed}
     if epochs:
         e0 = epochs[0]
         rec["val_acc"] = e0.get("val_acc")
@@ -238,10 +267,10 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
         rec["read_bytes"] = e0.get("read_bytes")
         rec["read_amplification"] = e0.get("read_amplification")
         if who != "diskgraph" and rec.get("progress"):
-            rec["read_amplification"] = e0["read_bytes"] / rec["progress"]["input_row_bytes"]
+            rec["read_amplification"] = rec["progress"]["read_bytes"] / rec["progress"]["input_row_bytes"]
     elif rec.get("progress"):
         p = rec["progress"]
-        rec["read_bytes"] = p["read_bytes"]
+        rec["read_bytes"] = p["read_bytes"] * len(first) / (len(first) - 1)
         rec["read_amplification"] = p["read_bytes"] / p["input_row_bytes"] if p["input_row_bytes"] else None
     if summary:
         rec["val_acc"] = summary.get("val_acc", rec.get("val_acc"))
@@ -276,7 +305,7 @@ def summarize(runs: list[dict]) -> dict:
             "epoch_s": median([r.get("epoch_s") for r in rs]),
             "epoch_s_all": [r.get("epoch_s") for r in rs],
             "extrapolated": any(r.get("extrapolated") for r in rs),
-            "finished": all(r["run"]["ok"] for r in rs),
+            "finished": all(r["finished"] for r in rs),
             "status": "; ".join(sorted({r["status"] for r in rs})),
             "val_acc": median([r.get("val_acc") for r in rs]),
             "read_bytes": median([r.get("read_bytes") for r in rs]),
@@ -368,7 +397,7 @@ def render(rep: dict) -> str:
         cap = "none" if s["cap_bytes"] >= UNCAPPED else fmt_bytes(s["cap_bytes"])
         rel = (s["epoch_s"] / dg["epoch_s"]) if dg and dg["epoch_s"] and s["epoch_s"] else None
         status = "finished" if s["finished"] else ("killed, est." if s["extrapolated"] else "failed")
-        amp = f"{s['read_amplification']:.2f}" if s["read_amplification"] else "-"
+        amp = f"{s['read_amplification']:.2f}" if s["read_amplification"] is not None else "-"
         acc = f"{s['val_acc']:.4f}" if s["val_acc"] is not None else "-"
         lines.append(f"{CONTESTANTS[s['contestant']]:<44} {cap:>8} {fmt_s(s['epoch_s'], s['extrapolated']):>8} "
                      f"{(f'{rel:.2f}x' if rel else '-'):>11} {status:<12} {fmt_bytes(s['read_bytes']):>9} {amp:>7} "
@@ -420,6 +449,10 @@ def plot(rep: dict, path: Path) -> None:
         for x, y, ex in pts:
             if ex:
                 ax.plot([x], [y], marker="o", markerfacecolor="white", color=line.get_color())
+    failed = [s["cap_bytes"] / GiB for s in summ if s["contestant"] != "memory" and not s["epoch_s"]]
+    if failed:  # no minibatch trained (OOM-killed at start-up): marked along the top
+        top = max([s["epoch_s"] for s in summ if s["epoch_s"]] + [1.0]) * 1.5
+        ax.plot(failed, [top] * len(failed), "rx", linestyle="none", label="failed before its first minibatch")
     mem = next((s for s in summ if s["contestant"] == "memory" and s["epoch_s"]), None)
     if mem:
         ax.axhline(mem["epoch_s"], color="grey", linestyle="--", label="in RAM, no cap")
@@ -428,8 +461,8 @@ def plot(rep: dict, path: Path) -> None:
     ax.set_xlabel("memory cap (GiB, cgroup v1, page cache included)")
     ax.set_ylabel("epoch time (s, log scale)")
     d = rep["dataset"]
-    ax.set_title(f"{d['num_nodes'] / 1e6:.0f}M nodes, {d['num_edges'] / 1e6:.0f}M edges, {rep['params']['feature_dim']}-d; "
-                 f"hollow = extrapolated", fontsize=10)
+    ax.set_title(f"{d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {rep['params']['feature_dim']}-d float32; "
+                 f"hollow = stopped at the time limit, extrapolated", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -476,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeat", type=int, default=1, help="rounds at the main cap (medians)")
     r.add_argument("--time-limit", type=float, default=300, help="seconds before a training process is stopped "
                                                                  "(default: 300)")
+    r.add_argument("--eval-all", action="store_true", help="let the memmap contestants evaluate too (default: they are "
+                                                           "stopped once their training epochs are done)")
     r.add_argument("--stage-timeout", type=float, default=3600, help="limit of a preprocessing stage (s)")
     r.add_argument("--memory-budget", type=parse_size, default=256 * MiB, help="--memory-budget of import and pack")
     r.add_argument("--reuse-preprocess", action="store_true", help="keep an existing dataset, plan and pack")

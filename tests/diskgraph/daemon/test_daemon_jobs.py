@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -115,10 +118,14 @@ def test_retry_policy_and_recovery(tmp_path):
     assert store.get(stopped)["state"] == "running" and store.get(stopped)["pid"] is None
     cancelled = _running_job(store)
     assert store.request_cancel(cancelled) == "running"
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    outlived = _running_job(store, pid=orphan.pid, pid_started=psutil.Process(orphan.pid).create_time())
     store.close()
-    # a new daemon's recovery: running jobs are queued again, a pending cancel completes
+    # a new daemon's recovery: a job process that outlived the old daemon is stopped first, running jobs are
+    # queued again, a pending cancel completes
     store = JobStore(root.db_path)
-    assert Scheduler(root, store).recover() == [stopped]
+    assert Scheduler(root, store, stop_timeout=10).recover() == [stopped, outlived]
+    assert orphan.wait(5) == -signal.SIGTERM
     assert store.get(stopped)["state"] == "queued" and store.get(cancelled)["state"] == "cancelled"
     assert [t["to_state"] for t in store.transitions(stopped)] == ["queued", "running", "queued"]
     store.close()
