@@ -61,3 +61,15 @@ def gen_params(a) -> dict:
 def diskgraph_cmd() -> list[str]:
     """How to run the diskgraph command line here."""
     return ["diskgraph"] if shutil.which("diskgraph") else [sys.executable, "-m", "diskgraph"]
+
+
+def write_outputs(table: str, report: dict, txt: Path | None, json_path: Path | None) -> None:
+    """Print a benchmark's table and write it (``--txt``) and its full report (``--json``)."""
+    print()
+    print(table)
+    if txt:
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        txt.write_text(table + "\n")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -55,8 +55,9 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (tools/bench is not a package)
-from common import diskgraph_cmd, git_state, read_json, read_log, tail  # noqa: E402
+from common import diskgraph_cmd, git_state, read_json, read_log, tail, write_outputs  # noqa: E402
 from import_oocore import fmt_bytes, parse_size  # noqa: E402
+from train_oocore import run_summary, size_arg  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -70,24 +71,6 @@ CONTESTANTS = {
     "pyg": "PyG NeighborLoader on the memmap",
 }
 CAPPED = {"diskgraph", "mmap", "mmap-random", "pyg"}
-
-
-def size_arg(n: int) -> str:
-    """A byte count as a command-line size (``256M``, ``1G``) when it is a whole number of MiB/GiB."""
-    for unit, mult in (("G", GiB), ("M", MiB)):
-        if n % mult == 0:
-            return f"{n // mult}{unit}"
-    return str(n)
-
-
-def run_summary(r: cgroup.RunResult) -> dict:
-    """The memory/IO figures of one cgroup run that the tables quote."""
-    return {"returncode": r.returncode, "ok": r.ok, "timed_out": r.timed_out, "wall_s": r.wall_s,
-            "limit_bytes": r.limit_bytes, "max_usage_bytes": r.max_usage_bytes, "failcnt": r.failcnt,
-            "oom_kills": r.oom_kills, "peak_anon_bytes": r.peak_stat.get("total_rss", 0),
-            "peak_shmem_bytes": r.peak_stat.get("total_shmem", 0), "peak_cache_bytes": r.peak_stat.get("total_cache", 0),
-            "peak_rss_bytes": r.peak_rss_bytes, "read_bytes": r.read_bytes, "write_bytes": r.write_bytes,
-            "user_s": r.user_s, "sys_s": r.sys_s}
 
 
 def capped_run(cmd: list, cap: int, name: str, timeout: float) -> cgroup.RunResult:
@@ -625,15 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.keep_pack:
         shutil.rmtree(ds / "packs" / a.name, ignore_errors=True)
         shutil.rmtree(ds / "plans" / a.name, ignore_errors=True)
-    table = render(rep)
-    print()
-    print(table)
-    if a.txt:
-        a.txt.parent.mkdir(parents=True, exist_ok=True)
-        a.txt.write_text(table + "\n")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    write_outputs(render(rep), rep, a.txt, a.json)
     if a.plot:
         plot(rep, a.plot)
     return 0 if rep["checks"] and all(rep["checks"].values()) else 1

@@ -37,7 +37,6 @@ targets, 1 otherwise, 2 when it cannot run here. Run ``python tools/bench/train_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -51,7 +50,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 import cgroup  # noqa: E402  (tools/bench is not a package)
-from common import gen_params, read_json, read_log, tail  # noqa: E402
+from common import gen_params, read_json, read_log, tail, write_outputs  # noqa: E402
 from import_oocore import diskgraph_cmd, fmt_bytes, git_state, parse_size  # noqa: E402
 
 MiB = 1 << 20
@@ -75,7 +74,8 @@ def dir_bytes(path: Path) -> int:
 
 def run_summary(r: cgroup.RunResult) -> dict:
     """The memory/IO figures of one capped run that the table quotes."""
-    return {"returncode": r.returncode, "ok": r.ok, "wall_s": r.wall_s, "max_usage_bytes": r.max_usage_bytes,
+    return {"returncode": r.returncode, "ok": r.ok, "timed_out": r.timed_out, "wall_s": r.wall_s,
+            "limit_bytes": r.limit_bytes, "max_usage_bytes": r.max_usage_bytes,
             "failcnt": r.failcnt, "oom_kills": r.oom_kills, "peak_anon_bytes": r.peak_stat.get("total_rss", 0),
             "peak_shmem_bytes": r.peak_stat.get("total_shmem", 0), "peak_cache_bytes": r.peak_stat.get("total_cache", 0),
             "peak_rss_bytes": r.peak_rss_bytes, "read_bytes": r.read_bytes, "write_bytes": r.write_bytes,
@@ -429,15 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.keep_pack:
         shutil.rmtree(ds / "packs" / a.name, ignore_errors=True)
         shutil.rmtree(ds / "plans" / a.name, ignore_errors=True)
-    table = render(rep)
-    print()
-    print(table)
-    if a.txt:
-        a.txt.parent.mkdir(parents=True, exist_ok=True)
-        a.txt.write_text(table + "\n")
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    write_outputs(render(rep), rep, a.txt, a.json)
     return 0 if all(checks.values()) else 1
 
 
