@@ -506,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("files")
     o.add_argument("--cache-dir", type=Path, default=REPO / "bench-data" / "h2h", help="data directory (gitignored)")
     o.add_argument("--regenerate", action="store_true")
+    o.add_argument("--merge", type=Path, metavar="REPORT",
+                   help="add the runs of an earlier --json report of the same setup (e.g. a cap sweep run later)")
     o.add_argument("--keep-runs", action="store_true", help="keep the run directories (checkpoints)")
     o.add_argument("--keep-pack", action="store_true", help="keep the plan and pack afterwards")
     o.add_argument("--json", type=Path, metavar="FILE")
@@ -568,9 +570,24 @@ def main(argv: list[str] | None = None) -> int:
     work = cache / "runs"
     caps = {"main": a.memory_cap}
     sweep = [parse_size(c) for c in a.sweep_caps.split(",") if c.strip()]
-    runs = []
-    commands = {}
-    plan_rounds = [(rnd, a.memory_cap) for rnd in range(a.repeat)] + [(a.repeat + i, c) for i, c in enumerate(sweep)]
+    runs, commands, merged = [], {}, None
+    first_round = 0
+    if a.merge:
+        merged = read_json(a.merge)
+        same = ("nodes", "edges", "feature_dim", "classes", "seed", "split", "fanouts", "batch_size", "hidden", "epochs",
+                "train_seed", "host_cache", "queue_depth", "memory_cap")
+        diff = [k for k in same if merged.get("params", {}).get(k) != getattr(a, k)]
+        if merged.get("bench") != "head_to_head" or diff:
+            print(f"head_to_head: --merge {a.merge} is not a head_to_head report of the same setup "
+                  f"({', '.join(diff) or 'not a report'} differ)", file=sys.stderr)
+            return 2
+        runs = list(merged["runs"])
+        commands = dict(merged["commands"]["contestants"])
+        first_round = 1 + max(r["round"] for r in runs)
+        pre = pre or merged.get("preprocess")
+        print(f"merging {len(runs)} runs from {a.merge}", flush=True)
+    plan_rounds = ([(first_round + rnd, a.memory_cap) for rnd in range(a.repeat)]
+                   + [(first_round + a.repeat + i, c) for i, c in enumerate(sweep)])
     for rnd, cap in plan_rounds:
         order = [w for w in wanted if cap == a.memory_cap or w in CAPPED]
         k = rnd % len(order)
@@ -587,7 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes,
                    "seed": a.seed, "split": a.split, "fanouts": a.fanouts, "batch_size": a.batch_size,
                    "hidden": a.hidden, "epochs": a.epochs, "train_seed": a.train_seed, "host_cache": a.host_cache,
-                   "queue_depth": a.queue_depth, "memory_cap": a.memory_cap, "sweep_caps": sweep, "repeat": a.repeat,
+                   "queue_depth": a.queue_depth, "memory_cap": a.memory_cap,
+                   "sweep_caps": sorted(set(sweep) | set((merged or {}).get("params", {}).get("sweep_caps", []))),
+                   "repeat": a.repeat + ((merged or {}).get("params", {}).get("repeat", 0)),
                    "time_limit": a.time_limit, "memory_budget": a.memory_budget, "caps": caps},
         "dataset": {"path": str(ds), "num_nodes": dm.get("num_nodes"), "num_edges": dm.get("num_edges"),
                     "feature_bytes": dso.features.nbytes, "train_nodes": len(dso.splits["train"]),
