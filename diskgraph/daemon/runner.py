@@ -25,6 +25,8 @@ import threading
 import traceback
 from pathlib import Path
 
+import psutil
+
 from ..store.errors import InputError
 from .jobdir import JobDir, read_json
 from .spec import RAW_INPUTS, leaves, section_argv
@@ -47,6 +49,15 @@ def _die_with_parent() -> None:
     libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    """Remove ``.NAME.tmp-PID`` files an attempt killed mid-write left (``NAME`` itself is the previous one, intact)."""
+    for tmp in directory.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid)):
+            log.info("removing %s, left by an attempt killed while writing it", tmp)
+            tmp.unlink(missing_ok=True)
 
 
 def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict) -> list[tuple]:
@@ -75,6 +86,7 @@ def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict) -
             opts = options_from_args(args)
             opts.run_dir, opts.step_log, opts.stop = str(jobdir.run), str(jobdir.steps), stop
             opts.resume = (jobdir.run / "checkpoint.pt").exists()
+            _remove_stale_temporaries(jobdir.run)
             training["on"] = True
             try:
                 return run_training(dataset, opts)
@@ -130,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         _die_with_parent()
         job = read_json(jobdir.job_json)
         log.info("job %s attempt %s (pid %d)", job["id"], job["attempt"], os.getpid())
+        _remove_stale_temporaries(jobdir.path)
         summary = run_job(job, jobdir, stop, training)
     except (Stopped, StopRequested):
         log.info("stopped on SIGTERM; the job resumes from where it stopped")

@@ -88,12 +88,14 @@ class DaemonProcess:
 
     def wait_state(self, job_id: int, states: tuple[str, ...], timeout: float = 120) -> dict:
         deadline = time.time() + timeout
-        while time.time() < deadline:
+        while True:  # looks once more after the deadline: a test process paused past it still sees the end
+            late = time.time() > deadline
             job = self.job(job_id)
             if job["state"] in states:
                 return job
+            if late:
+                raise AssertionError(f"job {job_id} did not reach {states}: {job}")
             time.sleep(0.1)
-        raise AssertionError(f"job {job_id} did not reach {states}: {job}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         self.proc.send_signal(sig)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import signal
 import subprocess
@@ -89,6 +90,19 @@ def test_stages_resume_without_redoing_finished_artifacts(raw_inputs, tmp_path, 
     jd2.prepare(2, spec, attempt=1, recovering=False)
     with pytest.raises(InputError, match="already exists"):
         run_job({"spec": spec, "attempt": 1}, jd2, None, {})
+
+
+def test_temporaries_of_killed_attempts_are_removed(tmp_path):
+    from diskgraph.daemon.runner import _remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, mine, final = (tmp_path / f".checkpoint.pt.tmp-{dead.pid}", tmp_path / f".checkpoint.pt.tmp-{os.getpid()}",
+                          tmp_path / "checkpoint.pt")
+    for p in (stale, mine, final):
+        p.write_bytes(b"x")
+    _remove_stale_temporaries(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([mine, final])
 
 
 def _running_job(store: JobStore, **fields) -> int:
