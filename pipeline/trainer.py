@@ -13,6 +13,12 @@ Checkpoints (``RUN_DIR/checkpoint.pt``, written atomically) hold the model, the 
 RNG states, the epoch, the position in the epoch's minibatch order, the partial epoch's
 accumulators and the metrics history. A resumed run therefore continues mid-epoch and ends with the
 same model as an uninterrupted run with the same seed.
+
+Data-parallel runs (``dist``, :mod:`diskgraph.pipeline.distributed`): the model is wrapped in
+``DistributedDataParallel``, each rank trains its own share of the epoch's minibatches, evaluation
+is split across ranks and summed, and the epoch's record aggregates the ranks (times: the slowest
+rank; counts and bytes: sums; per-rank figures under ``ranks``). Only rank 0 writes checkpoints,
+logs and the best model; a checkpoint carries every rank's RNG state and partial-epoch sums.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from ..store.errors import InputError
 from ..store.files import fsync_dir
 from ..store.progress import Progress, format_bytes, log
+from . import distributed as _dist
 from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -133,17 +140,28 @@ class Trainer:
         log_json: also write the metrics lines to this file (rewritten after each epoch).
         info: extra fields for the first log line's ``run`` record (dataset, pack, model, …).
         row_bytes: bytes of one feature row (for read amplification); 0 when unknown.
-        step_log: append one JSON line per training minibatch here (epoch, position, input rows, loss,
-            seconds since the epoch's start, bytes read by the process so far); flushed per line so a watcher
-            — or whoever finds the run killed — sees how far it got.
+        step_log: append one JSON line per training minibatch here (epoch, position, plan row, input rows, loss,
+            seconds since the epoch's start, bytes read by the process so far and since the epoch's start); flushed per line so a watcher
+            — or whoever finds the run killed — sees how far it got. Rank ``r > 0`` of a data-parallel run
+            writes ``STEP_LOG.rank{r}``.
+        dist: the data-parallel context (None: one process); ``order`` must then give this rank's share.
     """
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
                  device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
                  info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None,
-                 stop=None):
+                 stop=None, dist: _dist.DistContext | None = None):
         self.model = model
+        self.dist = dist
+        self.main = dist is None or dist.is_main
+        self.net = model  # what training steps call: the model, or its DistributedDataParallel wrapper
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+            if step_log and dist.rank:
+                step_log = f"{step_log}.rank{dist.rank}"
         self.loaders = loaders
         self.order = order
         self.run_dir = Path(run_dir)
@@ -168,14 +186,26 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
+    def _rank_state(self) -> dict:
+        """What differs between the ranks of a data-parallel run: RNG states and the partial epoch's sums."""
+        return {"torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "accumulator": asdict(self.acc)}
+
     def save_checkpoint(self) -> None:
-        """Write the full training state atomically, then ``checkpoint.json`` (epoch, position; readable without torch)."""
+        """Write the full training state atomically, then ``checkpoint.json`` (epoch, position; readable without torch).
+
+        In a data-parallel run every rank must call it (the ranks' states are gathered); rank 0 writes.
+        """
+        mine = self._rank_state()
+        ranks = _dist.all_gather(mine) if self.dist is not None else [mine]
+        if not self.main:
+            return
         state = {
             "version": CHECKPOINT_VERSION, "epoch": self.epoch, "position": self.position,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "accumulator": asdict(self.acc), "history": self.history, "best": self.best,
+            **mine, "world_size": len(ranks), "ranks": ranks if len(ranks) > 1 else None,
+            "history": self.history, "best": self.best,
             "config": asdict(self.config), "info": self.info,
         }
         _atomic_torch_save(state, self.checkpoint_path)
@@ -191,9 +221,10 @@ class Trainer:
         Raises:
             InputError: no checkpoint, or one from a run with other settings.
         """
-        if not self.checkpoint_path.exists():
-            raise InputError(f"run directory {self.run_dir} has no {CHECKPOINT_NAME} to resume from; start the run without --resume")
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        state = self._read_checkpoint() if self.dist is None else _dist.broadcast(
+            self._read_checkpoint(catch=True) if self.main else None)
+        if isinstance(state, InputError):
+            raise state
         if state.get("version") != CHECKPOINT_VERSION:
             raise InputError(f"checkpoint {self.checkpoint_path} has version {state.get('version')}, this diskgraph reads "
                              f"{CHECKPOINT_VERSION}; start a new run")
@@ -203,19 +234,46 @@ class Trainer:
             diff = ", ".join(f"{k} {saved.get(k)!r} → {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
             raise InputError(f"checkpoint {self.checkpoint_path} was made with other settings ({diff}); resume with the "
                              "same options or start a new run directory")
+        saved_world, world = int(state.get("world_size", 1)), self.dist.world_size if self.dist else 1
+        if saved_world != world and int(state["position"]) != 0:
+            raise InputError(f"checkpoint {self.checkpoint_path} stopped mid-epoch (minibatch {state['position']}) in a "
+                             f"run of {saved_world} process(es), and this run has {world}; resume it with {saved_world}, "
+                             "or from an epoch-end checkpoint with any number")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self.acc = _EpochAccumulator(**state["accumulator"])
+        rank = self.dist.rank if self.dist else 0
+        if saved_world == world:
+            mine = state["ranks"][rank] if state.get("ranks") else state
+            torch.set_rng_state(mine["torch_rng"])
+            if mine.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(mine["cuda_rng"])
+            self.acc = _EpochAccumulator(**mine["accumulator"])
+        else:  # an epoch boundary with another world size: fresh per-rank RNG streams for the epochs to come
+            torch.manual_seed(self._rank_seed() + self.epoch)
+            self.acc = _EpochAccumulator()
         self.history, self.best = list(state["history"]), dict(state["best"])
         log.info("resuming %s at epoch %d, minibatch %d", self.run_dir, self.epoch, self.position)
+
+    def _read_checkpoint(self, catch: bool = False):
+        """The checkpoint's contents (with ``catch``, a missing checkpoint is returned as the error, for broadcast)."""
+        if not self.checkpoint_path.exists():
+            e = InputError(f"run directory {self.run_dir} has no {CHECKPOINT_NAME} to resume from; start the run "
+                           "without --resume")
+            if catch:
+                return e
+            raise e
+        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+    def _rank_seed(self) -> int:
+        """The torch seed of this rank's dropout stream: the run's seed on rank 0, distinct on the others."""
+        return self.config.seed + 1_000_003 * (self.dist.rank if self.dist else 0)
 
     # -- logging ----------------------------------------------------------------------------------
 
     def _write_logs(self, lines: list[dict]) -> None:
+        if not self.main:
+            return
         text = "".join(json.dumps(line) + "\n" for line in lines)
         for path in [self.run_dir / METRICS_NAME] + ([self.log_json] if self.log_json else []):
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -226,7 +284,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
-        """Loss, accuracy (and ROC-AUC for two classes) of the current model on ``split``."""
+        """Loss, accuracy (and ROC-AUC for two classes) of the current model on ``split`` (on every rank, over
+        the minibatches of all ranks)."""
         loader = self.loaders[split]
         self.model.eval()
         loss_sum, correct, total = 0.0, 0, 0
@@ -239,6 +298,11 @@ class Trainer:
             if self.num_classes == 2:
                 scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
                 labels.append(batch.y.cpu().numpy())
+        if self.dist is not None:
+            loss_sum, correct, total = _dist.all_sum([loss_sum, correct, total])
+            correct, total = int(correct), int(total)
+            if self.num_classes == 2:
+                scores, labels = (sum(parts, []) for parts in zip(*_dist.all_gather((scores, labels))))
         out = {f"{split}_loss": loss_sum / max(total, 1), f"{split}_acc": correct / max(total, 1)}
         if self.num_classes == 2 and scores:
             out[f"{split}_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels))
@@ -262,13 +326,13 @@ class Trainer:
 
     def _train_minibatches(self, loader: Loader, order, total: int | None, t_start: float, rb_start: int,
                            max_steps: list[int] | None, steps) -> None:
-        t_epoch = t_start
+        t_epoch, rb_epoch = t_start, rb_start
         with Progress(f"epoch {self.epoch}", total, "mb") as bar:
             bar.update(self.position)
             for batch in loader.epoch(order, start=self.position):
                 t0 = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.model(batch.blocks, batch.x)
+                logits = self.net(batch.blocks, batch.x)
                 loss = F.cross_entropy(logits, batch.y)
                 loss.backward()
                 self.optimizer.step()
@@ -282,9 +346,11 @@ class Trainer:
                 bar.update(1)
                 if steps:
                     steps.write(json.dumps({"epoch": self.epoch, "position": self.position, "of": total,
+                                            "minibatch": int(batch.index),
                                             "inputs": int(batch.x.shape[0]), "loss": float(loss.detach()),
                                             "seconds": time.perf_counter() - t_epoch,
-                                            "read_bytes": process_read_bytes()}) + "\n")
+                                            "read_bytes": process_read_bytes(),
+                                            "epoch_read_bytes": process_read_bytes() - rb_epoch}) + "\n")
                     steps.flush()
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
                     self._checkpoint_mid_epoch(t_start, rb_start, loader)
@@ -314,6 +380,9 @@ class Trainer:
     def _epoch_record(self, eval_s: float, eval_read_bytes: int, eval_metrics: dict) -> dict:
         a = self.acc
         s = a.prior_stats  # the whole epoch's loader statistics, after _train_epoch
+        ranks = None
+        if self.dist is not None:
+            a, s, eval_s, eval_read_bytes, ranks = self._across_ranks(eval_s, eval_read_bytes)
         stage = {"read_s": float(s.get("read_busy_s", 0.0)), "assemble_s": float(s.get("assemble_busy_s", 0.0)),
                  "compute_s": a.compute_s}
         if s.get("sample_busy_s"):
@@ -340,10 +409,32 @@ class Trainer:
             "read_amplification": a.read_bytes / cold_bytes if cold_bytes else None,
             "extent_bytes": int(s.get("bytes_read", 0)),
             "hit_rate": {t: rows[t] / all_rows for t in rows} if all_rows else {},
-            "peak_rss_bytes": peak_rss_bytes(),
-            "peak_gpu_bytes": peak_gpu_bytes(self.device),
+            "peak_rss_bytes": peak_rss_bytes() if ranks is None else max(r["peak_rss_bytes"] for r in ranks),
+            "peak_gpu_bytes": peak_gpu_bytes(self.device) if ranks is None else max(r["peak_gpu_bytes"] for r in ranks),
         }
+        if ranks is not None:
+            rec["world_size"] = len(ranks)
+            rec["ranks"] = ranks
         return rec
+
+    def _across_ranks(self, eval_s: float, eval_read_bytes: int):
+        """The epoch's sums and loader statistics over all ranks: times are the slowest rank's (``*_s``: maximum),
+        counts and bytes the sums; plus each rank's own figures."""
+        a, s = self.acc, self.acc.prior_stats
+        mine = {"rank": self.dist.rank, "minibatches": a.minibatches, "seeds": a.seeds, "epoch_s": a.train_s,
+                "compute_s": a.compute_s, "read_bytes": a.read_bytes, "extent_bytes": int(s.get("bytes_read", 0)),
+                "eval_s": eval_s, "eval_read_bytes": eval_read_bytes, "peak_rss_bytes": peak_rss_bytes(),
+                "peak_gpu_bytes": peak_gpu_bytes(self.device)}
+        parts = _dist.all_gather((asdict(a), s, mine))
+        acc, stats = {}, {}
+        for part_acc, part_stats, _ in parts:
+            for total, part in ((acc, part_acc), (stats, part_stats)):
+                for k, v in part.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        total[k] = max(total.get(k, v), v) if k.endswith("_s") else total.get(k, 0) + v
+        ranks = [p[2] for p in parts]
+        return (_EpochAccumulator(**acc), stats, max(r["eval_s"] for r in ranks),
+                sum(r["eval_read_bytes"] for r in ranks), ranks)
 
     def fit(self, resume: bool = False, max_steps: int | None = None) -> dict:
         """Train ``config.epochs`` epochs (continuing a checkpoint with ``resume``); returns the summary.
@@ -354,7 +445,7 @@ class Trainer:
         if resume:
             self.load_checkpoint()
         else:
-            torch.manual_seed(self.config.seed)
+            torch.manual_seed(self._rank_seed())
         steps = [max_steps] if max_steps is not None else None
         t_run = time.perf_counter()
         while self.epoch < self.config.epochs:
@@ -372,8 +463,10 @@ class Trainer:
             val = rec.get("val_acc", rec["train_acc"])
             if val > self.best["val"]:
                 self.best = {"val": val, "epoch": self.epoch}
-                _atomic_torch_save(self.model.state_dict(), self.run_dir / BEST_MODEL_NAME)
-            self._log_epoch(rec)
+                if self.main:
+                    _atomic_torch_save(self.model.state_dict(), self.run_dir / BEST_MODEL_NAME)
+            if self.main:
+                self._log_epoch(rec)
             self.epoch += 1
             self.position = 0
             self.acc = _EpochAccumulator()
@@ -384,14 +477,21 @@ class Trainer:
         return summary
 
     def _stop_requested(self) -> bool:
-        return self.stop is not None and self.stop.is_set()
+        if self.stop is None:
+            return False
+        if self.dist is not None:  # every rank stops at the same minibatch
+            return _dist.all_max([float(self.stop.is_set())])[0] > 0
+        return self.stop.is_set()
 
     def _summary(self, seconds: float) -> dict:
         out = {"summary": True, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
                "best_val_acc": self.best["val"] if self.best["epoch"] >= 0 else None, "seconds": seconds, **self.info}
         best_path = self.run_dir / BEST_MODEL_NAME
-        if best_path.exists():
+        if self.main and best_path.exists():
             self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True))
+        if self.dist is not None:  # rank 0's best model, whether or not the run directory is shared
+            _dist.broadcast_module(self.model)
+            out["seconds"] = _dist.all_max([seconds])[0]
         for split in ("test", "val"):
             if split in self.loaders:
                 m = self.evaluate(split)

@@ -238,23 +238,15 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
         rec["status"] = f"trained every epoch, then {describe_end(r)}"
     else:
         rec["status"] = f"{describe_end(r)} before its first minibatch"
-    if len(first) > 1:
-        # the process counter at the first step includes start-up: count the epoch's reads from there on
-        needed = sum(s["inputs"] for s in first[1:]) * row_bytes
+    if first:
         rec["progress"] = {"minibatches": len(first), "seconds": first[-1]["seconds"],
-                           "read_bytes": first[-1]["read_bytes"] - first[0]["read_bytes"], "input_row_bytes": needed}
+                           "epoch_read_bytes": first[-1].get("epoch_read_bytes"),
+                           "input_row_bytes": sum(s["inputs"] for s in first) * row_bytes}
     if epochs:
         e0 = epochs[0]
         rec["val_acc"] = e0.get("val_acc")
         rec["stage_s"] = e0.get("stage_s")
-        rec["read_bytes"] = e0.get("read_bytes")
-        rec["read_amplification"] = e0.get("read_amplification")
-        if who != "diskgraph" and rec.get("progress"):
-            rec["read_amplification"] = rec["progress"]["read_bytes"] / rec["progress"]["input_row_bytes"]
-    elif rec.get("progress"):
-        p = rec["progress"]
-        rec["read_bytes"] = p["read_bytes"] * len(first) / (len(first) - 1)
-        rec["read_amplification"] = p["read_bytes"] / p["input_row_bytes"] if p["input_row_bytes"] else None
+    read_figures(rec)
     if summary:
         rec["val_acc"] = summary.get("val_acc", rec.get("val_acc"))
     shown = f"{rec['epoch_s']:.1f} s" if rec["epoch_s"] else "-"
@@ -264,6 +256,35 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
     if not a.keep_runs:
         shutil.rmtree(work / "run", ignore_errors=True)
     return rec
+
+
+def read_figures(rec: dict) -> None:
+    """Set ``read_bytes``, ``read_amplification`` and ``read_basis`` of one run record.
+
+    With a per-epoch log (diskgraph, in RAM): the training pass's bytes as logged; diskgraph's amplification is
+    the logged one (÷ cold-row bytes), the others' ÷ every input row's bytes. Without one (memmap contestants
+    stopped after training or at the time limit): the epoch's bytes from the step log when it has them, else
+    the whole process's (start-up included, a little more than the epoch), ÷ the input-row bytes of the
+    minibatches done (estimated from the mean of the later ones for reports whose step log did not record the
+    first minibatch's).
+    """
+    p = rec.get("progress") or {}
+    need = p.get("input_row_bytes")
+    if p and "epoch_read_bytes" not in p and p.get("minibatches", 0) > 1:  # a report of the first version
+        need = need * p["minibatches"] / (p["minibatches"] - 1)
+    if rec.get("epochs"):
+        e0 = rec["epochs"][0]
+        rec["read_bytes"], rec["read_basis"] = e0.get("read_bytes"), "training pass (log)"
+        rec["read_amplification"] = (e0.get("read_amplification") if rec["contestant"] == "diskgraph"
+                                     else (e0["read_bytes"] / need if need else None))
+    elif p:
+        if p.get("epoch_read_bytes") is not None:
+            rec["read_bytes"], rec["read_basis"] = p["epoch_read_bytes"], "training pass (step log)"
+        else:
+            rec["read_bytes"], rec["read_basis"] = rec["run"]["read_bytes"], "whole process"
+        rec["read_amplification"] = rec["read_bytes"] / need if need else None
+    else:
+        rec["read_bytes"] = rec["read_amplification"] = rec["read_basis"] = None
 
 
 def describe_end(r: cgroup.RunResult) -> str:
@@ -391,9 +412,12 @@ def render(rep: dict) -> str:
     lines.append("")
     lines.append("epoch s: the training pass of epoch 0 (mean over epochs when more ran), from the run's JSON log; "
                  "~ = stopped at the time limit, extrapolated from its step log (seconds x minibatches per epoch / done)")
-    lines.append("read: bytes the process read from disk in the training pass (/proc/self/io); amp: read ÷ feature "
-                 "bytes needed (diskgraph: cold rows not in a cache tier; the others: every input row); max usage: "
-                 "cgroup peak incl. page cache; anon: peak memory.stat total_rss")
+    bases = sorted({r["read_basis"] for r in rep["runs"] if r.get("read_basis") and not r.get("epochs")})
+    lines.append("read: bytes read from disk (/proc/self/io) in the training pass (diskgraph, in RAM: the epoch log)"
+                 + (f"; memmap contestants (no epoch log: stopped after training or at the limit): {', '.join(bases)}"
+                    if bases else "") + "; for runs stopped at the limit, until then. amp: read ÷ feature bytes "
+                 "needed (diskgraph: cold rows not in a cache tier; the others: every input row of the minibatches "
+                 "done); max usage: cgroup peak incl. page cache; anon: peak memory.stat total_rss")
     for s in order:
         st = {k: v for k, v in s["stage_s"].items() if v is not None}
         if st:
@@ -506,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     o = p.add_argument_group("files")
     o.add_argument("--cache-dir", type=Path, default=REPO / "bench-data" / "h2h", help="data directory (gitignored)")
     o.add_argument("--regenerate", action="store_true")
+    o.add_argument("--render", type=Path, metavar="REPORT",
+                   help="run nothing: re-make the table (--txt), the report (--json) and the plot of an earlier --json "
+                        "report with this version's read figures and targets")
     o.add_argument("--merge", type=Path, metavar="REPORT",
                    help="add the runs of an earlier --json report of the same setup (e.g. a cap sweep run later)")
     o.add_argument("--keep-runs", action="store_true", help="keep the run directories (checkpoints)")
@@ -516,6 +543,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def finish_report(a, rep: dict) -> int:
+    """Summaries, targets, table, JSON and plot of a report whose runs are complete."""
+    for r in rep["runs"]:
+        read_figures(r)
+    rep["summary"] = summarize(rep["runs"])
+    rep["checks"] = checks(a, rep["summary"])
+    write_outputs(render(rep), rep, a.txt, a.json)
+    if a.plot:
+        plot(rep, a.plot)
+    return 0 if rep["checks"] and all(rep["checks"].values()) else 1
+
+
+def render_report(a) -> int:
+    rep = read_json(a.render)
+    if rep.get("bench") != "head_to_head":
+        print(f"head_to_head: {a.render} is not a head_to_head report", file=sys.stderr)
+        return 2
+    a.memory_cap = rep["params"]["memory_cap"]
+    return finish_report(a, rep)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     try:
@@ -523,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     except cgroup.CgroupUnavailable as e:
         print(f"head_to_head: {e}", file=sys.stderr)
         return 2
+    if a.render:
+        return render_report(a)
     wanted = [c.strip() for c in a.contestants.split(",") if c.strip()]
     bad = [c for c in wanted if c not in CONTESTANTS]
     if bad:
@@ -597,7 +647,6 @@ def main(argv: list[str] | None = None) -> int:
             commands.setdefault(who, rec["command"])
             runs.append(rec)
     machine["loadavg_end"] = os.getloadavg()
-    summ = summarize(runs)
     rep = {
         "bench": "head_to_head",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -620,17 +669,12 @@ def main(argv: list[str] | None = None) -> int:
         "pack": pack,
         "skipped": skipped,
         "runs": runs,
-        "summary": summ,
         "total_seconds": time.time() - t0,
     }
-    rep["checks"] = checks(a, summ)
     if not a.keep_pack:
         shutil.rmtree(ds / "packs" / a.name, ignore_errors=True)
         shutil.rmtree(ds / "plans" / a.name, ignore_errors=True)
-    write_outputs(render(rep), rep, a.txt, a.json)
-    if a.plot:
-        plot(rep, a.plot)
-    return 0 if rep["checks"] and all(rep["checks"].values()) else 1
+    return finish_report(a, rep)
 
 
 if __name__ == "__main__":
