@@ -27,6 +27,19 @@ def positive_int(text: str) -> int:
     return v
 
 
+def shard(text: str) -> tuple[int, int]:
+    """``R/W`` (share R of W, ``0 <= R < W``) → ``(R, W)``."""
+    try:
+        r, w = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not RANK/WORLD_SIZE; give e.g. 0/2 for the first of two "
+                                         "shares") from None
+    if w < 1 or not 0 <= r < w:
+        raise argparse.ArgumentTypeError(f"{text!r} needs 0 <= RANK < WORLD_SIZE; give e.g. 1/2 for the second of two "
+                                         "shares")
+    return r, w
+
+
 def fanouts(text: str) -> str:
     """``10,15,20`` → the same text after checking it: positive integers or -1 (all neighbors)."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int
+from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int, shard
 from .store.errors import InputError
 from .units import parse_bytes
 
@@ -141,6 +141,9 @@ def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True) -> No
     g.add_argument("--splits", help="comma-separated splits to sample, e.g. train,val to skip a large test split "
                                     "(default: every one of train, val, test the dataset has)")
     g.add_argument("--threads", type=positive_int, help="sampling threads (default: one per CPU)")
+    g.add_argument("--shard", type=shard, metavar="R/W",
+                   help="sample (and pack) only share R of W of every epoch's minibatches, into NAME.rankR-of-W, for "
+                        "data-parallel training with W ranks (docs/distributed.md)")
 
 
 def add_sample(sub) -> argparse.ArgumentParser:
@@ -169,7 +172,7 @@ def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Pa
                    seed=args.seed, epochs=args.epochs,
                    eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
                    eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite,
-                   splits=[x.strip() for x in args.splits.split(",")] if args.splits else None)
+                   splits=[x.strip() for x in args.splits.split(",")] if args.splits else None, shard=args.shard)
 
 
 def _dataset_arg(args: argparse.Namespace, command: str) -> str:
@@ -211,6 +214,8 @@ def add_pack(sub) -> argparse.ArgumentParser:
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory")
     p.add_argument("--plan", default="default", help="plan name under DATASET/plans, or a plan directory (default: default)")
     p.add_argument("--name", help="pack name: written to DATASET/packs/NAME (default: the plan's name)")
+    p.add_argument("--shard", type=shard, metavar="R/W",
+                   help="pack share R of W: plan PLAN.rankR-of-W into NAME.rankR-of-W (made by sample --shard R/W)")
     add_pack_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing pack of that name")
     add_common(p)
@@ -218,12 +223,15 @@ def add_pack(sub) -> argparse.ArgumentParser:
     return p
 
 
-def pack_from_args(args: argparse.Namespace, dataset: str | os.PathLike, plan: str) -> Path:
-    """Run the packing the parsed options describe; returns the pack directory."""
+def pack_from_args(args: argparse.Namespace, dataset: str | os.PathLike, plan: str, *, sampled: bool = False) -> Path:
+    """Run the packing the parsed options describe; returns the pack directory (``sampled``: ``plan`` is the plan
+    `preprocess all` just sampled, already the share's with ``--shard``, and names the pack)."""
     from .preprocess import run_pack as _pack
 
-    return _pack(dataset, plan=plan, name=args.name, gpu_cache=args.gpu_cache, host_cache=args.host_cache,
-                 memory_budget=args.memory_budget, max_blowup=args.max_blowup, overwrite=args.overwrite)
+    name, shard_ = (Path(plan).name, None) if sampled and args.shard else (args.name, args.shard)
+    return _pack(dataset, plan=plan, name=name, gpu_cache=args.gpu_cache, host_cache=args.host_cache,
+                 memory_budget=args.memory_budget, max_blowup=args.max_blowup, overwrite=args.overwrite,
+                 shard=shard_)
 
 
 def run_pack(args: argparse.Namespace) -> int:
@@ -268,6 +276,6 @@ def run_all(args: argparse.Namespace) -> int:
             raise InputError("nothing to preprocess; pass raw inputs (--npz or --edges …) with --out, or an existing dataset directory")
         dataset = import_from_args(args)
     plan = sample_from_args(args, dataset)
-    pack_from_args(args, dataset, str(plan))
+    pack_from_args(args, dataset, str(plan), sampled=True)
     logging.getLogger("diskgraph").info("preprocess all: dataset, plan and pack ready in %s", dataset)
     return 0

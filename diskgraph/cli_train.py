@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .cli_common import add_common, fanouts, parse_fanouts, positive_int
 from .store.errors import InputError
@@ -17,7 +18,9 @@ def add_train(sub) -> argparse.ArgumentParser:
                     "hit rates, peak memory) to RUN_DIR/metrics.jsonl and --log-json; keeps the best-validation model; "
                     "checkpoints can be resumed mid-epoch.",
         epilog="Example:\n  diskgraph preprocess all --npz ../shared/datasets/cora/data.npz --out data/cora --fanouts 10,5 "
-               "--batch-size 512\n  diskgraph train data/cora --model sage --hidden 256 --epochs 20 --seed 0 --log-json cora.jsonl",
+               "--batch-size 512\n  diskgraph train data/cora --model sage --hidden 256 --epochs 20 --seed 0 --log-json cora.jsonl"
+               "\n\nData-parallel (one process per GPU, or gloo on CPUs; docs/distributed.md):\n"
+               "  torchrun --nproc-per-node 2 -m diskgraph train data/cora --epochs 20 --log-json cora.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory made by `preprocess all`")
     p.add_argument("--pack", default="default", help="pack name under DATASET/packs, or a pack directory (default: default)")
@@ -83,6 +86,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not args.dataset:
         raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
     summary = run_training(args.dataset, options_from_args(args))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
+        return 0
     keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .store.errors import FormatError, InputError
 from .store.manifest import read_manifest
+from .store.plan import shard_name
 
 PLANS_DIR = "plans"
 PACKS_DIR = "packs"
@@ -34,23 +35,32 @@ def artifact_path(dataset: str | os.PathLike, kind: str, name: str, option: str)
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
                seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
                eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False,
-               splits: list[str] | None = None) -> Path:
-    """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path (``splits``: None = all present)."""
+               splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> Path:
+    """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path (``splits``: None = all present).
+
+    ``shard=(R, W)`` samples share R of W for data-parallel training into ``DATASET/plans/NAME.rankR-of-W``.
+    """
     from .sampler.neighbor_sampler import sample_plan
     from .store.dataset import open_dataset
 
     ds = open_dataset(dataset)
     out = artifact_path(dataset, PLANS_DIR, name, "--name")
+    if shard is not None:
+        out = out.parent / shard_name(out.name, *shard)
     out.parent.mkdir(exist_ok=True)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
-                       overwrite=overwrite, splits=splits)
+                       overwrite=overwrite, splits=splits, shard=shard)
 
 
 def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str | None = None, gpu_cache: int = 0,
              host_cache: int = 0, memory_budget: int | None = None, max_blowup: float | None = 10.0,
-             overwrite: bool = False) -> Path:
-    """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``."""
+             overwrite: bool = False, shard: tuple[int, int] | None = None) -> Path:
+    """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``.
+
+    ``shard=(R, W)`` packs share R of W: plan ``PLAN.rankR-of-W`` into ``packs/NAME.rankR-of-W`` (its hot tiers
+    are chosen from that share's counts).
+    """
     from .sampler.hot_set import SCORE_NAME, hot_sets_for_plan
     from .store.dataset import open_dataset
     from .store.importer import default_memory_budget
@@ -61,6 +71,8 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
     if ds.features is None:
         raise InputError(f"dataset {dataset} has no features to pack; import it with --features")
     pdir = artifact_path(dataset, PLANS_DIR, plan, "--plan")
+    if shard is not None:
+        pdir = pdir.parent / shard_name(pdir.name, *shard)
     if not pdir.exists():
         raise InputError(f"plan {pdir} does not exist; create it with `diskgraph preprocess sample {dataset} --name {plan}`")
     pl = open_plan(pdir)
@@ -68,6 +80,8 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
         raise InputError("--gpu-cache and --host-cache must not be negative; pass sizes in bytes (0 = no cache)")
     tiers = hot_sets_for_plan(pl, ds.features.row_bytes, gpu_cache, host_cache)
     out = artifact_path(dataset, PACKS_DIR, name or pdir.name, "--name")
+    if shard is not None and name:
+        out = out.parent / shard_name(out.name, *shard)
     out.parent.mkdir(exist_ok=True)
     return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
                          max_blowup=max_blowup, overwrite=overwrite, gpu_cache_bytes=gpu_cache,

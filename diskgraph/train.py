@@ -3,6 +3,10 @@
 A run directory (default ``DATASET/runs/PACK-MODEL-seedS``) holds ``checkpoint.pt``,
 ``best_model.pt``, ``metrics.jsonl`` and ``run.json`` (the options). ``--resume``
 continues its checkpoint mid-epoch.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the run is data-parallel (:mod:`diskgraph.pipeline.distributed`,
+docs/distributed.md): each rank trains its share of every epoch's minibatches — of the one pack, or of
+its own pack ``NAME.rankR-of-W`` when the plan was sampled split — and rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -89,9 +93,60 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def _open_pack(dataset: Path, name: str, ctx):
+    """The pack this process trains from and whether it is already this rank's share (a split plan's pack).
+
+    Raises:
+        InputError: no such pack, or one split for another world size or rank.
+    """
+    from .store.packed import open_pack
+    from .store.plan import shard_name
+
+    rank, world = (ctx.rank, ctx.world_size) if ctx else (0, 1)
+    pdir = artifact_path(dataset, PACKS_DIR, name, "--pack")
+    if not pdir.exists() and world > 1 and (pdir.parent / shard_name(pdir.name, rank, world)).exists():
+        pdir = pdir.parent / shard_name(pdir.name, rank, world)
+    if not pdir.exists():
+        split_for = sorted(p.name for p in pdir.parent.glob(f"{pdir.name}.rank*-of-*")) if pdir.parent.is_dir() else []
+        if split_for:
+            raise InputError(f"pack {pdir.name} was sampled split ({', '.join(split_for)}) for another number of ranks "
+                             f"than this run's {world}; launch as many ranks as the split has, or sample and pack again "
+                             f"with --shard R/{world}")
+        raise InputError(f"pack {pdir} does not exist; make it with `diskgraph preprocess all {dataset}` "
+                         f"(or pass --pack NAME)")
+    pack = open_pack(pdir)
+    shard = (pack.manifest.get("plan", {}).get("config") or {}).get("shard")
+    if shard and (int(shard["rank"]), int(shard["world_size"])) != (rank, world):
+        raise InputError(f"pack {pdir} holds share {shard['rank']} of a plan split for {shard['world_size']} ranks, "
+                         f"but this is rank {rank} of {world}; launch {shard['world_size']} ranks with --pack "
+                         f"{name.split('.rank')[0]}, or sample and pack again with --shard R/{world}")
+    return pdir, pack, bool(shard)
+
+
 def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
-    """Train as ``opts`` says on ``dataset``; returns the summary (also the log's last line)."""
+    """Train as ``opts`` says on ``dataset``; returns the summary (also the log's last line).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process is one rank of a data-parallel run.
+    """
+    from .pipeline import distributed
+
+    device = resolve_device(opts.device)
+    world = distributed.world_from_env()
+    if world is not None and opts.reference:
+        raise InputError("--reference trains in memory in one process; run it without torchrun")
+    if world is not None and device.type == "cuda":
+        device = torch.device("cuda", world[2])  # LOCAL_RANK
+        torch.cuda.set_device(device)
+    ctx = distributed.init(device)
+    try:
+        return _run_training(dataset, opts, device, ctx)
+    finally:
+        distributed.finish(ctx)
+
+
+def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.device, ctx) -> dict:
     from .models import build_model
+    from .pipeline import distributed
     from .pipeline.schedule import epoch_order
     from .pipeline.trainer import TrainConfig, Trainer
     from .store.dataset import open_dataset
@@ -102,18 +157,13 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
         raise InputError(f"dataset {dataset} needs features and labels to train; import them with --features and --labels")
     if "train" not in ds.splits or not len(ds.splits["train"]):
         raise InputError(f"dataset {dataset} has no training nodes; import it with --train or --split")
-    device = resolve_device(opts.device)
     torch.manual_seed(opts.seed)
     plan = pack = None
+    presplit = False
     if not opts.reference or opts.fanouts is None or opts.batch_size is None:
-        from .store.packed import open_pack
         from .store.plan import open_plan
 
-        pdir = artifact_path(dataset, PACKS_DIR, opts.pack, "--pack")
-        if not pdir.exists():
-            raise InputError(f"pack {pdir} does not exist; make it with `diskgraph preprocess all {dataset}` "
-                             f"(or pass --pack NAME)")
-        pack = open_pack(pdir)
+        pdir, pack, presplit = _open_pack(dataset, opts.pack, ctx)
         plan = open_plan(pack.plan_path())
     fanouts = opts.fanouts or plan.config["fanouts"]
     batch_size = opts.batch_size or plan.config["batch_size"]
@@ -137,7 +187,13 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
                                               direct=opts.direct)
 
         def order(split: str, epoch: int):
-            return epoch_order(plan, split, epoch, opts.seed)
+            rows = epoch_order(plan, split, epoch, opts.seed)
+            if ctx is None or presplit:
+                return rows
+            return distributed.shard(rows, ctx.rank, ctx.world_size, equal=split == "train")
+
+        if ctx is not None:
+            _check_shares(plan, presplit, ctx)
     if opts.layers is not None and opts.layers != len(fanouts):
         raise InputError(f"--layers {opts.layers} does not match the {len(fanouts)} hops the plan sampled "
                          f"(fanouts {','.join(map(str, fanouts))}); drop --layers or sample with {opts.layers} fanouts")
@@ -146,6 +202,58 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
                         heads=opts.heads).to(device)
     run_dir = Path(opts.run_dir) if opts.run_dir else dataset / RUNS_DIR / (
         f"{'reference' if opts.reference else Path(opts.pack).name}-{opts.model}-seed{opts.seed}")
+    if ctx is not None:  # rank 0 prepares the run directory; the others wait for it
+        failure = None
+        if ctx.is_main:
+            try:
+                _prepare_run_dir(run_dir, dataset, opts)
+            except InputError as e:
+                failure = str(e)
+        failure = distributed.broadcast(failure)
+        if failure:
+            raise InputError(failure)
+    else:
+        _prepare_run_dir(run_dir, dataset, opts)
+    mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
+            if opts.reference else "packed")
+    info = {"dataset": str(dataset), "model": opts.model, "mode": mode,
+            "pack": None if opts.reference else str(pdir), "device": str(device),
+            "fanouts": list(fanouts), "batch_size": int(batch_size)}
+    if ctx is not None:
+        info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
+    config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
+                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
+    trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
+                      num_classes=num_classes, log_json=opts.log_json if ctx is None or ctx.is_main else None,
+                      info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx)
+    if ctx is None or ctx.is_main:
+        log.info("training %s on %s (%s, %s%s) into %s", opts.model, dataset, info["mode"], device,
+                 f", {ctx.world_size} ranks ({ctx.backend})" if ctx else "", run_dir)
+    try:
+        return trainer.fit(resume=opts.resume)
+    finally:
+        for loader in loaders.values():
+            close = getattr(loader, "close", None)
+            if close:
+                close()
+
+
+def _check_shares(plan, presplit: bool, ctx) -> None:
+    """Refuse a data-parallel run whose ranks would train different numbers of minibatches (DDP would hang)."""
+    from .pipeline import distributed
+
+    per_epoch = plan.minibatches_per_epoch("train")
+    if not presplit and per_epoch < ctx.world_size:
+        raise InputError(f"plan {plan.path} has {per_epoch} train minibatches per epoch, fewer than the "
+                         f"{ctx.world_size} ranks; sample it with a smaller --batch-size or launch fewer ranks")
+    counts = distributed.all_gather(per_epoch if presplit else None)
+    if presplit and len(set(counts)) > 1:
+        raise InputError(f"the ranks' split plans hold different numbers of train minibatches per epoch ({counts}); "
+                         "sample every share with the same options (--shard R/W of one plan)")
+
+
+def _prepare_run_dir(run_dir: Path, dataset: Path, opts: TrainOptions) -> None:
+    """Create (or, with ``overwrite``, empty) the run directory and record the options in ``run.json``."""
     if run_dir.exists() and not opts.resume:
         if not opts.overwrite and (run_dir / "checkpoint.pt").exists():
             raise InputError(f"run directory {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
@@ -155,21 +263,3 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     recorded = {k: v for k, v in opts.__dict__.items() if k != "stop"}
     (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **recorded}, indent=2, default=str))
-    mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
-            if opts.reference else "packed")
-    info = {"dataset": str(dataset), "model": opts.model, "mode": mode,
-            "pack": None if opts.reference else str(pdir), "device": str(device),
-            "fanouts": list(fanouts), "batch_size": int(batch_size)}
-    config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
-                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
-    trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
-                      num_classes=num_classes, log_json=opts.log_json, info=info, row_bytes=ds.features.row_bytes,
-                      step_log=opts.step_log, stop=opts.stop)
-    log.info("training %s on %s (%s, %s) into %s", opts.model, dataset, info["mode"], device, run_dir)
-    try:
-        return trainer.fit(resume=opts.resume)
-    finally:
-        for loader in loaders.values():
-            close = getattr(loader, "close", None)
-            if close:
-                close()

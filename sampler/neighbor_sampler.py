@@ -222,16 +222,35 @@ def epoch_order(train: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     return np.asarray(train, dtype=np.int64)[rng.permutation(len(train))]
 
 
-def _jobs(split: str, seeds_of_epoch, epochs: int, batch_size: int) -> Iterator[tuple[str, int, int, np.ndarray]]:
+def _jobs(split: str, seeds_of_epoch, epochs: int, batch_size: int,
+          keep=None) -> Iterator[tuple[str, int, int, np.ndarray]]:
     for e in range(epochs):
         for b, s in enumerate(_split_batches(seeds_of_epoch(e), batch_size)):
-            yield split, e, b, s
+            if keep is None or keep(b):
+                yield split, e, b, s
+
+
+def shard_batches(split: str, per_epoch: int, rank: int, world_size: int) -> list[int]:
+    """The minibatches ``b`` of one epoch that share ``rank`` of ``world_size`` samples: ``b % world_size == rank``,
+    of the first ``per_epoch - per_epoch % world_size`` for train (equal counts; the smaller last one is among those
+    cut), of all of them for val and test.
+
+    Raises:
+        InputError: the split has fewer minibatches than shares.
+    """
+    if per_epoch < world_size:
+        flag = "--batch-size" if split == "train" else "--eval-batch-size"
+        raise InputError(f"the {split} split has {per_epoch} minibatches, fewer than the {world_size} shares of "
+                         f"--shard; lower {flag} or split into fewer shares")
+    stop = per_epoch - per_epoch % world_size if split == "train" else per_epoch
+    return list(range(rank, stop, world_size))
 
 
 def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike, *, fanouts: Sequence[int],
                 batch_size: int, seed: int = 0, epochs: int = 1, eval_fanouts: Sequence[int] | None = None,
                 eval_batch_size: int | None = None, splits: Sequence[str] | None = None,
-                threads: int | None = None, overwrite: bool = False) -> Path:
+                threads: int | None = None, overwrite: bool = False,
+                shard: tuple[int, int] | None = None) -> Path:
     """Sample every minibatch of the dataset's splits into a plan directory at ``out_dir``.
 
     Args:
@@ -247,6 +266,10 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
         threads: sampling threads (default: one per CPU; ``max(8, 4 x CPUs)`` when the topology does not fit
             in memory and sampling waits on page faults).
         overwrite: replace an existing ``out_dir``.
+        shard: ``(rank, world_size)``: sample only that share of every epoch's minibatches
+            (:func:`shard_batches`; data-parallel training with one plan per rank). Rows keep their global batch
+            numbers and random keys, so they equal the same rows of the whole plan; the manifest's
+            ``config.shard`` records ``{"rank", "world_size"}``.
 
     Returns:
         The plan directory.
@@ -287,13 +310,16 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     jobs = []
     for s in chosen:
         nodes = ds.splits[s]
-        if s == "train":
-            bs, ep = batch_size, epochs
-            jobs.append(_jobs(s, lambda e, nodes=nodes: epoch_order(nodes, seed, e), ep, bs))
-        else:
-            bs, ep = eval_batch_size, 1
-            jobs.append(_jobs(s, lambda e, nodes=nodes: np.asarray(nodes, dtype=np.int64), 1, bs))
+        bs, ep = (batch_size, epochs) if s == "train" else (eval_batch_size, 1)
         per_epoch[s] = -(-len(nodes) // bs)
+        keep = None
+        if shard is not None:
+            mine = set(shard_batches(s, per_epoch[s], *shard))
+            keep, per_epoch[s] = mine.__contains__, len(mine)
+        if s == "train":
+            jobs.append(_jobs(s, lambda e, nodes=nodes: epoch_order(nodes, seed, e), ep, bs, keep))
+        else:
+            jobs.append(_jobs(s, lambda e, nodes=nodes: np.asarray(nodes, dtype=np.int64), 1, bs, keep))
         split_epochs[s] = ep
     total = sum(per_epoch[s] * split_epochs[s] for s in chosen)
     fan_of = {s: (fanouts if s == "train" else eval_fanouts) for s in chosen}
@@ -340,6 +366,8 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
         config = {"fanouts": fanouts, "batch_size": batch_size, "seed": seed, "epochs": epochs,
                   "eval_fanouts": eval_fanouts, "eval_batch_size": eval_batch_size, "fanout_order": FANOUT_ORDER,
                   "sampler": SAMPLER}
+        if shard is not None:
+            config["shard"] = {"rank": int(shard[0]), "world_size": int(shard[1])}
         dataset_info = {"num_nodes": ds.num_nodes, "num_edges": ds.num_edges,
                         "indptr_sha256": rec["topology/indptr"]["sha256"],
                         "indices_sha256": rec["topology/indices"]["sha256"], "path": str(Path(ds.path).absolute())}

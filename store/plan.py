@@ -45,6 +45,12 @@ PLAN_VERSION = 1
 SPLITS = ("train", "val", "test")
 
 
+def shard_name(name: str, rank: int, world_size: int) -> str:
+    """The name of share ``rank`` of ``world_size`` of plan (or pack) ``name``: ``NAME.rankR-of-W``
+    (``preprocess sample/pack --shard R/W``; data-parallel training finds each rank's pack by it)."""
+    return f"{name}.rank{rank}-of-{world_size}"
+
+
 @dataclass
 class SampledMinibatch:
     """One sampled minibatch (see the module docstring for the layout).
