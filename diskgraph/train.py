@@ -172,9 +172,13 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     if opts.reference:
         from .pipeline.memory_loader import InMemoryLoader
 
+        first = None  # the loaders share one feature table (or one set of memory maps)
         for split in splits:
-            loaders[split] = InMemoryLoader(ds, split, fanouts=list(fanouts), batch_size=int(batch_size),
-                                            seed=opts.seed, device=device, features=opts.reference_features)
+            if plan is not None and split not in plan.splits:
+                continue  # evaluate the splits the packed run would: those of the plan
+            loaders[split] = first = InMemoryLoader(ds, split, fanouts=list(fanouts), batch_size=int(batch_size),
+                                                    seed=opts.seed, device=device, features=opts.reference_features,
+                                                    share_features_with=first)
 
         def order(split: str, epoch: int):
             return loaders[split].order(epoch)

@@ -54,12 +54,15 @@ class InMemoryLoader:
         device: where batches are delivered.
         features: ``ram`` (load the table), ``mmap`` (memory-map it, default advice) or ``mmap-random``
             (memory-map it with ``MADV_RANDOM``).
+        share_features_with: another loader of the same dataset and ``features`` mode whose table (or memory
+            maps) this one uses instead of loading its own (the train, val and test loaders of one run).
     """
 
     FEATURE_MODES = ("ram", "mmap", "mmap-random")
 
     def __init__(self, dataset: Dataset | str | os.PathLike, split: str, *, fanouts: Sequence[int], batch_size: int,
-                 seed: int = 0, device: torch.device | str = "cpu", features: str = "ram"):
+                 seed: int = 0, device: torch.device | str = "cpu", features: str = "ram",
+                 share_features_with: "InMemoryLoader | None" = None):
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         ds = self.dataset
         if split not in ds.splits:
@@ -85,7 +88,13 @@ class InMemoryLoader:
         self.feature_mode = features
         self.mapped: MappedFeatures | None = None
         self.features: torch.Tensor | None = None
-        if features == "ram":
+        self._owns_maps = share_features_with is None
+        other = share_features_with
+        if other is not None:
+            if other.dataset.path != ds.path or other.feature_mode != features:
+                raise InputError("share_features_with must be a loader of the same dataset and feature mode")
+            self.features, self.mapped = other.features, other.mapped
+        elif features == "ram":
             self.features = storage_tensor(ds.features.read_rows(0, ds.num_nodes), ds.feature_dtype)
         else:
             self.mapped = MappedFeatures(ds.features, advice="random" if features == "mmap-random" else "normal")
@@ -166,7 +175,7 @@ class InMemoryLoader:
 
     def close(self) -> None:
         """Release the memory maps (``mmap`` modes)."""
-        if self.mapped is not None:
+        if self.mapped is not None and self._owns_maps:
             self.mapped.close()
 
     def epoch_stats(self) -> dict:

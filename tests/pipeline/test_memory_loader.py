@@ -120,3 +120,17 @@ def test_memory_mapped_features_give_the_same_batches(ident, features):
     mapped.close()
     with pytest.raises(InputError, match="reference features 'disk'"):
         _loader(ident, "train", features="disk")
+
+
+@pytest.mark.parametrize("features", ["ram", "mmap"])
+def test_loaders_of_one_run_share_the_feature_table(ident, features):
+    train = _loader(ident, "train", features=features)
+    val = _loader(ident, "val", features=features, share_features_with=train)
+    assert val.features is train.features and val.mapped is train.mapped
+    alone = _loader(ident, "val", features=features)
+    for a, b in zip(val.epoch(), alone.epoch()):
+        assert torch.equal(a.x, b.x)
+    val.close()  # does not unmap the table the train loader still uses
+    assert next(iter(train.epoch())).x.shape[1] == 8
+    with pytest.raises(InputError, match="same dataset and feature mode"):
+        _loader(ident, "val", features="mmap-random" if features == "mmap" else "mmap", share_features_with=train)

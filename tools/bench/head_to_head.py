@@ -534,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run nothing: re-make the table (--txt), the report (--json) and the plot of an earlier --json "
                         "report with this version's read figures and targets")
     o.add_argument("--merge", type=Path, metavar="REPORT",
-                   help="add the runs of an earlier --json report of the same setup (e.g. a cap sweep run later)")
+                   help="add the runs of an earlier --json report of the same setup (e.g. a cap sweep run later); with "
+                        "--repeat, the contestants run now replace the report's runs of them at the main cap")
     o.add_argument("--keep-runs", action="store_true", help="keep the run directories (checkpoints)")
     o.add_argument("--keep-pack", action="store_true", help="keep the plan and pack afterwards")
     o.add_argument("--json", type=Path, metavar="FILE")
@@ -634,6 +635,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = list(merged["runs"])
         commands = dict(merged["commands"]["contestants"])
         first_round = 1 + max(r["round"] for r in runs)
+        if a.repeat:  # this invocation's contestants at the main cap replace the report's runs of them there
+            redo = {(w, UNCAPPED if w == "memory" else a.memory_cap) for w in wanted}
+            runs = [r for r in runs if (r["contestant"], r["cap_bytes"]) not in redo]
         pre = pre or merged.get("preprocess")
         print(f"merging {len(runs)} runs from {a.merge}", flush=True)
     plan_rounds = ([(first_round + rnd, a.memory_cap) for rnd in range(a.repeat)]
