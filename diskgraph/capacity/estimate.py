@@ -123,9 +123,11 @@ def epoch_time(w: Workload, hw: Hardware, cr: ColdRows, cfg: dict, name: str = "
         bounds["cpu"] = cpu
         note = f", compute + read CPU + assemble {cpu:.3g} s (one CPU shared by all three stages)"
     bottleneck = max(stages, key=stages.get)
-    epoch = max(bounds.values()) + st["fill_s"]
+    factor = hw.get("pipeline.epoch_factor") if not hw.device.startswith("cuda") else None
+    epoch = max(bounds.values()) * (factor or 1.0) + st["fill_s"]
     how = (f"max of read {stages['read']:.3g} s, assemble {stages['assemble']:.3g} s, compute {stages['compute']:.3g} s"
-           + note + f"; + {st['fill_s']:.3g} s to fill the pipeline")
+           + note + (f"; x {factor:.3g}, the calibrated pipeline factor (a real epoch on this machine ÷ this "
+                     "estimate of it)" if factor else "") + f"; + {st['fill_s']:.3g} s to fill the pipeline")
     return {**st, "stage_s": stages, "bounds_s": bounds, "epoch_s": epoch, "bottleneck": bottleneck, "how": how}
 
 
