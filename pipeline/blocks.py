@@ -52,9 +52,11 @@ class Block:
             msg = h.index_select(0, self.indices)
             return h.new_zeros((self.num_dst,) + tuple(h.shape[1:])).index_add(0, self.dst_index, msg)
         if self._csr is None or self._csr.dtype != h.dtype:
-            self._csr = torch.sparse_csr_tensor(self.indptr, self.indices,
-                                                torch.ones(self.num_edges, dtype=h.dtype),
-                                                size=(self.num_dst, self.num_src))
+            with warnings.catch_warnings():  # "beta state", "invariant checks disabled": known, not the user's concern
+                warnings.simplefilter("ignore", UserWarning)
+                self._csr = torch.sparse_csr_tensor(self.indptr, self.indices,
+                                                    torch.ones(self.num_edges, dtype=h.dtype),
+                                                    size=(self.num_dst, self.num_src))
         return _CSRSum.apply(h, self)
 
     @property
@@ -74,9 +76,6 @@ class Block:
         return Block(self.num_src, self.num_dst, self.indptr.pin_memory(), self.indices.pin_memory(),
                      self.dst_index.pin_memory(), self.in_degree.pin_memory())
 
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 class _CSRSum(torch.autograd.Function):
