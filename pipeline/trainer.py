@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..store.errors import InputError
-from ..store.files import fsync_dir
+from ..store.files import write_atomic
 from ..store.progress import Progress, format_bytes, log
 from . import distributed as _dist
 from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
@@ -103,13 +103,7 @@ class _EpochAccumulator:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_atomic(path, lambda f: torch.save(obj, f), sync_dir=True)
 
 
 _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",
@@ -209,11 +203,8 @@ class Trainer:
             "config": asdict(self.config), "info": self.info,
         }
         _atomic_torch_save(state, self.checkpoint_path)
-        info = self.run_dir / CHECKPOINT_INFO_NAME
-        tmp = info.with_name(f".{info.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"epoch": self.epoch, "position": self.position, "epochs": self.config.epochs,
-                                   "saved_at": time.time()}))
-        os.replace(tmp, info)
+        info = {"epoch": self.epoch, "position": self.position, "epochs": self.config.epochs, "saved_at": time.time()}
+        write_atomic(self.run_dir / CHECKPOINT_INFO_NAME, lambda f: json.dump(info, f), binary=False)
 
     def load_checkpoint(self) -> None:
         """Restore the state saved by :meth:`save_checkpoint`.
@@ -276,9 +267,7 @@ class Trainer:
             return
         text = "".join(json.dumps(line) + "\n" for line in lines)
         for path in [self.run_dir / METRICS_NAME] + ([self.log_json] if self.log_json else []):
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            write_atomic(path, lambda f: f.write(text), binary=False)
 
     # -- evaluation -------------------------------------------------------------------------------
 

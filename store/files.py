@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+from pathlib import Path
 
 FLUSH_BYTES = 64 << 20
 """Bytes written between a flush to disk and a drop of the written pages from the cache."""
@@ -105,6 +106,20 @@ def write_file(path: str | os.PathLike, data) -> None:
     """Write ``data`` to ``path`` in one go, durable, with its pages dropped from the cache."""
     with AppendFile(path) as f:
         f.write(data)
+
+
+def write_atomic(path: str | os.PathLike, write, binary: bool = True, sync_dir: bool = False) -> None:
+    """Write a file atomically: ``write(f)`` fills a temporary sibling, which is fsynced and renamed over ``path``
+    (readers see the old file or the new one, never a part); ``sync_dir`` also makes the rename durable."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb" if binary else "w") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -17,15 +17,12 @@ import os
 import time
 from pathlib import Path
 
+from ..store.files import write_atomic
+
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` as JSON to a temporary sibling, fsync it and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: json.dump(obj, f), binary=False)
 
 
 def read_json(path: Path):
