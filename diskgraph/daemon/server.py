@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import socket
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 

@@ -86,7 +86,7 @@ def train(a, ds: Path, procs: int, out: Path, repeat: int) -> dict:
 
 
 def table(a, runs: list[dict], when: str) -> tuple[str, dict]:
-    rows, per = [], {}
+    per = {}
     for p in a.procs:
         mine = [r for r in runs if r["procs"] == p]
         first = statistics.median(r["epoch_s"][0] for r in mine)
