@@ -52,12 +52,15 @@ class Block:
             msg = h.index_select(0, self.indices)
             return h.new_zeros((self.num_dst,) + tuple(h.shape[1:])).index_add(0, self.dst_index, msg)
         if self._csr is None or self._csr.dtype != h.dtype:
-            with warnings.catch_warnings():  # "beta state", "invariant checks disabled": known, not the user's concern
-                warnings.simplefilter("ignore", UserWarning)
-                self._csr = torch.sparse_csr_tensor(self.indptr, self.indices,
-                                                    torch.ones(self.num_edges, dtype=h.dtype),
-                                                    size=(self.num_dst, self.num_src))
+            self._csr = self.csr(h.dtype)
         return _CSRSum.apply(h, self)
+
+    def csr(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The block as a ``[num_dst, num_src]`` sparse CSR matrix of ones (CPU)."""
+        with warnings.catch_warnings():  # "beta state", "invariant checks disabled": known, not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.indptr, self.indices, torch.ones(self.num_edges, dtype=dtype),
+                                           size=(self.num_dst, self.num_src))
 
     @property
     def num_edges(self) -> int:
@@ -98,9 +101,11 @@ def make_block(num_src: int, num_dst: int, indptr: np.ndarray, indices: np.ndarr
     """A :class:`Block` on the CPU from a hop's CSC arrays (any integer dtype)."""
     ptr = torch.from_numpy(np.asarray(indptr, dtype=np.int64))
     deg = ptr[1:] - ptr[:-1]
-    return Block(int(num_src), int(num_dst), ptr, torch.from_numpy(np.asarray(indices, dtype=np.int64)),
-                 torch.repeat_interleave(torch.arange(int(num_dst), dtype=torch.int64), deg),
-                 deg.to(torch.float32))
+    block = Block(int(num_src), int(num_dst), ptr, torch.from_numpy(np.asarray(indices, dtype=np.int64)),
+                  torch.repeat_interleave(torch.arange(int(num_dst), dtype=torch.int64), deg),
+                  deg.to(torch.float32))
+    block._csr = block.csr()  # made here, in the loader's read stage, not in the compute step
+    return block
 
 
 def blocks_from_minibatch(mb: SampledMinibatch) -> list[Block]:

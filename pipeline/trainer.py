@@ -326,7 +326,8 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 n = batch.num_seeds
-                self.acc.loss_sum += float(loss.detach()) * n
+                loss_value = float(loss.detach())
+                self.acc.loss_sum += loss_value * n
                 self.acc.correct += accuracy(logits.detach(), batch.y)[0]
                 self.acc.seeds += n
                 self.acc.minibatches += 1
@@ -334,12 +335,12 @@ class Trainer:
                 self.position += 1
                 bar.update(1)
                 if steps:
+                    rb = process_read_bytes()
                     steps.write(json.dumps({"epoch": self.epoch, "position": self.position, "of": total,
                                             "minibatch": int(batch.index),
-                                            "inputs": int(batch.x.shape[0]), "loss": float(loss.detach()),
+                                            "inputs": int(batch.x.shape[0]), "loss": loss_value,
                                             "seconds": time.perf_counter() - t_epoch,
-                                            "read_bytes": process_read_bytes(),
-                                            "epoch_read_bytes": process_read_bytes() - rb_epoch}) + "\n")
+                                            "read_bytes": rb, "epoch_read_bytes": rb - rb_epoch}) + "\n")
                     steps.flush()
                 if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
                     self._checkpoint_mid_epoch(t_start, rb_start, loader)

@@ -666,8 +666,8 @@ def measure_pipeline(hw: "Hardware", device: str, quick: bool = False) -> dict:
                                "-q"], capture_output=True, text=True, env=env, timeout=1200)
         if proc.returncode:
             raise RuntimeError(f"the pipeline calibration run failed: {proc.stderr[-2000:]}")
-        epochs = [json.loads(line) for line in log_json.read_text().splitlines() if '"summary"' not in line]
-        measured = min(e["epoch_s"] for e in epochs)
+        records = [json.loads(line) for line in log_json.read_text().splitlines() if line.strip()]
+        measured = min(r["epoch_s"] for r in records if not r.get("summary"))
         w = sample_workload(ds, fanouts=[10, 5], batch_size=512, sample_minibatches=64)
         predicted = estimate_plan(w, hw, model="sage", hidden=256, host_cache=host, alternatives=False)["epoch_s"]
     factor = min(4.0, max(0.5, measured / predicted)) if predicted > 0 else 1.0

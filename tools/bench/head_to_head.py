@@ -73,9 +73,10 @@ CONTESTANTS = {
 CAPPED = {"diskgraph", "mmap", "mmap-random", "pyg"}
 
 
-def capped_run(cmd: list, cap: int, name: str, timeout: float) -> cgroup.RunResult:
+def capped_run(cmd: list, cap: int, name: str, timeout: float, stop_when=None) -> cgroup.RunResult:
     cmd = [str(c) for c in cmd]
-    return cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{name}-{os.getpid()}", capture=True, timeout=timeout)
+    return cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{name}-{os.getpid()}", capture=True, timeout=timeout,
+                                stop_when=stop_when)
 
 
 def median(values):
@@ -204,8 +205,7 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
             return False
 
     stop = None if (who in ("diskgraph", "memory") or a.eval_all) else trained_all
-    r = cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{who}-{os.getpid()}", capture=True, timeout=a.time_limit,
-                             stop_when=stop)
+    r = capped_run(cmd, cap, who, a.time_limit, stop_when=stop)
     epochs, summary = read_log(work / "log.jsonl")
     steps = read_steps(steps_file)
     per_epoch = steps[0]["of"] if steps else None
@@ -619,7 +619,6 @@ def main(argv: list[str] | None = None) -> int:
     pack = pack_facts(ds, a.name)
 
     work = cache / "runs"
-    caps = {"main": a.memory_cap}
     sweep = [parse_size(c) for c in a.sweep_caps.split(",") if c.strip()]
     runs, commands, merged = [], {}, None
     first_round = 0
@@ -660,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
                    "queue_depth": a.queue_depth, "memory_cap": a.memory_cap,
                    "sweep_caps": sorted(set(sweep) | set((merged or {}).get("params", {}).get("sweep_caps", []))),
                    "repeat": a.repeat + ((merged or {}).get("params", {}).get("repeat", 0)),
-                   "time_limit": a.time_limit, "memory_budget": a.memory_budget, "caps": caps},
+                   "time_limit": a.time_limit, "memory_budget": a.memory_budget},
         "dataset": {"path": str(ds), "num_nodes": dm.get("num_nodes"), "num_edges": dm.get("num_edges"),
                     "feature_bytes": dso.features.nbytes, "train_nodes": len(dso.splits["train"]),
                     "val_nodes": len(dso.splits["val"]) if "val" in dso.splits else 0},
