@@ -149,16 +149,27 @@ def add_submit(sub) -> argparse.ArgumentParser:
 
 def _load_spec(path: str) -> dict:
     from .config import load_config_file
+    from .daemon.spec import SpecError, check_nesting, too_deep
 
+    try:
+        spec = _read_spec(path) if path == "-" or Path(path).suffix.lower() == ".json" else load_config_file(path)
+        check_nesting(spec, f"spec {path}")
+    except RecursionError:  # the parsers recurse once per level
+        raise InputError(str(too_deep(f"spec {path}"))) from None
+    except SpecError as e:
+        raise InputError(str(e)) from None
+    return spec
+
+
+def _read_spec(path: str) -> dict:
+    """A JSON spec from a file, or from stdin for ``-``."""
     if path == "-":
         text = sys.stdin.read()
-    elif Path(path).suffix.lower() == ".json":
+    else:
         try:
             text = Path(path).read_text()
         except OSError as e:
             raise InputError(f"cannot read spec {path} ({e.strerror}); check the path") from None
-    else:
-        return load_config_file(path)
     try:
         spec = json.loads(text)
     except ValueError as e:

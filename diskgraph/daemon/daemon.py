@@ -72,8 +72,9 @@ class Daemon:
         self.token = self.root.ensure_token()
         self.checker = SpecChecker(self.allowed_roots)
         self.store = JobStore(self.root.db_path)
-        self.scheduler = Scheduler(self.root, self.store, max_concurrent=self.max_concurrent,
-                                   max_retries=self.max_retries, stop_timeout=self.stop_timeout, gpus=self.gpus)
+        self.scheduler = Scheduler(self.root, self.store, allowed_roots=self.checker.roots,
+                                   max_concurrent=self.max_concurrent, max_retries=self.max_retries,
+                                   stop_timeout=self.stop_timeout, gpus=self.gpus)
         recovered = self.scheduler.recover()
         if recovered:
             log.info("recovered %d job(s) that were running: %s", len(recovered), ", ".join(map(str, recovered)))

@@ -7,6 +7,7 @@
 ``steps.jsonl``    one line per training minibatch (the trainer's step log)
 ``run/``           the training run: ``checkpoint.pt``, ``checkpoint.json``, ``metrics.jsonl``, ``best_model.pt``
 ``outcome.json``   how the last attempt ended: succeeded / failed / stopped, the reason, the summary
+``cancel``         made by the scheduler before it stops a job it cancels (so the job's log says it ends)
 =================  =========================================================================
 """
 
@@ -62,20 +63,24 @@ class JobDir:
     steps = property(lambda self: self.path / "steps.jsonl")
     run = property(lambda self: self.path / "run")
     outcome_json = property(lambda self: self.path / "outcome.json")
+    cancel_flag = property(lambda self: self.path / "cancel")
 
     # -- written by the scheduler and the runner ---------------------------------------------------
 
-    def prepare(self, job_id: int, spec: dict, attempt: int, recovering: bool) -> None:
-        """Write ``job.json`` for the next start and head the log with the attempt."""
+    def prepare(self, job_id: int, spec: dict, attempt: int, recovering: bool, allowed_roots: list) -> None:
+        """Write ``job.json`` for the next start (with the roots the job's paths must stay in) and head the log."""
         self.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.job_json, {"id": job_id, "spec": spec, "attempt": attempt, "recovering": recovering})
-        try:
-            self.outcome_json.unlink()
-        except FileNotFoundError:
-            pass
-        with open(self.log, "a") as f:
+        write_json_atomic(self.job_json, {"id": job_id, "spec": spec, "attempt": attempt, "recovering": recovering,
+                                          "allowed_roots": [str(r) for r in allowed_roots]})
+        self.outcome_json.unlink(missing_ok=True)
+        self.cancel_flag.unlink(missing_ok=True)
+        with self.open_log("a") as f:
             f.write(f"== diskgraph daemon: job {job_id} attempt {attempt}"
                     f"{' (resuming)' if recovering else ''} at {time.strftime('%Y-%m-%d %H:%M:%S')} ==\n")
+
+    def open_log(self, mode: str = "ab"):
+        """The log, opened for appending; a symbolic link in its place is refused (OSError), not followed."""
+        return open(os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), mode)
 
     def write_progress(self, stage: str | None, done: list[str]) -> None:
         write_json_atomic(self.progress_json, {"stage": stage, "done": done, "updated_at": time.time()})
@@ -99,19 +104,27 @@ class JobDir:
             return None
 
     def step_rate(self, window: int = 20) -> float | None:
-        """Minibatches per second over the last ``window`` steps of the current epoch and process."""
+        """Minibatches per second over the latest run of steps of one epoch in one process, among the last ``window``
+        steps (None before two such steps): positions and times increase along a run; an epoch or a resumed process
+        starts a new one, and a run of one step leaves the rate to the run before it."""
         steps = []
         for line in tail_lines(self.steps, window):
             try:
                 steps.append(json.loads(line))
             except ValueError:
                 continue
-        last = steps[-1] if steps else None
-        same = [s for s in steps if last and s["epoch"] == last["epoch"] and s["seconds"] <= last["seconds"]
-                and s["position"] <= last["position"]]
-        if len(same) < 2 or same[-1]["seconds"] <= same[0]["seconds"]:
+        latest, run = None, []
+        for s in steps:
+            if run and (s["epoch"] != run[-1]["epoch"] or s["position"] <= run[-1]["position"]
+                        or s["seconds"] <= run[-1]["seconds"]):
+                run = []
+            run.append(s)
+            if len(run) >= 2:
+                latest = (run[0], run[-1])
+        if latest is None:
             return None
-        return (same[-1]["position"] - same[0]["position"]) / (same[-1]["seconds"] - same[0]["seconds"])
+        first, last = latest
+        return (last["position"] - first["position"]) / (last["seconds"] - first["seconds"])
 
     def epochs(self) -> list[dict]:
         """The finished epochs' records of the training run (and its summary line, last, when it finished)."""

@@ -3,7 +3,8 @@
 Daemon-wide: jobs by state, queue depth, running jobs, the concurrency limit, retries. Per running
 job (label ``job``): finished epochs, minibatches per second (over the latest steps), bytes read
 from disk (the finished epochs' training and evaluation reads), and hit rates per cache tier of the
-latest epoch, all read from the job's run directory.
+latest epoch, all read from the job's run directory. A family is declared only with at least one
+sample: the per-job ones appear while a job runs (the rate once it has trained two minibatches).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from .jobdir import JobDir
 
 
 def _family(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
+    """Append a metric family; one without samples (a per-job family while no job runs) is left out entirely."""
+    if not samples:
+        return
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     for labels, value in samples:
         label = ",".join(f'{k}="{v}"' for k, v in labels.items())

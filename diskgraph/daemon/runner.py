@@ -1,10 +1,13 @@
 """The child process that runs one job: ``python -m diskgraph.daemon.runner JOBDIR``.
 
 It reads ``JOBDIR/job.json`` and runs the job's stages in order: import (when the preprocess spec
-has raw inputs), sample, pack, train. ``progress.json`` records each finished stage, so a later
-attempt skips it; an artifact already at its final name on a later attempt was finished by an
-attempt that died before recording it (every artifact is renamed into place only when complete),
-so it is kept too. Training resumes from ``run/checkpoint.pt`` when there is one.
+has raw inputs), sample, pack, train. Before each stage it resolves every path the job uses again:
+one that a symbolic link made after submission leads outside the daemon's allowed roots (or out of
+the job's directory) stops the job with one sentence, before the stage touches it.
+
+``progress.json`` records each finished stage, so a later attempt skips it; an artifact already at
+its final name on a later attempt was finished by an attempt that died before recording it (every
+artifact is renamed into place only when complete), so it is kept too. Training resumes from ``run/checkpoint.pt`` when there is one.
 
 SIGTERM stops the job resumably: training saves a checkpoint after the current minibatch; a
 preprocessing stage is interrupted (its temporary directory is removed) and starts again on the
@@ -29,7 +32,7 @@ import psutil
 
 from ..store.errors import InputError
 from .jobdir import JobDir, read_json
-from .spec import RAW_INPUTS, leaves, section_argv
+from .spec import RAW_INPUTS, leaves, path_options, root_of, section_argv
 
 EXIT_STOPPED = 75
 ENV_DAEMON_PID = "DISKGRAPH_DAEMON_PID"
@@ -60,11 +63,43 @@ def _remove_stale_temporaries(directory: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict) -> list[tuple]:
+def _used_paths(job: dict, jobdir: JobDir, parsers: dict) -> list[tuple[str, Path, list[Path], str]]:
+    """(what, path, roots, what the roots are) for every path the job reads or writes: the spec's paths and the
+    artifacts in the dataset must stay in the allowed roots, the run directory and step log in the job's directory."""
+    spec, allowed = job["spec"], [Path(r) for r in job["allowed_roots"]]
+    dataset, pre = Path(spec["dataset"]), spec.get("preprocess")
+    paths = [("dataset", dataset)]
+    if pre is not None:
+        inputs = path_options(parsers["preprocess"])
+        paths += [(f"preprocess.{key}", Path(value)) for key, value in pre.items() if key in inputs]
+        paths += [(kind[:-1], dataset / kind / pre.get("name", "default")) for kind in ("plans", "packs")]
+    if spec.get("train") is not None:
+        paths.append(("pack", dataset / "packs" / spec["train"].get("pack", "default")))
+    home = Path(os.path.realpath(jobdir.path))
+    return ([(what, path, allowed, "the daemon's allowed roots") for what, path in paths] +
+            [(what, home / name, [home], "the job's directory") for what, name in (("run directory", "run"),
+                                                                                   ("step log", "steps.jsonl"))])
+
+
+def check_paths(paths: list[tuple[str, Path, list[Path], str]]) -> None:
+    """Resolve every path now (see :func:`_used_paths`): one whose real path left its roots, through a symbolic link
+    made since the job was submitted, stops the job (:class:`InputError`) before the job uses it."""
+    for what, path, roots, where in paths:
+        root = root_of(path, roots)
+        if root is None:
+            raise InputError(f"{what} {path} is no longer inside {where} ({', '.join(map(str, roots))}); start the "
+                             "daemon with --allow covering it or submit the job again with a path inside them")
+        real = Path(os.path.realpath(path))
+        if root_of(real, roots) is None:
+            raise InputError(f"{what} {path} now leads outside {root} through a symbolic link (to {real}) made after "
+                             "the job was submitted; the job stops without using it, so remove the link and submit "
+                             "the job again")
+
+
+def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict, parsers: dict) -> list[tuple]:
     """(name, artifact path or None, function) for each stage of the job, in order."""
     from ..cli_preprocess import import_from_args, pack_from_args, sample_from_args
 
-    parsers = leaves()
     dataset = Path(spec["dataset"])
     out = []
     pre = spec.get("preprocess")
@@ -98,13 +133,20 @@ def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict) -
 
 
 def run_job(job: dict, jobdir: JobDir, stop: threading.Event, training: dict) -> dict | None:
-    """Run the stages not finished yet; returns the training summary (None for preprocessing only)."""
+    """Run the stages not finished yet; returns the training summary (None for preprocessing only).
+
+    Before each stage, and after it before it counts as finished, every path the job uses is resolved again
+    (:func:`check_paths`): the spec was checked when it was submitted, and the job may have waited since.
+    """
+    parsers = leaves()
+    paths = _used_paths(job, jobdir, parsers)
     done = jobdir.stages_done()
     summary = None
-    for name, artifact, fn in _stages(job["spec"], jobdir, stop, training):
+    for name, artifact, fn in _stages(job["spec"], jobdir, stop, training, parsers):
         if name in done:
             log.info("stage %s: finished by an earlier attempt, skipped", name)
             continue
+        check_paths(paths)
         if artifact is not None and artifact.exists():
             if job["attempt"] <= 1:
                 raise InputError(f"{artifact} already exists; a job never replaces artifacts, so submit it with another "
@@ -114,6 +156,7 @@ def run_job(job: dict, jobdir: JobDir, stop: threading.Event, training: dict) ->
             jobdir.write_progress(name, done)
             log.info("stage %s: starting", name)
             result = fn()
+            check_paths(paths)
             if name == "train":
                 summary = result
         done.append(name)
@@ -145,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         _remove_stale_temporaries(jobdir.path)
         summary = run_job(job, jobdir, stop, training)
     except (Stopped, StopRequested):
-        log.info("stopped on SIGTERM; the job resumes from where it stopped")
+        if jobdir.cancel_flag.exists():
+            log.info("stopped on SIGTERM because the job was cancelled; it ends here and does not run again")
+        else:
+            log.info("stopped on SIGTERM; the job can resume from where it stopped")
         jobdir.write_outcome("stopped", "stopped on SIGTERM")
         return EXIT_STOPPED
     except InputError as e:

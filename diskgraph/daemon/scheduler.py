@@ -20,6 +20,7 @@ terminal reaches only the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -78,9 +79,9 @@ def _signal_name(rc: int) -> str:
 class Scheduler:
     """Runs the store's queued jobs as children of this process (see the module's description)."""
 
-    def __init__(self, root: Root, store: JobStore, *, max_concurrent: int = 1, max_retries: int = 3,
-                 stop_timeout: float = 60.0, gpus: int = 0, poll_s: float = 0.2):
-        self.root, self.store = root, store
+    def __init__(self, root: Root, store: JobStore, *, allowed_roots: list = (), max_concurrent: int = 1,
+                 max_retries: int = 3, stop_timeout: float = 60.0, gpus: int = 0, poll_s: float = 0.2):
+        self.root, self.store, self.allowed_roots = root, store, list(allowed_roots)
         self.max_concurrent, self.max_retries = max_concurrent, max_retries
         self.stop_timeout, self.gpus, self.poll_s = stop_timeout, gpus, poll_s
         self.children: dict[int, _Child] = {}
@@ -180,11 +181,11 @@ class Scheduler:
     def _spawn(self, job: dict, slot: int) -> None:
         jd = JobDir(self.root.job_path(job["id"]))
         resuming = jd.path.exists() and (bool(jd.stages_done()) or (jd.run / "checkpoint.pt").exists())
-        jd.prepare(job["id"], job["spec"], job["attempts"], resuming)
+        jd.prepare(job["id"], job["spec"], job["attempts"], resuming, self.allowed_roots)
         env = dict(os.environ, **{ENV_DAEMON_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1"})
         if self.gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
-        with open(jd.log, "ab") as logf:
+        with jd.open_log() as logf:
             proc = subprocess.Popen([sys.executable, "-m", "diskgraph.daemon.runner", str(jd.path)], cwd=jd.path,
                                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     start_new_session=True, env=env)
@@ -203,6 +204,8 @@ class Scheduler:
                 job = self.store.get(job_id)
                 if job and job["cancel_requested"]:
                     log.info("job %d: cancelling (SIGTERM to its process group)", job_id)
+                    with contextlib.suppress(OSError):  # only the wording of the job's last log line depends on it
+                        JobDir(self.root.job_path(job_id)).cancel_flag.touch()
                     _signal_group(child.proc.pid, signal.SIGTERM)
                     child.kill_at = now + self.stop_timeout
             elif now >= child.kill_at:

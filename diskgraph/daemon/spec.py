@@ -16,6 +16,8 @@ parsers, so a spec accepts exactly what the command line accepts. Options the da
 Paths (``dataset`` and every option that takes a path) are relative to the first allowed root or
 absolute inside one; a path with ``..``, an absolute path elsewhere, or one whose symbolic links lead
 outside the allowed roots is refused. Any refusal is a :class:`SpecError`: one sentence, HTTP 400.
+The checked spec holds real paths, and the job's process resolves them again before each stage
+(:mod:`.runner`), so a link made while the job waited cannot lead it outside the roots either.
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ class SpecError(ValueError):
     """A spec was refused; the message is one sentence."""
 
 
+MAX_DEPTH = 16
+"""The deepest nesting of arrays and tables a spec may have (a real one has 3: spec, section, fanout list)."""
+
+
+def too_deep(what: str) -> SpecError:
+    """The refusal of a spec (``what`` names it) nested deeper than :data:`MAX_DEPTH`."""
+    return SpecError(f"{what} is nested deeper than {MAX_DEPTH} levels of arrays and tables; a job spec needs 3 "
+                     "(spec, section, fanout list), so send a flat one")
+
+
+def check_nesting(data, what: str = "the request body") -> None:
+    """Refuse ``data`` nested deeper than :data:`MAX_DEPTH` (walked without recursion, so any depth is safe)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_DEPTH:
+                    raise too_deep(what)
+                stack.append((child, depth + 1))
+
+
 def parse_body(body: bytes, content_type: str = "application/json") -> dict:
     """A request body → the spec dict (JSON, or TOML when the content type says so)."""
     kind = (content_type or "application/json").split(";")[0].strip().lower()
@@ -72,18 +97,18 @@ def parse_body(body: bytes, content_type: str = "application/json") -> dict:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError("the request body is not UTF-8 text; send the spec as JSON") from None
-    if kind in ("application/toml", "text/toml"):
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"the request body is not valid TOML ({e}); fix the spec") from None
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise SpecError(f"the request body is not valid JSON ({e}); send one JSON object") from None
+    toml = kind in ("application/toml", "text/toml")
+    try:
+        data = tomllib.loads(text) if toml else json.loads(text)
+    except RecursionError:  # the parsers recurse once per level
+        raise too_deep("the request body") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"the request body is not valid TOML ({e}); fix the spec") from None
+    except ValueError as e:
+        raise SpecError(f"the request body is not valid JSON ({e}); send one JSON object") from None
     if not isinstance(data, dict):
         raise SpecError("a job spec must be a JSON object with dataset and a preprocess and/or train table")
+    check_nesting(data)
     return data
 
 
@@ -112,6 +137,16 @@ def _show(value) -> str:
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest not in META and a.option_strings}
+
+
+def path_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The options of ``parser`` that take a path (a spec holds them as real absolute paths once checked)."""
+    return {dest for dest, a in _options(parser).items() if a.metavar in PATH_METAVARS}
+
+
+def root_of(path: Path, roots: list[Path]) -> Path | None:
+    """The root of ``roots`` that ``path`` lies in, as written (no links resolved); None when it lies in none."""
+    return next((r for r in roots if path == r or r in path.parents), None)
 
 
 def _check_value(section: str, key: str, value, action: argparse.Action):
@@ -170,7 +205,7 @@ class SpecChecker:
     # -- paths -------------------------------------------------------------------------------------
 
     def _inside(self, p: Path) -> bool:
-        return any(p == r or r in p.parents for r in self.roots)
+        return root_of(p, self.roots) is not None
 
     def resolve(self, value: str, what: str) -> Path:
         """A spec path → its real absolute path inside an allowed root (or :class:`SpecError`)."""
@@ -226,7 +261,7 @@ class SpecChecker:
         if not isinstance(values, dict):
             raise SpecError(f"{section} must be a table of `{COMMANDS[section]}` options, not {_show(values)}")
         parser = self.parsers[section]
-        known = _options(parser)
+        known, paths = _options(parser), path_options(parser)
         checked = {}
         for raw_key, value in values.items():
             key = str(raw_key).replace("-", "_")
@@ -239,7 +274,7 @@ class SpecChecker:
             if key in NAME_OPTIONS and ("/" in value or value.startswith(".") or not value):
                 raise SpecError(f"{section}.{raw_key} {value!r} must be a bare name (letters, digits, '-', '_'): "
                                 "plans and packs live inside the dataset")
-            if known[key].metavar in PATH_METAVARS and isinstance(value, str):
+            if key in paths and isinstance(value, str):
                 real = self.resolve(value, f"{section}.{raw_key}")
                 if not real.exists():
                     raise SpecError(f"{section}.{raw_key} {value!r} does not exist; check the path")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,29 +113,44 @@ def checkpoint_info(run_dir: Path) -> dict | None:
 
 
 def wait_mid_epoch_checkpoint(pid: int, run_dir: Path, per_epoch: int, every: int, min_epoch: int = 1,
-                              timeout: float = 120) -> dict:
+                              after: tuple[int, int] = (-1, 0), timeout: float = 120) -> dict:
     """Freeze process ``pid`` (SIGSTOP) at a moment its latest checkpoint is mid-epoch, in epoch ≥ ``min_epoch``,
-    and not the epoch's last mid-epoch one (so a checkpoint written after the one read is mid-epoch too).
+    past the point ``after`` (epoch, position), and not the epoch's last mid-epoch one (so a checkpoint written
+    after the one read is mid-epoch too). ``after`` makes it a checkpoint this process wrote, not one an earlier
+    attempt left in ``run_dir`` (which may satisfy the rest while this process still starts).
 
     Returns that checkpoint's info; the process stays stopped (the caller kills or continues it).
     """
+    def wanted(info):
+        return (info and info["epoch"] >= min_epoch and (info["epoch"], info["position"]) > tuple(after)
+                and 0 < info["position"] and info["position"] + every < per_epoch)
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        info = checkpoint_info(run_dir)
-        if info and info["epoch"] >= min_epoch and 0 < info["position"] and info["position"] + every < per_epoch:
+        if wanted(checkpoint_info(run_dir)):
             os.kill(pid, signal.SIGSTOP)
             info = checkpoint_info(run_dir)
-            if info["epoch"] >= min_epoch and 0 < info["position"] and info["position"] + every < per_epoch:
+            if wanted(info):
                 return info
             os.kill(pid, signal.SIGCONT)
         time.sleep(0.01)
     raise AssertionError(f"no mid-epoch checkpoint in {run_dir}")
 
 
-def final_model(run_dir: Path) -> dict:
-    import torch
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    """Wait until process ``pid`` has exited (a zombie nobody reaped counts as exited)."""
+    import psutil
 
-    return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    deadline = time.time() + timeout
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.time() < deadline, f"process {pid} did not exit"
+        time.sleep(0.02)
+
+
+def final_model(run_dir: Path) -> dict:
+    from diskgraph.pipeline.trainer import read_checkpoint_file
+
+    return read_checkpoint_file(run_dir / "checkpoint.pt")["model"]
 
 
 def assert_same_model(a: dict, b: dict) -> None:
@@ -143,3 +159,19 @@ def assert_same_model(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def metric_families(text: str) -> dict[str, list[str]]:
+    """Prometheus text (0.0.4) → {family: its sample lines}, checking each line's form and that every declared
+    family (``# TYPE``) has at least one sample."""
+    families: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            assert kind in ("gauge", "counter") and name not in families, line
+            families[name] = []
+        elif not line.startswith("#"):
+            assert re.fullmatch(r'[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+-]+', line), line
+            families[line.split("{")[0].split(" ")[0]].append(line)
+    assert not [name for name, samples in families.items() if not samples], f"declared without a sample: {text}"
+    return families

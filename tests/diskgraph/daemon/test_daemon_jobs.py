@@ -15,10 +15,10 @@ import time
 import psutil
 import pytest
 
-from daemon_helpers import request
+from daemon_helpers import metric_families, request
 
 from diskgraph.daemon.daemon import Daemon
-from diskgraph.daemon.jobdir import JobDir
+from diskgraph.daemon.jobdir import JobDir, read_json
 from diskgraph.daemon.layout import Root
 from diskgraph.daemon.runner import run_job
 from diskgraph.daemon.scheduler import Scheduler
@@ -64,7 +64,8 @@ def test_stages_resume_without_redoing_finished_artifacts(raw_inputs, tmp_path, 
 
     spec = _preprocess_spec(raw_inputs)
     jd = JobDir(tmp_path / "job")
-    jd.prepare(1, spec, attempt=1, recovering=False)
+    roots = [str(raw_inputs)]
+    jd.prepare(1, spec, attempt=1, recovering=False, allowed_roots=roots)
 
     def crash(*a, **k):
         raise RuntimeError("power cut while packing")
@@ -72,14 +73,14 @@ def test_stages_resume_without_redoing_finished_artifacts(raw_inputs, tmp_path, 
     with monkeypatch.context() as m:
         m.setattr(cp, "pack_from_args", crash)
         with pytest.raises(RuntimeError, match="power cut"):
-            run_job({"spec": spec, "attempt": 1}, jd, None, {})
+            run_job({"spec": spec, "attempt": 1, "allowed_roots": roots}, jd, None, {})
     assert jd.stages_done() == ["import", "sample"]
     ds = raw_inputs / "ds"
     # the process died after the plan was renamed into place but before it was recorded
     jd.write_progress("sample", ["import"])
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (ds / "manifest.json", ds / "plans/default/manifest.json")}
     with caplog.at_level(logging.INFO, logger="diskgraph"):
-        run_job({"spec": spec, "attempt": 2}, jd, None, {})
+        run_job({"spec": spec, "attempt": 2, "allowed_roots": roots}, jd, None, {})
     assert jd.stages_done() == ["import", "sample", "pack"]
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in before} == before  # never redone
     assert (ds / "packs/default/manifest.json").is_file()
@@ -87,9 +88,61 @@ def test_stages_resume_without_redoing_finished_artifacts(raw_inputs, tmp_path, 
     assert re.search(r"stage sample: .*plans/default was completed by an earlier attempt, kept", caplog.text)
     # a first attempt never adopts an artifact it did not make
     jd2 = JobDir(tmp_path / "job2")
-    jd2.prepare(2, spec, attempt=1, recovering=False)
+    jd2.prepare(2, spec, attempt=1, recovering=False, allowed_roots=roots)
     with pytest.raises(InputError, match="already exists"):
-        run_job({"spec": spec, "attempt": 1}, jd2, None, {})
+        run_job({"spec": spec, "attempt": 1, "allowed_roots": roots}, jd2, None, {})
+
+
+def test_a_link_made_while_a_job_waits_cannot_lead_it_outside_the_roots(raw_inputs, tmp_path):
+    outside, area = tmp_path / "outside", raw_inputs / "area"
+    outside.mkdir()
+    area.mkdir()
+    spec = {"dataset": "area/new", "preprocess": {"edges": "raw/edges.npy", "features": "raw/features.npy",
+                                                  "labels": "raw/labels.npy", "fanouts": "4,3", "batch_size": 64}}
+    d = Daemon(tmp_path / "root", allowed_roots=[raw_inputs], port=0, max_concurrent=0).start()  # jobs wait
+    try:
+        status, out, _ = request(d.url, d.token, "POST", "/jobs", spec)
+        assert status == 201, out
+    finally:
+        d.stop()
+    try:
+        area.rmdir()  # while the job waits, the directory its dataset goes into becomes a link out of the roots
+        area.symlink_to(outside, target_is_directory=True)
+        d = Daemon(tmp_path / "root", allowed_roots=[raw_inputs], port=0, max_concurrent=1).start()
+        try:
+            deadline = time.time() + 60
+            while d.store.get(out["id"])["state"] in ("queued", "running") and time.time() < deadline:
+                time.sleep(0.1)
+            job = d.store.get(out["id"])
+        finally:
+            d.stop()
+    finally:
+        area.unlink(missing_ok=True)
+    root = raw_inputs.resolve()
+    assert job["state"] == "failed" and job["reason"] == (
+        f"dataset {root / 'area' / 'new'} now leads outside {root} through a symbolic link (to {outside.resolve() / 'new'}) "
+        "made after the job was submitted; the job stops without using it, so remove the link and submit the job again")
+    assert list(outside.iterdir()) == []  # nothing written outside
+
+
+def test_links_made_after_submission_stop_a_job_before_a_stage_uses_them(tmp_path):
+    ws, outside, jd = tmp_path / "ws", tmp_path / "outside", JobDir(tmp_path / "job")
+    (ws / "ds" / "packs" / "default").mkdir(parents=True)
+    (ws / "ds" / "manifest.json").write_text("{}")
+    outside.mkdir()
+    checker = SpecChecker([ws])
+    specs = [checker.check({"dataset": "ds", "preprocess": {"fanouts": "4,3", "name": "more"}}),
+             checker.check({"dataset": "ds", "train": {"epochs": 1}})]
+    (ws / "ds" / "plans").symlink_to(outside, target_is_directory=True)  # a plan would be written outside
+    jd.path.mkdir()
+    (jd.path / "run").symlink_to(outside, target_is_directory=True)  # the run would be written outside
+    real = tmp_path.resolve()
+    for spec, what, inside in ((specs[0], f"plan {real / 'ws/ds/plans/more'}", real / "ws"),
+                               (specs[1], f"run directory {real / 'job/run'}", real / "job")):
+        jd.prepare(1, spec, attempt=1, recovering=False, allowed_roots=checker.roots)
+        with pytest.raises(InputError, match=re.escape(f"{what} now leads outside {inside} through a symbolic link")):
+            run_job(read_json(jd.job_json), jd, None, {})
+    assert list(outside.iterdir()) == []
 
 
 def test_temporaries_of_killed_attempts_are_removed(tmp_path):
@@ -103,6 +156,22 @@ def test_temporaries_of_killed_attempts_are_removed(tmp_path):
         p.write_bytes(b"x")
     _remove_stale_temporaries(tmp_path)
     assert sorted(tmp_path.iterdir()) == sorted([mine, final])
+
+
+def test_step_rate_is_over_the_latest_steps_of_one_epoch_in_one_process(tmp_path):
+    jd = JobDir(tmp_path)
+
+    def rate(*steps):
+        jd.steps.write_text("".join(json.dumps({"epoch": e, "position": p, "of": 29, "seconds": s}) + "\n"
+                                    for e, p, s in steps))
+        return jd.step_rate()
+
+    assert rate((0, 1, 0.1), (0, 2, 0.2), (0, 3, 0.3)) == pytest.approx(10)
+    # the first step of an epoch: the rate is the previous epoch's latest, not missing
+    assert rate((0, 28, 2.8), (0, 29, 2.9), (1, 1, 0.1)) == pytest.approx(10)
+    # a resumed process (its clock starts again) is not mixed with the steps of the one before
+    assert rate((1, 5, 0.3), (1, 6, 0.4), (1, 7, 0.5), (1, 6, 0.05), (1, 7, 0.25), (1, 8, 0.45)) == pytest.approx(5)
+    assert rate((2, 1, 0.1)) is None
 
 
 def _running_job(store: JobStore, **fields) -> int:
@@ -179,6 +248,7 @@ def test_daemon_runs_preprocess_and_train_and_cancels_a_running_job(raw_inputs, 
         for line in (f'diskgraph_job_cache_hit_rate{{job="{long}",tier="cold"}}', f'diskgraph_job_read_bytes{{job="{long}"}}',
                      f'diskgraph_job_minibatches_per_second{{job="{long}"}}', "diskgraph_running_jobs 1"):
             assert line in metrics, metrics
+        metric_families(metrics)  # every declared family has a sample
         pid = call("GET", f"/jobs/{long}")[1]["pid"]
         status, out, _ = call("POST", f"/jobs/{long}/cancel")
         assert status == 200 and out["state"] == "running" and out["cancel_requested"]
@@ -187,7 +257,9 @@ def test_daemon_runs_preprocess_and_train_and_cancels_a_running_job(raw_inputs, 
         job = call("GET", f"/jobs/{long}")[1]
         assert job["state"] == "cancelled" and job["reason"] == "cancelled while running"
         assert job["checkpoint"]["epoch"] >= 1 and not psutil.pid_exists(pid)
-        assert "stopped on SIGTERM" in (tmp_path / "root" / "jobs" / str(long) / "log.txt").read_text()
+        stops = [line for line in (tmp_path / "root" / "jobs" / str(long) / "log.txt").read_text().splitlines()
+                 if "stopped on SIGTERM" in line]
+        assert len(stops) == 1 and "cancelled" in stops[0] and "resume" not in stops[0], stops  # it ends here
     finally:
         d.stop()
     assert json.loads((tmp_path / "root" / "jobs" / str(first) / "outcome.json").read_text())["status"] == "succeeded"

@@ -16,7 +16,8 @@ import time
 
 import psutil
 
-from daemon_helpers import TRAIN, DaemonProcess, assert_same_model, final_model, wait_mid_epoch_checkpoint
+from daemon_helpers import (TRAIN, DaemonProcess, assert_same_model, final_model, wait_gone,
+                            wait_mid_epoch_checkpoint)
 
 PER_EPOCH = 29
 
@@ -107,12 +108,18 @@ def test_daemon_sigterm_then_kill9_jobs_resume_and_nothing_runs_twice(workspace,
     assert _transitions(root, second) == [(None, "queued")]
     assert "stopped on SIGTERM" in (root / "jobs" / str(first) / "log.txt").read_text()
 
-    # 2. restart, then kill -9 the daemon mid-epoch: its child gets SIGTERM (parent-death signal) and checkpoints
+    # 2. restart, then kill -9 the daemon mid-epoch once the job has resumed and checkpointed again (step 1's
+    # checkpoint may be mid-epoch too, when the stop landed in a later epoch): the child gets SIGTERM
+    # (parent-death signal) and checkpoints
     daemon = DaemonProcess(root, workspace, "--max-concurrent", "1").start()
     pid = _wait_running_pid(daemon, first)
-    wait_mid_epoch_checkpoint(pid, run_dir, PER_EPOCH, TRAIN["checkpoint_every"])
+    wait_mid_epoch_checkpoint(pid, run_dir, PER_EPOCH, TRAIN["checkpoint_every"], after=done)
     os.kill(pid, signal.SIGCONT)
     daemon.stop(signal.SIGKILL)
+    wait_gone(pid)
+    ckpt = json.loads((run_dir / "checkpoint.json").read_text())
+    killed = (ckpt["epoch"], ckpt["position"])
+    assert killed > done
 
     # 3. restart: the job continues from its checkpoint; the queued one runs once after it
     daemon = DaemonProcess(root, workspace, "--max-concurrent", "1").start()
@@ -129,8 +136,8 @@ def test_daemon_sigterm_then_kill9_jobs_resume_and_nothing_runs_twice(workspace,
                                          ("queued", "running"), ("running", "queued"), ("queued", "running"),
                                          ("running", "succeeded")]
     assert other["started_at"] >= job["finished_at"]  # submission order, one at a time
-    resumes = _resume_points((root / "jobs" / str(first) / "log.txt").read_text())
-    assert len(resumes) == 2 and all(p > 0 for _, p in resumes)
+    # each later attempt resumed where the one before stopped (an epoch's start when a stop came at its end)
+    assert _resume_points((root / "jobs" / str(first) / "log.txt").read_text()) == [done, killed]
     _assert_epochs_once(run_dir, TRAIN["epochs"])
     assert_same_model(final_model(run_dir), reference_model)
     db = sqlite3.connect(f"file:{root / 'jobs.db'}?mode=ro", uri=True)
