@@ -2,20 +2,29 @@
 
 Every subcommand has ``--help``; ``--config FILE`` supplies options from TOML
 or YAML and ``--print-config`` shows the resolved options and exits. Bad input
-ends with exit status 2 and one sentence on stderr.
+ends with exit status 2 and one sentence on stderr; so does an environment
+failure while writing (a full disk, a read-only filesystem, a directory this
+user may not write): the sentence names the path and the option to change.
+An interrupt (Ctrl-C) ends with exit status 130 and a sentence saying what the
+command left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from . import cli_daemon, cli_generate, cli_inspect, cli_preprocess, cli_train
 from . import cli_plan
 from .config import apply_config, render_config
+from .cli_common import fanouts
+from .cli_failures import Before, environment_failure, output_of
 from .store.errors import InputError
 from .store.progress import set_quiet
+
+_NEGATIVE_LIST = re.compile(r"-\d+(\s*,\s*-?\d+)*,?")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,10 +76,27 @@ def _usage(p: argparse.ArgumentParser) -> int:
     return 2
 
 
+def _attach_negative_lists(argv: list[str], leaves: dict[str, argparse.ArgumentParser]) -> list[str]:
+    """``--fanouts -1,-1`` → ``--fanouts=-1,-1``: argparse takes a value that starts with ``-`` and is not a plain
+    negative number for an option, so list options whose values may start with -1 get theirs attached."""
+    flags = {s for p in leaves.values() for a in p._actions if a.type is fanouts for s in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in flags and i + 1 < len(argv) and _NEGATIVE_LIST.fullmatch(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 1 verify failed, 2 refused input)."""
+    """Run the command line; returns the exit status (0 ok, 1 verify failed, 2 refused input or environment,
+    130 interrupted; ``train`` stopped by SIGTERM: 143)."""
     parser, leaves = build_parser()
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _attach_negative_lists(sys.argv[1:] if argv is None else list(argv), leaves)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         parser.print_help(sys.stderr)
@@ -79,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="diskgraph: %(message)s", stream=sys.stderr)
     set_quiet(getattr(args, "quiet", False))
+    before = Before(None)
     try:
         section = getattr(args, "section", None)
         if section and args.config:
@@ -89,10 +116,18 @@ def main(argv: list[str] | None = None) -> int:
         if section and args.print_config:
             print(render_config(section, args, leaves[section]), end="")
             return 0
+        args.argv = argv
+        before = Before(output_of(args)[0])
         return int(args.func(args) or 0)
     except InputError as e:
         print(f"diskgraph: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("diskgraph: interrupted; nothing was left at the output path", file=sys.stderr)
+        print(f"diskgraph: {before.interrupted(args)}", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = environment_failure(e, args)
+        if message is None:
+            raise
+        print(f"diskgraph: error: {message}", file=sys.stderr)
+        return 2

@@ -31,9 +31,11 @@ def add_generate(sub) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["dataset", "raw"], default="dataset", help="dataset directory or raw .npy inputs (default: dataset)")
     p.add_argument("--out", metavar="DIR", help="directory to create (required)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE", help="bytes the import step may hold")
+    p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="bytes generating (and the import step of --format dataset) may hold; a graph that needs more "
+                        "is refused before anything is written (default: half the available memory, at most 4 GiB)")
     add_common(p)
-    p.set_defaults(func=_run_generate, section="generate")
+    p.set_defaults(func=_run_generate, section="generate", output=lambda a: (a.out, "--out"), atomic_output=True)
     return p
 
 
@@ -49,7 +51,12 @@ def _run_generate(args: argparse.Namespace) -> int:
     if args.format == "raw":
         from .store.atomic import AtomicDirectory
 
-        with AtomicDirectory(args.out, overwrite=args.overwrite) as tmp:
+        target = AtomicDirectory(args.out, overwrite=args.overwrite, kind=generate.RAW_FORMAT)
+        target.check()
+        generate.check_budgets(args.out, nodes=args.nodes, edges=args.edges, feature_dim=args.feature_dim,
+                               classes=args.classes, feature_dtype=args.feature_dtype, raw=True,
+                               memory_budget=args.memory_budget)
+        with target as tmp:
             generate.write_raw_inputs(tmp, nodes=args.nodes, edges=args.edges, feature_dim=args.feature_dim,
                                       classes=args.classes, seed=args.seed, feature_dtype=args.feature_dtype, **kwargs)
         return 0

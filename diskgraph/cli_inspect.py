@@ -33,7 +33,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     info.update(_artifacts(args.dataset))
     problems = None
     if args.verify:
-        problems = ds.verify() + _verify_artifacts(args.dataset, info, ds.manifest)
+        problems = ds.verify() + _verify_artifacts(info, ds)
         info["verify"] = {"ok": not problems, "problems": problems}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -43,33 +43,37 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _artifacts(dataset: str) -> dict:
-    """Plans and packs of the dataset, plus ``plan``/``pack``: the one named default, else the newest."""
+    """Plans and packs of the dataset by name, plus ``plan``/``pack``: the name of the main one (named default, else
+    the newest; its entry is under ``plans``/``packs``, not repeated)."""
     from .preprocess import DEFAULT_NAME, describe_artifacts
 
     found = describe_artifacts(dataset)
     for kind, key in (("plans", "plan"), ("packs", "pack")):
         entries = {k: v for k, v in found[kind].items() if "error" not in v}
-        if DEFAULT_NAME in entries:
-            found[key] = {"name": DEFAULT_NAME, **entries[DEFAULT_NAME]}
-        elif entries:
-            name = max(entries, key=lambda k: entries[k].get("created_at") or "")
-            found[key] = {"name": name, **entries[name]}
+        if entries:
+            found[key] = DEFAULT_NAME if DEFAULT_NAME in entries else max(
+                entries, key=lambda k: entries[k].get("created_at") or "")
     return found
 
 
-def _verify_artifacts(dataset: str, info: dict, dataset_manifest: dict) -> list[str]:
-    """Problems found by re-checking every plan and pack of the dataset."""
+def _verify_artifacts(info: dict, ds) -> list[str]:
+    """Problems found by re-checking every plan and pack of the dataset: every row, extent and tier against its
+    checksum, the invariants, and what each was made from."""
+    from .store.errors import FormatError
     from .store.packed import open_pack
     from .store.plan import open_plan
 
     problems = [f"{kind}/{name}: {v['error']}" for kind in ("plans", "packs") for name, v in info[kind].items()
                 if "error" in v]
-    for name, v in info["plans"].items():
-        if "error" not in v:
-            problems += [f"plans/{name}: {p}" for p in open_plan(v["path"]).verify(dataset_manifest)]
-    for name, v in info["packs"].items():
-        if "error" not in v:
-            problems += [f"packs/{name}: {p}" for p in open_pack(v["path"]).verify()]
+    for kind, opener in (("plans", open_plan), ("packs", open_pack)):
+        for name, v in info[kind].items():
+            if "error" in v:
+                continue
+            try:
+                found = opener(v["path"]).verify(dataset=ds)
+            except FormatError as e:
+                found = [str(e)]
+            problems += [f"{kind}/{name}: {p}" for p in found]
     return problems
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .capacity.hardware import calibration_seconds, duration_text
 from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int
 from .store.errors import InputError
 from .units import parse_bytes
@@ -72,12 +73,16 @@ def add_plan(sub) -> argparse.ArgumentParser:
     h = p.add_argument_group("hardware")
     h.add_argument("--calibrate", action="store_true",
                    help="measure this machine (O_DIRECT disk reads and writes, memory bandwidth, gathers, the loader's "
-                        "per-minibatch work, model steps; about a minute) and save the profile; alone, just that")
+                        "per-minibatch work, model steps, a short training run; about "
+                        f"{duration_text(calibration_seconds('cpu'))} on a quiet 2-core machine, longer while other processes hold the "
+                        "cores; with a progress bar) "
+                        "and save the profile; alone, just that. A plan calibrates first when there is no profile")
     h.add_argument("--profile", metavar="FILE", help="hardware profile to read or write (default: $DISKGRAPH_PROFILE, "
                                                     "else ~/.cache/diskgraph/hardware.json; calibrated when missing)")
     h.add_argument("--device", default="auto", help="device to calibrate: auto, cpu or cuda[:N] (default: auto)")
     h.add_argument("--probe-dir", metavar="DIR", help="directory on the disk to measure (default: DATASET, else .)")
-    h.add_argument("--quick-calibration", action="store_true", help="a faster, rougher calibration (a few seconds)")
+    h.add_argument("--quick-calibration", action="store_true",
+                   help=f"a faster, rougher calibration (about {duration_text(calibration_seconds('cpu', quick=True))})")
     h.add_argument("--disk-read-bw", type=parse_bytes, metavar="BYTES/S", help="sequential read bandwidth (overrides the profile)")
     h.add_argument("--disk-write-bw", type=parse_bytes, metavar="BYTES/S", help="write bandwidth")
     h.add_argument("--disk-iops", type=positive_int, help="4 KiB random reads per second")
@@ -108,11 +113,10 @@ def _hardware(args):
 
     path = Path(args.profile).expanduser() if args.profile else default_profile_path()
     if args.calibrate or not path.exists():
-        if not args.calibrate:
-            log.info("no hardware profile at %s: calibrating this machine first (once; `diskgraph plan --calibrate` "
-                     "measures it again)", path)
+        note = "" if args.calibrate else (f" first (there is no hardware profile at {path} yet; once: the profile is "
+                                          "saved and reused, `diskgraph plan --calibrate` measures again)")
         probe = args.probe_dir or args.dataset or "."
-        hw: Hardware = calibrate(probe, device=args.device, quick=args.quick_calibration, log=log.info)
+        hw: Hardware = calibrate(probe, device=args.device, quick=args.quick_calibration, note=note)
         save_profile(hw, path)
         log.info("hardware profile saved to %s (%.0f s)", path, hw.profile.get("seconds", 0))
     else:

@@ -1,4 +1,10 @@
-"""``diskgraph preprocess``: import, sample, pack, and all three in one go."""
+"""``diskgraph preprocess``: import, sample, pack, and all three in one go.
+
+``preprocess all`` continues from the stages a previous run finished: a stage whose output exists and was
+made from the same inputs and options is kept (with a log line), one made differently is refused with
+the option that differs (or replaced with ``--overwrite``). The import records the options and input
+files it was given under ``import_command`` in the dataset's manifest for that comparison.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import os
 from pathlib import Path
 
 from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int, shard
+from .store.atomic import check_replaceable
 from .store.errors import InputError
 from .units import parse_bytes
 
@@ -68,8 +75,67 @@ def add_import(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_import_options(p)
     add_common(p)
-    p.set_defaults(func=run_import, section="import")
+    p.set_defaults(func=run_import, section="import", output=lambda a: (a.out, "--out"), atomic_output=True)
     return p
+
+
+IMPORT_RECORD = "import_command"
+"""The dataset manifest's entry recording the import's options and input files (see :func:`import_record`)."""
+
+_IMPORT_OPTIONS = ("npz", "edges", "edges_format", "src_column", "dst_column", "features", "features_format",
+                   "feature_column", "dtype", "dim", "labels", "label_column", "train", "val", "test", "split", "seed",
+                   "undirected", "dedup", "drop_self_loops", "num_nodes", "num_classes", "feature_dtype",
+                   "allow_nonfinite")
+_INPUT_PATHS = ("npz", "edges", "features", "labels", "train", "val", "test")
+
+
+def _fingerprint(path: str) -> dict:
+    """Size and modification time of an input file (a directory: its files' count, total size, newest time)."""
+    try:
+        if os.path.isdir(path):
+            files = size = newest = 0
+            for root, _dirs, names in os.walk(path):
+                for name in names:
+                    st = os.stat(os.path.join(root, name))
+                    files, size, newest = files + 1, size + st.st_size, max(newest, st.st_mtime_ns)
+            return {"files": files, "bytes": size, "mtime_ns": newest}
+        st = os.stat(path)
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        return {}
+
+
+def import_record(args: argparse.Namespace, random_split: bool) -> dict:
+    """What an import was made from: every option that shapes the dataset (input paths made absolute; the
+    seed only when a random split is drawn) and the size and modification time of every input."""
+    options = {k: getattr(args, k, None) for k in _IMPORT_OPTIONS if k != "seed" or random_split}
+    for k in _INPUT_PATHS:
+        if options[k]:
+            options[k] = os.path.abspath(options[k])
+    return {"options": options, "inputs": {k: _fingerprint(options[k]) for k in _INPUT_PATHS if options[k]}}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _value(value) -> str:
+    return "not given" if value is None else "on" if value is True else "off" if value is False else str(value)
+
+
+def import_difference(recorded: dict | None, wanted: dict) -> str | None:
+    """The first option or input in which two :func:`import_record` results differ (a phrase), or None."""
+    if not isinstance(recorded, dict):
+        return "it does not record its options"
+    have, want = recorded.get("options") or {}, wanted["options"]
+    for k in _IMPORT_OPTIONS:
+        if have.get(k) != want.get(k):
+            return f"{_flag(k)} {_value(have.get(k))} there, {_value(want.get(k))} in this run"
+    inputs = recorded.get("inputs") or {}
+    for k, fingerprint in wanted["inputs"].items():
+        if inputs.get(k) != fingerprint:
+            return f"{_flag(k)} {want[k]} changed since the import (its size or modification time differ)"
+    return None
 
 
 def import_from_args(args: argparse.Namespace) -> Path:
@@ -85,6 +151,8 @@ def import_from_args(args: argparse.Namespace) -> Path:
         raise InputError("no output directory given; pass --out DIR")
     if not args.npz and not args.edges:
         raise InputError("no edges given; pass --edges PATH (or --npz PATH for a data.npz)")
+    if args.overwrite and os.path.lexists(args.out):
+        check_replaceable(args.out, "diskgraph.dataset", "--out")
     edges = features = labels = None
     labels_label = "labels"
     splits: dict = {}
@@ -114,8 +182,10 @@ def import_from_args(args: argparse.Namespace) -> Path:
                          allow_nonfinite=args.allow_nonfinite, memory_budget=args.memory_budget,
                          num_nodes=args.num_nodes, num_classes=args.num_classes, feature_dtype=args.feature_dtype,
                          overwrite=args.overwrite)
+    record = import_record(args, random_split is not None)
     return import_dataset(args.out, edges, features=features, labels=labels, labels_label=labels_label,
-                   splits=splits or None, random_split=random_split, options=opts)
+                          splits=splits or None, random_split=random_split, options=opts,
+                          extra_manifest={IMPORT_RECORD: record})
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -160,7 +230,7 @@ def add_sample(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", default="default", help="plan name: written to DATASET/plans/NAME (default: default)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing plan of that name")
     add_common(p)
-    p.set_defaults(func=run_sample, section="sample")
+    p.set_defaults(func=run_sample, section="sample", output=_sample_output, atomic_output=True)
     return p
 
 
@@ -172,7 +242,17 @@ def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Pa
                    seed=args.seed, epochs=args.epochs,
                    eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
                    eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite,
-                   splits=[x.strip() for x in args.splits.split(",")] if args.splits else None, shard=args.shard)
+                   splits=_splits(args), shard=args.shard)
+
+
+def _splits(args: argparse.Namespace) -> list[str] | None:
+    return [x.strip() for x in args.splits.split(",")] if args.splits else None
+
+
+def _sample_output(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    from .preprocess import NAME_AS_PATH, plan_path
+
+    return (plan_path(args.dataset, args.name, args.shard), NAME_AS_PATH) if args.dataset else (None, None)
 
 
 def _dataset_arg(args: argparse.Namespace, command: str) -> str:
@@ -219,7 +299,7 @@ def add_pack(sub) -> argparse.ArgumentParser:
     add_pack_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing pack of that name")
     add_common(p)
-    p.set_defaults(func=run_pack, section="pack")
+    p.set_defaults(func=run_pack, section="pack", output=_pack_output, atomic_output=True)
     return p
 
 
@@ -232,6 +312,15 @@ def pack_from_args(args: argparse.Namespace, dataset: str | os.PathLike, plan: s
     return _pack(dataset, plan=plan, name=name, gpu_cache=args.gpu_cache, host_cache=args.host_cache,
                  memory_budget=args.memory_budget, max_blowup=args.max_blowup, overwrite=args.overwrite,
                  shard=shard_)
+
+
+def _pack_output(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    from .preprocess import NAME_AS_PATH, pack_path, plan_path
+
+    if not args.dataset:
+        return None, None
+    plan = plan_path(args.dataset, args.plan, args.shard)
+    return pack_path(args.dataset, args.name or plan.name, args.shard if args.name else None), NAME_AS_PATH
 
 
 def run_pack(args: argparse.Namespace) -> int:
@@ -258,24 +347,119 @@ def add_all(sub) -> argparse.ArgumentParser:
     add_pack_options(p, with_budget=False)
     p.add_argument("--name", default="default", help="name of the plan and the pack (default: default)")
     add_common(p)
-    p.set_defaults(func=run_all, section="all")
+    p.set_defaults(func=run_all, section="all", output=_all_output, interrupted=_all_interrupted)
     return p
 
 
 _RAW_INPUTS = ("npz", "edges", "features", "labels", "train", "val", "test")
+_log = logging.getLogger("diskgraph")
+
+
+def _all_output(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    from .preprocess import NAME_AS_PATH
+
+    return (args.dataset, NAME_AS_PATH) if args.dataset else (args.out, "--out")
+
+
+def _all_interrupted(args: argparse.Namespace, out: Path | None) -> str:
+    if out is None or not out.exists():
+        return f"interrupted during the import; nothing was left at {out or 'the output'}"
+    return (f"interrupted; the stages that finished are kept in {out} (an unfinished one leaves nothing) and running "
+            "the same command again continues from them")
+
+
+def _import_stage(args: argparse.Namespace) -> Path:
+    """The dataset at --out: imported, or kept when an earlier run imported it from the same inputs and options."""
+    from .store.dataset import open_dataset
+
+    out = args.out
+    if not out or not os.path.lexists(out):
+        return import_from_args(args)
+    try:
+        recorded = open_dataset(out).manifest.get(IMPORT_RECORD)
+    except InputError:
+        if args.overwrite:
+            return import_from_args(args)  # refuses to replace what is not a diskgraph dataset
+        raise InputError(f"{out} already exists and does not open as a dataset; choose another --out, or pass "
+                         "--overwrite to replace it") from None
+    if recorded is None:
+        if args.overwrite:
+            return import_from_args(args)
+        raise InputError(f"dataset {out} already exists and does not record the options it was imported with; pass "
+                         f"--overwrite to import it again, or add a plan and a pack to it with `diskgraph preprocess "
+                         f"all {out}`")
+    seeded = "seed" in (recorded.get("options") or {})
+    diff = import_difference(recorded, import_record(args, seeded))
+    if diff is None:
+        _log.info("preprocess all: import skipped: %s was imported from the same inputs and options", out)
+        return Path(out)
+    if not args.overwrite:
+        raise InputError(f"dataset {out} differs from what this run would import ({diff}); rerun with the options it "
+                         "was imported with to continue from it, or pass --overwrite to import it again")
+    _log.info("preprocess all: importing %s again (%s)", out, diff)
+    return import_from_args(args)
+
+
+def _stage_kept(what: str, path: Path, diff: str | None, args: argparse.Namespace, verb: str) -> bool:
+    """Whether the existing ``path`` is kept (it matches), after refusing a mismatch without --overwrite."""
+    if diff is None:
+        _log.info("preprocess all: %s skipped: %s %s was made with the same options", verb, what, path)
+        return True
+    if not args.overwrite:
+        raise InputError(f"{what} {path} differs from what this run would make ({diff}); rerun with the options it was "
+                         f"made with to continue from it, or pass --overwrite to {verb} again")
+    _log.info("preprocess all: %s %s again (%s)", verb, path, diff)
+    return False
+
+
+def _sample_stage(args: argparse.Namespace, dataset: Path) -> Path:
+    from .preprocess import plan_difference, plan_path
+    from .store.dataset import open_dataset
+
+    out = plan_path(dataset, args.name, args.shard)
+    if os.path.lexists(out):
+        diff = plan_difference(out, open_dataset(dataset), fanouts=parse_fanouts(args.fanouts),
+                               batch_size=args.batch_size, seed=args.seed, epochs=args.epochs,
+                               eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
+                               eval_batch_size=args.eval_batch_size, splits=_splits(args), shard=args.shard)
+        if _stage_kept("plan", out, diff, args, "sample"):
+            return out
+    return sample_from_args(args, dataset)
+
+
+def _pack_stage(args: argparse.Namespace, dataset: Path, plan: Path) -> Path:
+    from .preprocess import pack_difference, pack_path
+    from .store.dataset import open_dataset
+
+    out = pack_path(dataset, plan.name)
+    if os.path.lexists(out):
+        diff = pack_difference(out, open_dataset(dataset), plan, gpu_cache=args.gpu_cache, host_cache=args.host_cache)
+        if _stage_kept("pack", out, diff, args, "pack"):
+            return out
+    return pack_from_args(args, dataset, str(plan), sampled=True)
 
 
 def run_all(args: argparse.Namespace) -> int:
+    """Import (unless given a dataset), sample and pack, continuing from the stages an earlier run finished."""
     raw = [f"--{k}" for k in _RAW_INPUTS if getattr(args, k, None)]
+    if os.sep in args.name or (os.altsep and os.altsep in args.name):
+        raise InputError(f"--name {args.name!r} names both the plan and the pack of `preprocess all`; give a bare name "
+                         "(they go to DATASET/plans/NAME and DATASET/packs/NAME)")
     if args.dataset:
         if raw:
             raise InputError(f"both a dataset directory and raw inputs ({', '.join(raw)}) were given; pass one or the other")
-        dataset = args.dataset
+        dataset = Path(args.dataset)
     else:
         if not raw:
             raise InputError("nothing to preprocess; pass raw inputs (--npz or --edges …) with --out, or an existing dataset directory")
-        dataset = import_from_args(args)
-    plan = sample_from_args(args, dataset)
-    pack_from_args(args, dataset, str(plan), sampled=True)
-    logging.getLogger("diskgraph").info("preprocess all: dataset, plan and pack ready in %s", dataset)
+        dataset = _import_stage(args)
+    try:
+        plan = _sample_stage(args, dataset)
+        _pack_stage(args, dataset, plan)
+    except BaseException:
+        if not args.dataset:
+            _log.info("preprocess all: the dataset %s is complete and kept; run the same command again to continue "
+                      "from it", dataset)
+        raise
+    _log.info("preprocess all: dataset, plan and pack ready in %s", dataset)
     return 0

@@ -1,12 +1,25 @@
-"""``diskgraph train``: train a GNN from a dataset directory's pack, in the foreground."""
+"""``diskgraph train``: train a GNN from a dataset directory's pack, in the foreground.
+
+SIGINT (Ctrl-C) and SIGTERM stop the run gracefully: the trainer finishes the current minibatch, writes a
+checkpoint and the command prints where it is and the command that resumes it, then exits with 130
+(SIGINT) or 143 (SIGTERM), as the daemon's jobs do. A second signal stops at once (exit status 130).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import signal
+import threading
+from pathlib import Path
 
 from .cli_common import add_common, fanouts, parse_fanouts, positive_int
 from .store.errors import InputError
+
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+"""Exit status of a run stopped by each signal (128 + the signal's number, as a shell reports it)."""
 
 
 def add_train(sub) -> argparse.ArgumentParser:
@@ -58,8 +71,89 @@ def add_train(sub) -> argparse.ArgumentParser:
     pl.add_argument("--fanouts", type=fanouts, help="fanouts for --reference (default: the pack's plan)")
     pl.add_argument("--batch-size", type=positive_int, help="batch size for --reference (default: the pack's plan)")
     add_common(p)
-    p.set_defaults(func=run_train, section="train")
+    p.set_defaults(func=run_train, section="train", output=lambda a: (run_dir_of(a), "--run-dir"),
+                   interrupted=_interrupted)
     return p
+
+
+def run_dir_of(args: argparse.Namespace) -> Path | None:
+    """The run directory the parsed flags name: --run-dir, else DATASET/runs/PACK-MODEL-seedS (as train.py makes it)."""
+    if args.run_dir:
+        return Path(args.run_dir)
+    if not args.dataset:
+        return None
+    from .train import default_run_dir
+
+    return default_run_dir(args.dataset, args.pack, args.model, args.seed, args.reference)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command line that continues this run from its checkpoint: this one with --resume (and no --overwrite)."""
+    argv = [a for a in getattr(args, "argv", None) or ["train", str(args.dataset)] if a != "--overwrite"]
+    return shlex.join(["diskgraph", *argv, *([] if "--resume" in argv else ["--resume"])])
+
+
+def _checkpoint_note(args: argparse.Namespace) -> str | None:
+    """``the checkpoint PATH (epoch E, minibatch P)`` when the run directory holds one, else None."""
+    from .pipeline.trainer import CHECKPOINT_INFO_NAME, CHECKPOINT_NAME
+
+    run_dir = run_dir_of(args)
+    if run_dir is None or not (run_dir / CHECKPOINT_NAME).is_file():
+        return None
+    where = ""
+    try:
+        info = json.loads((run_dir / CHECKPOINT_INFO_NAME).read_text())
+        where = f" (epoch {info['epoch']}, minibatch {info['position']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return f"the checkpoint {run_dir / CHECKPOINT_NAME}{where}"
+
+
+def _interrupted(args: argparse.Namespace, _out) -> str:
+    note = _checkpoint_note(args)
+    if note is None:
+        return f"interrupted before the first checkpoint; {run_dir_of(args) or 'the run directory'} holds nothing to resume"
+    return f"interrupted; {note} is the last one written, continue from it with `{resume_command(args)}`"
+
+
+class _Stopper:
+    """SIGINT/SIGTERM handlers that ask the trainer to stop after the current minibatch (``event``); a second
+    signal raises KeyboardInterrupt at once. Installed only in the main thread; :meth:`restore` puts back the
+    handlers it replaced."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum: int | None = None
+        self._old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in EXIT_STATUS:
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.event.set()
+        # os.write, not logging or print: a signal handler must not re-enter a buffered stream
+        os.write(2, f"diskgraph: {signal.Signals(signum).name} received; stopping after the current minibatch to "
+                    "write a checkpoint (send it again to stop at once)\n".encode())
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _check_overwrite(args: argparse.Namespace) -> None:
+    """Refuse --overwrite of a directory that is not a diskgraph run directory (it would be deleted)."""
+    run_dir = run_dir_of(args)
+    if not args.overwrite or args.resume or run_dir is None or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise InputError(f"refusing to start over in {run_dir}: it is a file, not a run directory; remove it yourself or "
+                         "choose another --run-dir")
+    if next(run_dir.iterdir(), None) is not None and not (run_dir / "run.json").is_file():
+        raise InputError(f"refusing to start over in {run_dir}: it is not a diskgraph run directory (it has no run.json) "
+                         "and --overwrite would delete it; remove it yourself or choose another --run-dir")
 
 
 def options_from_args(args: argparse.Namespace) -> "TrainOptions":
@@ -81,13 +175,41 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .train import run_training
+    """Train in the foreground; a SIGINT/SIGTERM stops after a checkpoint (exit status 130/143, see the module)."""
+    stopper = _Stopper()
+    try:
+        from .pipeline.trainer import StopRequested
+        from .train import run_training
 
-    if not args.dataset:
-        raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
-    summary = run_training(args.dataset, options_from_args(args))
+        if not args.dataset:
+            raise InputError("no dataset given; pass the dataset directory: diskgraph train DIR")
+        _check_overwrite(args)
+        opts = options_from_args(args)
+        opts.stop = stopper.event
+        try:
+            summary = run_training(args.dataset, opts)
+        except StopRequested:
+            return _stopped(args, stopper.signum or signal.SIGINT)
+    finally:
+        stopper.restore()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
         return 0
     keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
     return 0
+
+
+def _stopped(args: argparse.Namespace, signum: int) -> int:
+    """Say where the checkpoint a stopped run wrote is and how to resume it; returns the exit status."""
+    import sys
+
+    name = signal.Signals(signum).name
+    note = _checkpoint_note(args)
+    if os.environ.get("RANK", "0") == "0":
+        if note is None:
+            print(f"diskgraph: stopped by {name} before the first minibatch; {run_dir_of(args)} holds nothing to resume, "
+                  "run the command again to start", file=sys.stderr)
+        else:
+            print(f"diskgraph: stopped by {name}; {note} holds the run so far, continue it with "
+                  f"`{resume_command(args)}`", file=sys.stderr)
+    return EXIT_STATUS.get(signum, 130)

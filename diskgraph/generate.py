@@ -68,6 +68,13 @@ _BLOCK = 1 << 20
 
 _U64 = (1 << 64) - 1
 
+RAW_FORMAT = "diskgraph.raw-inputs"
+"""The manifest format of the raw input directory :func:`write_raw_inputs` writes."""
+
+IMPORT_BYTES_PER_NODE = 32
+"""Memory the import of a generated graph holds per node: labels (8), splits (8) and the topology's node counts
+with their cumulative copy (16)."""
+
 
 def _mix64(x: int) -> int:
     """splitmix64 finaliser on a Python int (same function as the numba kernel's)."""
@@ -207,6 +214,38 @@ class SyntheticGraph:
         return out
 
 
+def check_budgets(out: str | os.PathLike, *, nodes: int, edges: int, feature_dim: int, classes: int,
+                  feature_dtype: str = "float32", raw: bool = False, memory_budget: int | None = None) -> None:
+    """Refuse, before anything is allocated or written, a graph whose generation would exceed the memory budget
+    or the free space of the filesystem ``out`` goes to.
+
+    Memory: the class means (``classes x feature_dim``) and, for a dataset, what the import holds per node
+    (:data:`IMPORT_BYTES_PER_NODE`); raw inputs are written in slices and hold nothing per node. Disk: the
+    exact size of the raw files, or a lower bound of the dataset (features, node offsets, labels).
+
+    Raises:
+        InputError: one sentence naming the option to lower and the budget to raise.
+    """
+    from .store.atomic import check_free_space
+    from .store.importer import default_memory_budget
+    from .store.progress import format_bytes
+
+    n, e, f, c = (_check_int(v, name, lo) for v, name, lo in ((nodes, "--nodes", 1), (edges, "--edges", 0),
+                                                              (feature_dim, "--feature-dim", 1), (classes, "--classes", 1)))
+    budget = memory_budget if memory_budget is not None else default_memory_budget()
+    means = 12 * c * f  # float32 draws and their float64 norms
+    per_node = 0 if raw else IMPORT_BYTES_PER_NODE * n
+    if means + per_node > budget:
+        what = (f"--nodes {n} needs about {format_bytes(per_node + means)} of memory to import ({IMPORT_BYTES_PER_NODE} "
+                f"bytes per node for labels, splits and the topology's node counts)" if per_node >= means else
+                f"--classes {c} with --feature-dim {f} needs about {format_bytes(means)} of memory for the class means")
+        raise InputError(f"{what}, more than the memory budget of {format_bytes(budget)}; raise --memory-budget or "
+                         f"generate a smaller graph")
+    row = f * np.dtype(np.uint16 if feature_dtype == BFLOAT16 else feature_dtype).itemsize
+    need = n * row + 8 * n + (16 * e + 3 * 128 if raw else 8 * (n + 1))
+    check_free_space(out, need, "--out", f"--out {Path(out).absolute()}")
+
+
 def generate_dataset(out: str | os.PathLike, *, nodes: int, edges: int, feature_dim: int, classes: int,
                      seed: int = 0, homophily: float = DEFAULT_HOMOPHILY, signal: float = DEFAULT_SIGNAL,
                      feature_dtype: str = "float32", split: str = "random:0.6,0.2,0.2",
@@ -229,14 +268,20 @@ def generate_dataset(out: str | os.PathLike, *, nodes: int, edges: int, feature_
         The dataset directory.
 
     Raises:
-        InputError: a parameter out of range, or ``out`` exists without ``overwrite``.
+        InputError: a parameter out of range, ``out`` exists without ``overwrite`` (or is not a dataset) or
+            cannot be written, or the graph exceeds the memory budget or the free disk space
+            (:func:`check_budgets`) — all before anything is allocated or written.
     """
-    from .store.importer import ImportOptions, import_dataset
+    from .store.atomic import AtomicDirectory
+    from .store.importer import DATASET_FORMAT, ImportOptions, import_dataset
     from .store.sources.edges import GeneratedEdges
     from .store.sources.features import GeneratedFeatures
     from .store.sources.labels import parse_random_split
 
     fractions = parse_random_split(split)
+    AtomicDirectory(out, overwrite=overwrite, kind=DATASET_FORMAT).check()
+    check_budgets(out, nodes=nodes, edges=edges, feature_dim=feature_dim, classes=classes,
+                  feature_dtype=feature_dtype, memory_budget=memory_budget)
     g = SyntheticGraph(nodes, edges, feature_dim, classes, seed, homophily=homophily, signal=signal,
                        feature_dtype=feature_dtype)
     info = g.params()
@@ -324,7 +369,9 @@ def write_raw_inputs(out_dir: str | os.PathLike, *, nodes: int, edges: int, feat
 
     Files: ``edges.npy`` (int64 ``[2, E]``: sources then destinations, as drawn,
     repeats and self loops included), ``features.npy`` (``[N, F]`` float32 or
-    float16) and ``labels.npy`` (int64 ``[N]``). Each is written to a
+    float16), ``labels.npy`` (int64 ``[N]``) and, last, ``manifest.json``
+    (format ``diskgraph.raw-inputs``: the generator's parameters and the
+    files' sizes). Each array is written to a
     ``.partial`` name in slices of about ``slice_bytes`` bytes (one slice is
     written on a helper thread while the next is generated), synced and dropped
     from the page cache every 64 MiB, then renamed into place, so memory stays
@@ -392,4 +439,8 @@ def write_raw_inputs(out_dir: str | os.PathLike, *, nodes: int, edges: int, feat
     write("edges", np.int64, (2, e), fill_edges)
     write("features", fdt, (n, f), fill_features)
     write("labels", np.int64, (n,), fill_labels)
+    from .store.manifest import write_manifest
+
+    write_manifest(out, RAW_FORMAT, 1, {"generator": g.params(), "files": {
+        k: {"path": paths[k].name, "bytes": result["bytes"][k]} for k in paths}})
     return result

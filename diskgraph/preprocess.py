@@ -2,7 +2,10 @@
 
 Plans live in ``DATASET/plans/NAME`` and packs in ``DATASET/packs/NAME``, so a
 dataset directory carries everything derived from it; ``diskgraph inspect``
-lists them. Each stage writes its directory atomically.
+lists them. Each stage writes its directory atomically (``plans/`` and
+``packs/`` appear with their first entry). :func:`plan_difference` and
+:func:`pack_difference` tell whether an existing plan or pack is what the
+given options would make, so ``preprocess all`` can continue from finished stages.
 """
 
 from __future__ import annotations
@@ -10,13 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .store.atomic import check_replaceable, check_writable
 from .store.errors import FormatError, InputError
 from .store.manifest import read_manifest
-from .store.plan import shard_name
+from .store.plan import SPLITS, shard_name
 
 PLANS_DIR = "plans"
 PACKS_DIR = "packs"
 DEFAULT_NAME = "default"
+NAME_AS_PATH = "--name (a directory path outside the dataset)"
+"""How refusals name the option that puts a plan or pack elsewhere (a --name with a separator is a path)."""
 
 
 def _name_ok(name: str, option: str) -> str:
@@ -32,6 +38,22 @@ def artifact_path(dataset: str | os.PathLike, kind: str, name: str, option: str)
     return Path(dataset) / kind / _name_ok(name, option)
 
 
+def plan_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None) -> Path:
+    """Where :func:`run_sample` writes the plan ``name`` (of share ``shard``) of ``dataset``."""
+    out = artifact_path(dataset, PLANS_DIR, name, "--name")
+    return out.parent / shard_name(out.name, *shard) if shard is not None else out
+
+
+def _check_destination(out: Path, overwrite: bool, what: str, kind: str) -> None:
+    """Refuse, before any work, a plan or pack destination that exists (without ``overwrite``), is not a
+    diskgraph ``kind`` directory, or cannot be created."""
+    if os.path.lexists(out):
+        if not overwrite:
+            raise InputError(f"{what} {out} already exists; choose another --name or pass --overwrite to replace it")
+        check_replaceable(out, kind, "--name")
+    check_writable(out, NAME_AS_PATH)
+
+
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
                seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
                eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False,
@@ -44,10 +66,8 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
     from .store.dataset import open_dataset
 
     ds = open_dataset(dataset)
-    out = artifact_path(dataset, PLANS_DIR, name, "--name")
-    if shard is not None:
-        out = out.parent / shard_name(out.name, *shard)
-    out.parent.mkdir(exist_ok=True)
+    out = plan_path(dataset, name, shard)
+    _check_destination(out, overwrite, "plan", "diskgraph.plan")
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
                        overwrite=overwrite, splits=splits, shard=shard)
@@ -79,13 +99,82 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
     if gpu_cache < 0 or host_cache < 0:
         raise InputError("--gpu-cache and --host-cache must not be negative; pass sizes in bytes (0 = no cache)")
     tiers = hot_sets_for_plan(pl, ds.features.row_bytes, gpu_cache, host_cache)
-    out = artifact_path(dataset, PACKS_DIR, name or pdir.name, "--name")
-    if shard is not None and name:
-        out = out.parent / shard_name(out.name, *shard)
-    out.parent.mkdir(exist_ok=True)
+    out = pack_path(dataset, name or pdir.name, shard if name else None)
+    _check_destination(out, overwrite, "pack", "diskgraph.pack")
     return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
                          max_blowup=max_blowup, overwrite=overwrite, gpu_cache_bytes=gpu_cache,
                          host_cache_bytes=host_cache, score=SCORE_NAME)
+
+
+def pack_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None) -> Path:
+    """Where :func:`run_pack` writes the pack ``name`` (of share ``shard``) of ``dataset``."""
+    out = artifact_path(dataset, PACKS_DIR, name, "--name")
+    return out.parent / shard_name(out.name, *shard) if shard is not None else out
+
+
+def _show(value) -> str:
+    if value is None:
+        return "not given"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict) and set(value) == {"rank", "world_size"}:
+        return f"{value['rank']}/{value['world_size']}"
+    return str(value)
+
+
+def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batch_size: int, seed: int = 0,
+                    epochs: int = 1, eval_fanouts: list[int] | None = None, eval_batch_size: int | None = None,
+                    splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> str | None:
+    """Why the plan at ``plan_dir`` is not the one :func:`run_sample` would sample from dataset ``ds`` with
+    these options (a phrase: the option with the plan's value and this run's), or None when it is."""
+    from .store.binding import plan_problem
+    from .store.plan import open_plan
+
+    try:
+        plan = open_plan(plan_dir)
+    except InputError:
+        return "it does not open as a plan"
+    if plan_problem(plan, ds):
+        return "it was sampled from another graph than the dataset holds"
+    c = plan.config
+    wanted = {"fanouts": list(fanouts), "batch_size": batch_size, "seed": seed, "epochs": epochs,
+              "eval_fanouts": list(eval_fanouts or fanouts), "eval_batch_size": eval_batch_size or batch_size}
+    for key, value in wanted.items():
+        if c.get(key) != value:
+            return f"--{key.replace('_', '-')} {_show(c.get(key))} there, {_show(value)} in this run"
+    chosen = list(dict.fromkeys(splits)) if splits else [
+        s for s in SPLITS if s in ds.splits and (s == "train" or len(ds.splits[s]) > 0)]
+    if list(plan.splits) != chosen:
+        return f"--splits {_show(plan.splits)} there, {_show(chosen)} in this run"
+    want_shard = {"rank": shard[0], "world_size": shard[1]} if shard else None
+    if c.get("shard") != want_shard:
+        return f"--shard {_show(c.get('shard'))} there, {_show(want_shard)} in this run"
+    return None
+
+
+def pack_difference(pack_dir: str | os.PathLike, ds, plan_dir: str | os.PathLike, *, gpu_cache: int = 0,
+                    host_cache: int = 0) -> str | None:
+    """Why the pack at ``pack_dir`` is not the one :func:`run_pack` would make of dataset ``ds`` and the plan at
+    ``plan_dir`` with these cache sizes (a phrase naming the option and both values), or None when it is."""
+    from .store.binding import pack_problem
+    from .store.packed import open_pack
+    from .store.plan import open_plan
+
+    try:
+        pack = open_pack(pack_dir)
+    except InputError:
+        return "it does not open as a pack"
+    try:
+        if pack_problem(pack, ds, open_plan(plan_dir)):
+            return "it was packed from another plan or other features than those there now"
+        m = pack.manifest
+        for option, key, value in (("--gpu-cache", "gpu_cache_bytes", gpu_cache),
+                                   ("--host-cache", "host_cache_bytes", host_cache)):
+            if int(m.get(key, -1)) != int(value):
+                return f"{option} {m.get(key)} there, {value} in this run"
+    finally:
+        pack.close()
+    return None
 
 
 def describe_artifacts(dataset: str | os.PathLike) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +80,12 @@ class TrainOptions:
     reference_features: str = "ram"
     step_log: str | None = None
     stop: object = field(default=None, repr=False, compare=False)
+
+
+def default_run_dir(dataset: str | os.PathLike, pack: str, model: str, seed: int, reference: bool = False) -> Path:
+    """``DATASET/runs/PACK-MODEL-seedS`` (``reference-MODEL-seedS`` for ``--reference``): where a run goes without
+    ``--run-dir``."""
+    return Path(dataset) / RUNS_DIR / f"{'reference' if reference else Path(pack).name}-{model}-seed{seed}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -204,8 +209,8 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     num_classes = int(ds.num_classes or int(ds.labels.max()) + 1)
     model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
                         heads=opts.heads).to(device)
-    run_dir = Path(opts.run_dir) if opts.run_dir else dataset / RUNS_DIR / (
-        f"{'reference' if opts.reference else Path(opts.pack).name}-{opts.model}-seed{opts.seed}")
+    run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(dataset, opts.pack, opts.model, opts.seed,
+                                                                     opts.reference)
     if ctx is not None:  # rank 0 prepares the run directory; the others wait for it
         failure = None
         if ctx.is_main:
@@ -227,9 +232,11 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
         info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
     config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
                          checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
+    identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size))
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
                       num_classes=num_classes, log_json=opts.log_json if ctx is None or ctx.is_main else None,
-                      info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx)
+                      info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx,
+                      identity=identity)
     if ctx is None or ctx.is_main:
         log.info("training %s on %s (%s, %s%s) into %s", opts.model, dataset, info["mode"], device,
                  f", {ctx.world_size} ranks ({ctx.backend})" if ctx else "", run_dir)
@@ -240,6 +247,20 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
             close = getattr(loader, "close", None)
             if close:
                 close()
+
+
+def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: int) -> dict:
+    """What a run's checkpoints are bound to besides the trainer's config: the dataset's and pack's contents and the
+    model and sampling options, named as the user gives them (a resume with any other value is refused)."""
+    from .store.binding import dataset_identity
+
+    out = {"dataset": dataset_identity(ds), "pack": pack.manifest["checksum"] if pack is not None else None,
+           "--model": opts.model, "--hidden": opts.hidden, "--layers": len(fanouts), "--dropout": opts.dropout,
+           "--fanouts": fanouts, "--batch-size": batch_size, "--reference": opts.reference,
+           "--reference-features": opts.reference_features if opts.reference else None}
+    if opts.model == "gat":
+        out["--heads"] = opts.heads
+    return out
 
 
 def _check_shares(plan, presplit: bool, ctx) -> None:
@@ -256,14 +277,33 @@ def _check_shares(plan, presplit: bool, ctx) -> None:
                          "sample every share with the same options (--shard R/W of one plan)")
 
 
+RUN_FILES = ("run.json", "checkpoint.pt", "checkpoint.json", "best_model.pt", "metrics.jsonl")
+"""The files a run writes into its run directory (``--overwrite`` removes these, and only these)."""
+
+
 def _prepare_run_dir(run_dir: Path, dataset: Path, opts: TrainOptions) -> None:
-    """Create (or, with ``overwrite``, empty) the run directory and record the options in ``run.json``."""
+    """Create (or, with ``overwrite``, clear the run files of) the run directory and record the options in
+    ``run.json`` (a resumed run keeps the one its start recorded).
+
+    Raises:
+        InputError: a run is there and neither ``resume`` nor ``overwrite`` was given, or ``overwrite`` names a
+            directory that holds other files but is not a run directory.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} is a file; pass another --run-dir")
     if run_dir.exists() and not opts.resume:
+        ours = [p for p in run_dir.iterdir() if p.name in RUN_FILES or (p.name.startswith(".") and ".tmp-" in p.name)]
         if not opts.overwrite and (run_dir / "checkpoint.pt").exists():
             raise InputError(f"run directory {run_dir} already holds a run; pass --resume to continue it, --overwrite to "
                              "start over, or --run-dir for another")
+        if opts.overwrite and not ours and any(run_dir.iterdir()):
+            raise InputError(f"--overwrite would start a run in {run_dir}, which holds files but is not a diskgraph run "
+                             "directory (it has no run.json or checkpoint.pt); pass another --run-dir")
         if opts.overwrite:
-            shutil.rmtree(run_dir)
+            for p in ours:
+                p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if opts.resume and (run_dir / "run.json").exists():
+        return
     recorded = {k: v for k, v in opts.__dict__.items() if k != "stop"}
     (run_dir / "run.json").write_text(json.dumps({"dataset": str(dataset), **recorded}, indent=2, default=str))

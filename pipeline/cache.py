@@ -109,15 +109,6 @@ class Tier:
         return {"rows": self.rows, "bytes": self.nbytes, "mode": self.mode, "device": str(self.device)}
 
 
-def _read_tier(pack: Pack, name: str, out: np.ndarray, start: int = 0, stop: int | None = None) -> np.ndarray:
-    arr = pack.tier_features(name)
-    stop = arr.shape[0] if stop is None else stop
-    if arr.shape != (int(pack.tier_info.get(name, {}).get("rows", arr.shape[0])), pack.feature_dim):
-        raise InputError(f"tier {name} of pack {pack.path} holds {arr.shape} rows, the manifest another count; "
-                         "the pack is damaged, pack the plan again")
-    return arr.read_rows(start, stop, out=out)
-
-
 class DeviceTier(Tier):
     """The GPU tier: rows resident on the compute device (a CPU tensor on CPU runs)."""
 
@@ -130,17 +121,16 @@ class DeviceTier(Tier):
         store = pack.storage_dtype
         if device.type == "cpu":
             host = aligned_empty(self.nbytes).view(store).reshape(n, f)
-            _read_tier(pack, self.name, host)
+            for _ in pack.read_tier(self.name, host):  # (checked against the tier's checksum)
+                pass
             self.data = storage_tensor(host, pack.dtype)
         else:
             self.mode = "device"
             self.data = torch.empty((n, f), dtype=self.dtype, device=device)
             step = max(1, slice_bytes // max(pack.row_bytes, 1))
             stage = aligned_empty(min(n, step) * pack.row_bytes).view(store).reshape(-1, f)
-            for s in range(0, n, step):
-                e = min(n, s + step)
-                part = _read_tier(pack, self.name, stage[: e - s], s, e)
-                self.data[s:e].copy_(storage_tensor(part, pack.dtype))
+            for s, part in pack.read_tier(self.name, stage, step):
+                self.data[s:s + part.shape[0]].copy_(storage_tensor(part, pack.dtype))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
 
@@ -162,7 +152,8 @@ class HostTier(Tier):
         n, f = self.rows, self.feature_dim
         # whole pages of its own (registration locks whole pages; none is shared with another allocation)
         self._buffer = aligned_empty(round_up(self.nbytes, ALIGNMENT))[:self.nbytes].view(pack.storage_dtype).reshape(n, f)
-        _read_tier(pack, self.name, self._buffer)
+        for _ in pack.read_tier(self.name, self._buffer):  # (checked against the tier's checksum)
+            pass
         self.host = storage_tensor(self._buffer, pack.dtype)
         self.registered: RegisteredHostTensor | None = None
         self.pinned: torch.Tensor | None = None

@@ -9,8 +9,9 @@ Stages, each in its own thread, joined by bounded queues (``queue_depth``):
 
 1. **read** (thread ``diskgraph-read``): the minibatch's pack index row, its
    plan row (→ :class:`~diskgraph.pipeline.blocks.Block` s) and its seeds'
-   labels; the per-tier positions of its input rows (numpy, once per
-   minibatch); and one ``O_DIRECT`` read of its packed extent of cold rows into
+   labels, each row checked against its checksum; the per-tier positions of its
+   input rows (numpy, once per minibatch); and one ``O_DIRECT`` read of its
+   packed extent of cold rows, checked against the extent's checksum, into
    a staging buffer taken from a small ring (``ring`` buffers, 4 KiB aligned,
    each as large as the split's largest extent; page-locked on CUDA so the copy
    up is asynchronous). Buffered reads, with one logged warning, where the
@@ -47,6 +48,7 @@ Every batch carries ``stats`` (seconds unless noted):
 ================================ =============================================================
 ``read_s``                       read stage busy time (index, plan row, labels, the read itself)
 ``io_s``                         of which the extent read
+``verify_s``                     of which the check of the extent against its checksum
 ``assemble_s``                   assemble stage busy time (on CUDA until the batch's event completed)
 ``read_buffer_wait_s``           read stage waiting for a free staging buffer
 ``assemble_input_wait_s``        assemble stage waiting for a read minibatch
@@ -69,13 +71,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
 from ..store.dataset import Dataset, open_dataset
 from ..store.direct_io import ALIGNMENT, aligned_empty
 from ..store.errors import FormatError, InputError
-from ..store.arrow_files import open_ipc_file
+from ..store.binding import check_pack, check_plan
 from ..store.packed import COLD, GPU, HOST, Pack, PackEntry, open_pack
 from ..store.plan import Plan, open_plan
 from ..store.progress import log
@@ -95,7 +98,7 @@ GROWTH = 1.25
 READ_THREAD = "diskgraph-read"
 ASSEMBLE_THREAD = "diskgraph-assemble"
 
-STAT_KEYS = ("read_s", "io_s", "assemble_s", "read_buffer_wait_s", "assemble_input_wait_s", "assemble_buffer_wait_s",
+STAT_KEYS = ("read_s", "io_s", "verify_s", "assemble_s", "read_buffer_wait_s", "assemble_input_wait_s", "assemble_buffer_wait_s",
              "consumer_wait_s", "bytes_read", "rows_gpu", "rows_host", "rows_cold", "inputs", "seeds")
 """Keys of ``Batch.stats``."""
 
@@ -139,11 +142,14 @@ class _Staged:
 
 def max_inputs(pack: Pack, split: str) -> int:
     """The most input nodes any minibatch of ``split`` has (from the index's list offsets; no values are read)."""
-    r = open_ipc_file(pack.path / "index" / f"{split}.arrow", pack.num_minibatches(split), "pack index",
-                      "pack the plan again")
+    r = pack.index_reader(split)
     if r.num_record_batches == 0:
         return 0
-    m = pc.max(pc.list_value_length(r.read_all().column("tier"))).as_py()
+    try:
+        m = pc.max(pc.list_value_length(r.read_all().column("tier"))).as_py()
+    except (pa.ArrowException, OSError) as e:
+        raise FormatError(f"pack index {pack.path / 'index' / (split + '.arrow')} cannot be read ({e}); the pack is "
+                          "damaged, pack the plan again") from None
     return int(m or 0)
 
 
@@ -195,7 +201,8 @@ class _Run:
         self.error: BaseException | None = None
         self._lock = threading.Lock()
         self.threads: list[threading.Thread] = []
-        self.read_totals = dict.fromkeys(("busy_s", "io_s", "buffer_wait_s", "put_wait_s", "bytes", "minibatches"), 0)
+        self.read_totals = dict.fromkeys(("busy_s", "io_s", "verify_s", "buffer_wait_s", "put_wait_s", "bytes",
+                                          "minibatches"), 0)
         self.asm_totals = dict.fromkeys(("busy_s", "input_wait_s", "buffer_wait_s", "put_wait_s", "minibatches"), 0)
         self.use_totals = dict.fromkeys(("compute_s", "wait_s", "minibatches", "inputs", "seeds", "rows_gpu",
                                          "rows_host", "rows_cold", "bytes_read"), 0)
@@ -268,7 +275,8 @@ class _Run:
         slowest = max(stages, key=stages.get)
         out = {
             "minibatches": int(u["minibatches"]), "epoch_s": epoch_s,
-            "read_busy_s": stages["read"], "io_s": float(r["io_s"]), "assemble_busy_s": stages["assemble"],
+            "read_busy_s": stages["read"], "io_s": float(r["io_s"]), "verify_s": float(r["verify_s"]),
+            "assemble_busy_s": stages["assemble"],
             "compute_s": stages["compute"],
             "read_buffer_wait_s": float(r["buffer_wait_s"]), "read_put_wait_s": float(r["put_wait_s"]),
             "assemble_input_wait_s": float(a["input_wait_s"]), "assemble_buffer_wait_s": float(a["buffer_wait_s"]),
@@ -326,16 +334,14 @@ class PackedLoader:
         for what, obj in (("pack", self.pack), ("plan", self.plan)):
             if split not in obj.splits:
                 raise InputError(f"{what} {obj.path} has no {split!r} split (it has {', '.join(obj.splits)})")
+        check_plan(self.plan, self.dataset)
+        check_pack(self.pack, self.dataset, self.plan)
         if self.pack.num_minibatches(split) != self.plan.num_minibatches(split):
             raise InputError(f"pack {self.pack.path} holds {self.pack.num_minibatches(split)} {split} minibatches, plan "
                              f"{self.plan.path} {self.plan.num_minibatches(split)}; give the plan the pack was built from")
-        want = self.pack.manifest.get("plan", {}).get("created_at")
-        if want is not None and self.plan.manifest.get("created_at") != want:
-            raise InputError(f"pack {self.pack.path} was built from another plan than {self.plan.path}; give the plan "
-                             "the pack was built from (or pack this plan)")
         if self.dataset.labels is None:
             raise InputError(f"dataset {self.dataset.path} has no labels; import it with --labels to train on it")
-        self.labels = self.dataset.labels
+        self.labels = self.dataset.verified_labels()
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -354,6 +360,7 @@ class PackedLoader:
         self.storage_dtype = self.cache.storage_dtype
         self._max_extent = self.pack.max_padded_nbytes(split)
         self.max_inputs = max_inputs(self.pack, split)
+        self._reader = self.pack.reader(split, self.direct)  # opened now: a repack during the run does not reach it
         self._slots: list[_Slot] = []
         self._out_pool = [_OutBuffer() for _ in range(self.queue_depth + 2)] if self.reuse_buffers else []
         self._raw: torch.Tensor | None = None  # storage-dtype x (float16/bfloat16 runs), assembler only
@@ -522,7 +529,6 @@ class PackedLoader:
     def _read_loop(self, run: _Run) -> None:
         tot = run.read_totals
         pack, plan, split = self.pack, self.plan, self.split
-        reader = None
         for pos in range(run.start, len(run.order)):
             if run.stop.is_set():
                 return
@@ -538,7 +544,7 @@ class PackedLoader:
             idx, counts = tier_positions(e)
             idx_t = torch.from_numpy(idx)
             busy = _now() - t0
-            slot, io, wait_buf = None, 0.0, 0.0
+            slot, io, verify, wait_buf = None, 0.0, 0.0, 0.0
             if e.padded_nbytes:
                 t1 = _now()
                 slot = run.get(run.free_slots)
@@ -546,21 +552,24 @@ class PackedLoader:
                 if slot is None:
                     return
                 t2 = _now()
-                if reader is None:
-                    reader = pack.reader(split, self.direct)
-                reader.read_into(e.offset, e.padded_nbytes, slot.array)
-                io = _now() - t2
+                self._reader.read_into(e.offset, e.padded_nbytes, slot.array)
+                t_check = _now()
+                io = t_check - t2
+                pack.check_extent(split, i, e, slot.array)
+                verify = _now() - t_check
             t3 = _now()
             if self.cuda:
                 blocks = [b.pin_memory() for b in blocks]
                 y, idx_t = y.pin_memory(), idx_t.pin_memory()
-            busy += io + (_now() - t3)
-            stats = {"read_s": busy, "io_s": io, "read_buffer_wait_s": wait_buf, "bytes_read": int(e.padded_nbytes),
+            busy += io + verify + (_now() - t3)
+            stats = {"read_s": busy, "io_s": io, "verify_s": verify, "read_buffer_wait_s": wait_buf,
+                     "bytes_read": int(e.padded_nbytes),
                      "rows_gpu": counts[0], "rows_host": counts[1], "rows_cold": counts[2],
                      "inputs": int(e.num_inputs), "seeds": int(y.shape[0])}
             item = _Staged(pos, i, mb.input_nodes, blocks, y, idx_t, counts, int(e.nbytes), slot, stats)
             tot["busy_s"] += busy
             tot["io_s"] += io
+            tot["verify_s"] += verify
             tot["buffer_wait_s"] += wait_buf
             tot["bytes"] += int(e.padded_nbytes)
             tot["minibatches"] += 1

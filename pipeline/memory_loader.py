@@ -52,8 +52,10 @@ class InMemoryLoader:
         batch_size: seeds per minibatch.
         seed: sampling seed (the same as a plan's ``--seed`` gives the plan's minibatches).
         device: where batches are delivered.
-        features: ``ram`` (load the table), ``mmap`` (memory-map it, default advice) or ``mmap-random``
-            (memory-map it with ``MADV_RANDOM``).
+        features: ``ram`` (load the table and check it against the dataset's checksum), ``mmap`` (memory-map it,
+            default advice) or ``mmap-random`` (memory-map it with ``MADV_RANDOM``); the memory-mapped baselines read
+            rows as training goes and do not check the table first (that would read it all). The topology, labels and
+            the split are checked in every mode.
         share_features_with: another loader of the same dataset and ``features`` mode whose table (or memory
             maps) this one uses instead of loading its own (the train, val and test loaders of one run).
     """
@@ -79,9 +81,11 @@ class InMemoryLoader:
         self.nodes = np.asarray(ds.splits[split], dtype=np.int64)
         if self.nodes.size == 0:
             raise InputError(f"the {split} split of dataset {ds.path} is empty")
+        for name in ("topology/indptr", "topology/indices", f"splits/{split}"):
+            ds.check_array(name)  # what it samples from is what was imported (once per open dataset)
         self.indptr = np.asarray(ds.indptr)
         self.indices = np.asarray(ds.indices)
-        self.labels = np.asarray(ds.labels, dtype=np.int64)
+        self.labels = np.asarray(ds.verified_labels(), dtype=np.int64)
         if features not in self.FEATURE_MODES:
             raise InputError(f"reference features {features!r} is not one of {', '.join(self.FEATURE_MODES)}")
         torch_dtype(ds.feature_dtype)
@@ -95,7 +99,9 @@ class InMemoryLoader:
                 raise InputError("share_features_with must be a loader of the same dataset and feature mode")
             self.features, self.mapped = other.features, other.mapped
         elif features == "ram":
-            self.features = storage_tensor(ds.features.read_rows(0, ds.num_nodes), ds.feature_dtype)
+            rows = ds.features.read_rows(0, ds.num_nodes)
+            ds.check_array("features", rows)
+            self.features = storage_tensor(rows, ds.feature_dtype)
         else:
             self.mapped = MappedFeatures(ds.features, advice="random" if features == "mmap-random" else "normal")
         self.per_epoch = -(-self.nodes.size // self.batch_size)

@@ -23,6 +23,7 @@ logs and the best model; a checkpoint carries every rank's RNG state and partial
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..store.checksums import DATA_CHECKSUM, data_checksum
 from ..store.errors import InputError
 from ..store.files import write_atomic
 from ..store.progress import Progress, format_bytes, log
@@ -45,7 +47,9 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_INFO_NAME = "checkpoint.json"
 BEST_MODEL_NAME = "best_model.pt"
 METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: checkpoints record the run's identity (what it trains on and the model's options), resumes compare it, and the
+file carries a checksum of its contents."""
 
 
 class Loader(Protocol):
@@ -102,8 +106,51 @@ class _EpochAccumulator:
     """The loader's additive epoch statistics from earlier processes of this epoch (a resumed run)."""
 
 
+def _json_value(v):
+    """``v`` as JSON would give it back (tuples as lists), so a recorded identity compares equal to a fresh one."""
+    return json.loads(json.dumps(v))
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     write_atomic(path, lambda f: torch.save(obj, f), sync_dir=True)
+
+
+def write_checkpoint_file(state: dict, path: Path) -> None:
+    """Write ``state`` as a checkpoint: torch's serialization of it, with its checksum around it (torch's own format
+    reads a damaged tensor back without a word, so the checksum is what catches one)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    _atomic_torch_save({"format": "diskgraph.checkpoint", "version": CHECKPOINT_VERSION,
+                        DATA_CHECKSUM: data_checksum(payload), "payload": payload}, path)
+
+
+def read_checkpoint_file(path: Path) -> dict:
+    """The state :func:`write_checkpoint_file` wrote to ``path``.
+
+    Raises:
+        InputError: the file cannot be read, is not a checkpoint of this version, or does not match its checksum.
+    """
+    def damaged(why: str) -> InputError:
+        return InputError(f"checkpoint {path} cannot be read ({why}); it is damaged or was written by another version of "
+                          "diskgraph, start a new run directory")
+
+    try:
+        envelope = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged file fails inside torch's unpickler or zip reader in many ways
+        raise damaged(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+    if not isinstance(envelope, dict) or envelope.get("format") != "diskgraph.checkpoint":
+        raise damaged("no diskgraph checkpoint envelope")
+    if envelope.get("version") != CHECKPOINT_VERSION:
+        raise InputError(f"checkpoint {path} has version {envelope.get('version')}, this diskgraph reads "
+                         f"{CHECKPOINT_VERSION}; start a new run directory")
+    payload = envelope.get("payload")
+    if not isinstance(payload, bytes) or data_checksum(payload) != envelope.get(DATA_CHECKSUM):
+        raise damaged(f"its contents do not match its {DATA_CHECKSUM} checksum")
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise damaged(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
 
 
 _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",
@@ -139,14 +186,19 @@ class Trainer:
             — or whoever finds the run killed — sees how far it got. Rank ``r > 0`` of a data-parallel run
             writes ``STEP_LOG.rank{r}``.
         dist: the data-parallel context (None: one process); ``order`` must then give this rank's share.
+        identity: what the run is bound to besides ``config`` — the data it trains on and the model's options, as
+            ``{name: JSON value}`` (names as the user knows them, e.g. ``--dropout``, ``dataset``). Saved in every
+            checkpoint; a resume with another value of any of them (or of ``config``, ``epochs`` aside) is refused
+            in one sentence naming it.
     """
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
                  device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
                  info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None,
-                 stop=None, dist: _dist.DistContext | None = None):
+                 stop=None, dist: _dist.DistContext | None = None, identity: dict | None = None):
         self.model = model
+        self.identity = dict(identity or {})
         self.dist = dist
         self.main = dist is None or dist.is_main
         self.net = model  # what training steps call: the model, or its DistributedDataParallel wrapper
@@ -196,13 +248,13 @@ class Trainer:
         if not self.main:
             return
         state = {
-            "version": CHECKPOINT_VERSION, "epoch": self.epoch, "position": self.position,
+            "epoch": self.epoch, "position": self.position,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             **mine, "world_size": len(ranks), "ranks": ranks if len(ranks) > 1 else None,
             "history": self.history, "best": self.best,
-            "config": asdict(self.config), "info": self.info,
+            "config": asdict(self.config), "identity": self.identity, "info": self.info,
         }
-        _atomic_torch_save(state, self.checkpoint_path)
+        write_checkpoint_file(state, self.checkpoint_path)
         info = {"epoch": self.epoch, "position": self.position, "epochs": self.config.epochs, "saved_at": time.time()}
         write_atomic(self.run_dir / CHECKPOINT_INFO_NAME, lambda f: json.dump(info, f), binary=False)
 
@@ -216,22 +268,24 @@ class Trainer:
             self._read_checkpoint(catch=True) if self.main else None)
         if isinstance(state, InputError):
             raise state
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise InputError(f"checkpoint {self.checkpoint_path} has version {state.get('version')}, this diskgraph reads "
-                             f"{CHECKPOINT_VERSION}; start a new run")
-        saved = {k: v for k, v in state["config"].items() if k != "epochs"}
-        now = {k: v for k, v in asdict(self.config).items() if k != "epochs"}
-        if saved != now:
-            diff = ", ".join(f"{k} {saved.get(k)!r} → {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
-            raise InputError(f"checkpoint {self.checkpoint_path} was made with other settings ({diff}); resume with the "
-                             "same options or start a new run directory")
+        saved = {**self._settings(state["config"]), **state.get("identity", {})}
+        now = {**self._settings(asdict(self.config)), **self.identity}
+        differ = [k for k in sorted(set(saved) | set(now)) if _json_value(saved.get(k)) != _json_value(now.get(k))]
+        if differ:
+            diff = ", ".join(f"{k} {saved.get(k)!r} (this run: {now.get(k)!r})" for k in differ)
+            raise InputError(f"checkpoint {self.checkpoint_path} was made with other settings: {diff}; resume with the "
+                             "same dataset, pack and options, or start a new run directory")
         saved_world, world = int(state.get("world_size", 1)), self.dist.world_size if self.dist else 1
         if saved_world != world and int(state["position"]) != 0:
             raise InputError(f"checkpoint {self.checkpoint_path} stopped mid-epoch (minibatch {state['position']}) in a "
                              f"run of {saved_world} process(es), and this run has {world}; resume it with {saved_world}, "
                              "or from an epoch-end checkpoint with any number")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise InputError(f"checkpoint {self.checkpoint_path} does not fit this model ({str(e).splitlines()[0]}); "
+                             "resume with the model options it was made with, or start a new run directory") from None
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         rank = self.dist.rank if self.dist else 0
         if saved_world == world:
@@ -254,7 +308,18 @@ class Trainer:
             if catch:
                 return e
             raise e
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            return read_checkpoint_file(self.checkpoint_path)
+        except InputError as e:
+            if catch:
+                return e
+            raise
+
+    @staticmethod
+    def _settings(config: dict) -> dict:
+        """A :class:`TrainConfig` as the options a user knows (``lr`` → ``--lr``), ``epochs`` aside (a resumed run may
+        train more or fewer epochs)."""
+        return {"--" + k.replace("_", "-"): v for k, v in config.items() if k != "epochs"}
 
     def _rank_seed(self) -> int:
         """The torch seed of this rank's dropout stream: the run's seed on rank 0, distinct on the others."""
@@ -316,7 +381,7 @@ class Trainer:
     def _train_minibatches(self, loader: Loader, order, total: int | None, t_start: float, rb_start: int,
                            max_steps: list[int] | None, steps) -> None:
         t_epoch, rb_epoch = t_start, rb_start
-        with Progress(f"epoch {self.epoch}", total, "mb") as bar:
+        with Progress(f"epoch {self.epoch}", total, "minibatches") as bar:
             bar.update(self.position)
             for batch in loader.epoch(order, start=self.position):
                 t0 = time.perf_counter()
@@ -391,6 +456,7 @@ class Trainer:
             "minibatches": a.minibatches,
             "stage_s": stage,
             "io_s": float(s.get("io_s", 0.0)),
+            "verify_s": float(s.get("verify_s", 0.0)),
             "queue_wait_s": {k[:-7]: float(v) for k, v in s.items() if k.endswith("_wait_s")},
             "overlap": a.train_s / slowest if slowest > 0 else None,
             "read_bytes": a.read_bytes,
@@ -498,6 +564,9 @@ class Trainer:
         parts.append(f"read {format_bytes(rec['read_bytes'])}" +
                      (f" (amplification {rec['read_amplification']:.3f})" if rec["read_amplification"] else ""))
         if rec["hit_rate"]:
-            parts.append("hits " + " ".join(f"{t} {v:.1%}" for t, v in rec["hit_rate"].items()))
+            # on a CPU run both hot tiers are RAM: the "gpu" tier is the compute device's (the host's) memory
+            where = {"gpu": "GPU" if self.device.type == "cuda" else "device tier (RAM)",
+                     "host": "pinned host" if self.device.type == "cuda" else "host tier (RAM)", "cold": "disk"}
+            parts.append("input rows from " + ", ".join(f"{where.get(t, t)} {v:.1%}" for t, v in rec["hit_rate"].items()))
         parts.append(f"peak RSS {format_bytes(rec['peak_rss_bytes'])}")
         log.info(", ".join(parts))

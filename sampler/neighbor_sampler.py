@@ -47,7 +47,8 @@ from ..native import sampling as _kernels
 from ..store.atomic import AtomicDirectory
 from ..store.dataset import Dataset, open_dataset
 from ..store.errors import InputError
-from ..store.plan import SPLITS, PlanSplitWriter, SampledMinibatch, write_plan_manifest
+from ..store.binding import plan_binding
+from ..store.plan import PLAN_FORMAT, SPLITS, PlanSplitWriter, SampledMinibatch, write_plan_manifest
 from ..store.progress import Progress, format_bytes, format_count, log
 
 FANOUT_ORDER = "hop (fanouts[0] = neighbors of the seeds)"
@@ -293,7 +294,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
 
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     chosen = _choose_splits(ds, splits)
-    atomic = AtomicDirectory(out_dir, overwrite=overwrite)
+    atomic = AtomicDirectory(out_dir, overwrite=overwrite, option="--name", kind=PLAN_FORMAT)
     atomic.check()
 
     topo_bytes = ds.array("topology/indptr").nbytes + ds.array("topology/indices").nbytes
@@ -333,7 +334,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     sample_minibatch(indptr, indices, np.zeros(0, np.int64), fanouts, 0)
     t0 = time.perf_counter()
     window = 2 * threads
-    with AtomicDirectory(out_dir, overwrite=overwrite) as tmp:
+    with atomic as tmp:
         writers: dict[str, PlanSplitWriter] = {
             s: PlanSplitWriter(tmp / f"{s}.arrow", ds.num_nodes, num_hops) for s in chosen}
         pending: deque = deque()
@@ -362,15 +363,12 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
             raise
         pool.shutdown(wait=True)
         seconds = time.perf_counter() - t0
-        rec = ds.array_records
         config = {"fanouts": fanouts, "batch_size": batch_size, "seed": seed, "epochs": epochs,
                   "eval_fanouts": eval_fanouts, "eval_batch_size": eval_batch_size, "fanout_order": FANOUT_ORDER,
                   "sampler": SAMPLER}
         if shard is not None:
             config["shard"] = {"rank": int(shard[0]), "world_size": int(shard[1])}
-        dataset_info = {"num_nodes": ds.num_nodes, "num_edges": ds.num_edges,
-                        "indptr_sha256": rec["topology/indptr"]["sha256"],
-                        "indices_sha256": rec["topology/indices"]["sha256"], "path": str(Path(ds.path).absolute())}
+        dataset_info = {**plan_binding(ds, chosen), "path": str(Path(ds.path).absolute())}
         write_plan_manifest(tmp, writers, config, dataset_info, seconds, per_epoch, split_epochs)
     minibatches = sum(w.minibatches for w in writers.values())
     nodes = sum(w.input_nodes for w in writers.values())

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..native import csc as kernels
+from .checksums import array_sha256
 from .errors import FormatError
 from .features_copy import nonfinite_mask
 from .files import dir_size
-from .importer import DATASET_FORMAT, DATASET_VERSION
+from .importer import DATASET_CHECKSUM_SINCE, DATASET_FORMAT, DATASET_VERSION
 from .manifest import read_manifest
 from .progress import Progress
 from .zarr_arrays import RawArray
@@ -49,7 +50,7 @@ class Dataset:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path, DATASET_FORMAT, DATASET_VERSION)
+        self.manifest = read_manifest(self.path, DATASET_FORMAT, DATASET_VERSION, checksum_since=DATASET_CHECKSUM_SINCE)
         m = self.manifest
         try:
             self.num_nodes = int(m["num_nodes"])
@@ -62,6 +63,7 @@ class Dataset:
         self.feature_dim = int(feat["dim"]) if feat else 0
         self.feature_dtype = feat["dtype"] if feat else None
         self._arrays: dict[str, RawArray] = {}
+        self._verified: set[str] = set()
         for name, rec in self.array_records.items():
             arr = RawArray(self.path / name)
             if list(arr.shape) != list(rec["shape"]) or arr.dtype != rec["dtype"]:
@@ -106,6 +108,36 @@ class Dataset:
         """int64 [N] class ids, -1 = unlabelled (memory map), or None."""
         a = self._arrays.get("labels")
         return a.memmap() if a is not None else None
+
+    def check_array(self, name: str, values: np.ndarray | None = None) -> None:
+        """Check the bytes of array ``name`` against the manifest's sha256, once per open dataset: training checks
+        what it reads from the dataset (labels; the topology and features of in-memory runs) before it starts.
+
+        Args:
+            values: the whole array already read into memory (hashed instead of reading the files again).
+
+        Raises:
+            FormatError: the array's bytes changed since the import (damaged), naming its file.
+        """
+        if name in self._verified:
+            return
+        arr = self._arrays[name]
+        sha = array_sha256(values) if values is not None else arr.sha256()
+        if sha != self.array_records[name]["sha256"]:
+            raise FormatError(f"{arr.path} does not match the manifest's arrays.{name}.sha256 (its data changed or is "
+                              "damaged); re-import the dataset")
+        self._verified.add(name)
+
+    def verified_labels(self) -> np.ndarray:
+        """:attr:`labels` (memory map), after :meth:`check_array` of them.
+
+        Raises:
+            FormatError: no labels, or labels that changed since the import.
+        """
+        if self.labels is None:
+            raise FormatError(f"dataset {self.path} has no labels; import it with --labels")
+        self.check_array("labels")
+        return self.labels
 
     @cached_property
     def splits(self) -> dict[str, np.ndarray]:
@@ -157,9 +189,13 @@ class Dataset:
         }
         if self.labels is not None:
             lab = np.asarray(self.labels)
-            counts = np.bincount(lab[lab >= 0], minlength=self.num_classes or 0)
+            classes = int(self.num_classes or 0)
+            valid = (lab >= 0) & (lab < classes)  # (a damaged label outside 0..C-1 must not size the count array)
+            counts = np.bincount(lab[valid], minlength=classes)
             out["label_counts"] = {str(c): int(k) for c, k in enumerate(counts)}
             out["unlabelled_nodes"] = int((lab < 0).sum())
+            if not valid.sum() + out["unlabelled_nodes"] == lab.size:
+                out["labels_out_of_range"] = int(lab.size - valid.sum() - out["unlabelled_nodes"])
         out["splits"] = {name: int(idx.shape[0]) for name, idx in self.splits.items()}
         disk = {name: dir_size(self.path / name) for name in self._arrays}
         manifest_bytes = (self.path / "manifest.json").stat().st_size

@@ -110,14 +110,30 @@ def write_file(path: str | os.PathLike, data) -> None:
 
 def write_atomic(path: str | os.PathLike, write, binary: bool = True, sync_dir: bool = False) -> None:
     """Write a file atomically: ``write(f)`` fills a temporary sibling, which is fsynced and renamed over ``path``
-    (readers see the old file or the new one, never a part); ``sync_dir`` also makes the rename durable."""
+    (readers see the old file or the new one, never a part); ``sync_dir`` also makes the rename durable.
+
+    When the write fails the temporary file is removed. An ``OSError`` (a full disk, a read-only filesystem)
+    is raised with ``path`` as its ``filename``, also when a library reported it as another exception
+    (``torch.save`` raises a RuntimeError whose context is the OSError)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb" if binary else "w") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        cause = e
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None or not isinstance(e, (OSError, RuntimeError)):
+            raise
+        raise OSError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path)) from e
     if sync_dir:
         fsync_dir(path.parent)
 

@@ -37,8 +37,12 @@ from .sources.labels import as_index_split, check_disjoint, check_labels, random
 from .zarr_arrays import write_array, write_group
 
 DATASET_FORMAT = "diskgraph.dataset"
-DATASET_VERSION = 1
-"""The dataset format version this diskgraph writes and the newest it reads."""
+DATASET_VERSION = 2
+"""The dataset format version this diskgraph writes and the newest it reads (1 is read too: version 2 adds the
+manifest's own checksum)."""
+
+DATASET_CHECKSUM_SINCE = 2
+"""The first dataset version whose manifest must carry its checksum."""
 
 
 def default_memory_budget() -> int:
@@ -116,10 +120,13 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
     t0 = time.perf_counter()
     opts = options or ImportOptions()
     budget = opts.memory_budget if opts.memory_budget is not None else default_memory_budget()
-    target = AtomicDirectory(out, overwrite=opts.overwrite)
+    target = AtomicDirectory(out, overwrite=opts.overwrite, kind=DATASET_FORMAT)
     target.check()
 
     num_nodes, nodes_from = _node_count(edges, features, labels, labels_label, opts, budget)
+    if num_nodes == 0:
+        raise InputError(f"the graph has no nodes (0 {nodes_from}); give a non-empty edge list, features or labels, "
+                         "or --num-nodes")
     if features is not None and features.num_rows != num_nodes:
         raise InputError(
             f"{features.label} has {features.num_rows} rows but the graph has {num_nodes} nodes ({nodes_from}); "

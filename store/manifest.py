@@ -2,11 +2,14 @@
 
 A manifest is ``manifest.json`` at the top of the directory::
 
-    {"format": "diskgraph.dataset", "format_version": 1,
-     "created_by": "diskgraph 0.1.0", "created_at": "2026-11-21T08:00:00Z", ...}
+    {"format": "diskgraph.dataset", "format_version": 2,
+     "created_by": "diskgraph 0.1.0", "created_at": "2026-11-21T08:00:00Z", ...,
+     "checksum": "sha256:…"}
 
-Readers call :func:`read_manifest` with the format they expect and the newest
-version they understand; anything else is refused with one sentence.
+``checksum`` covers every other field (:func:`~diskgraph.store.checksums.manifest_checksum`), so a
+manifest that was edited or damaged after it was written is refused, not trusted. Readers call
+:func:`read_manifest` with the format they expect and the range of versions they understand;
+anything else is refused with one sentence.
 """
 
 from __future__ import annotations
@@ -16,19 +19,24 @@ import json
 import os
 from pathlib import Path
 
+from .checksums import MANIFEST_CHECKSUM_FIELD, manifest_checksum
 from .errors import FormatError
 from .files import read_json, write_file
 
 MANIFEST_NAME = "manifest.json"
 PACKAGE_VERSION = "0.1.0"
 
-_WHAT = {
+FORMATS = {
     "diskgraph.dataset": ("a diskgraph dataset", "diskgraph preprocess import"),
+    "diskgraph.plan": ("a diskgraph plan", "diskgraph preprocess sample"),
+    "diskgraph.pack": ("a diskgraph pack", "diskgraph preprocess pack"),
+    "diskgraph.raw-inputs": ("diskgraph generate's raw inputs", "diskgraph generate --format raw"),
 }
+"""Each directory format diskgraph writes: what messages call it, and the command that makes it."""
 
 
 def write_manifest(directory: str | os.PathLike, fmt: str, version: int, body: dict) -> dict:
-    """Write ``manifest.json`` into ``directory`` (written last by every writer); returns it."""
+    """Write ``manifest.json`` into ``directory`` (written last by every writer), with its checksum; returns it."""
     manifest = {
         "format": fmt,
         "format_version": version,
@@ -36,19 +44,26 @@ def write_manifest(directory: str | os.PathLike, fmt: str, version: int, body: d
         "created_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **body,
     }
+    manifest[MANIFEST_CHECKSUM_FIELD] = manifest_checksum(manifest)
     write_file(Path(directory) / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
-def read_manifest(directory: str | os.PathLike, fmt: str, max_version: int) -> dict:
+def read_manifest(directory: str | os.PathLike, fmt: str, max_version: int, min_version: int = 1,
+                  checksum_since: int | None = None) -> dict:
     """Read and check the manifest of ``directory``.
 
+    Args:
+        fmt, max_version, min_version: the format and the versions this reader understands.
+        checksum_since: the first version whose manifests must carry a ``checksum`` (None: any manifest
+            may lack one). A checksum present is always verified.
+
     Raises:
-        FormatError: the directory or its manifest is missing, unreadable, of
-            another format, or of a format version newer than ``max_version``.
+        FormatError: the directory or its manifest is missing, unreadable, of another format, of a
+            version outside ``min_version..max_version``, lacking its checksum, or not matching it.
     """
     directory = Path(directory)
-    what, maker = _WHAT.get(fmt, (fmt, "diskgraph"))
+    what, maker = FORMATS.get(fmt, (fmt, "diskgraph"))
     path = directory / MANIFEST_NAME
     if not directory.exists():
         raise FormatError(f"{directory} does not exist; pass the directory that {maker} wrote")
@@ -67,4 +82,16 @@ def read_manifest(directory: str | os.PathLike, fmt: str, max_version: int) -> d
             f"{path} has format_version {version} but this diskgraph ({PACKAGE_VERSION}) reads up to "
             f"version {max_version}; upgrade diskgraph to read it"
         )
+    if version < min_version:
+        raise FormatError(
+            f"{path} has format_version {version}, older than this diskgraph ({PACKAGE_VERSION}) reads (from version "
+            f"{min_version}: it adds checksums of the data); rebuild it with {maker}"
+        )
+    recorded = manifest.get(MANIFEST_CHECKSUM_FIELD)
+    if recorded is None and checksum_since is not None and version >= checksum_since:
+        raise FormatError(f"{path} has no {MANIFEST_CHECKSUM_FIELD!r} field; the manifest is damaged, rebuild it with "
+                          f"{maker}")
+    if recorded is not None and recorded != manifest_checksum(manifest):
+        raise FormatError(f"{path} does not match its {MANIFEST_CHECKSUM_FIELD!r} field (the manifest was edited or "
+                          f"is damaged); rebuild it with {maker}")
     return manifest

@@ -11,10 +11,12 @@ A pack lives in ``DATASET/packs/NAME/`` (written by :func:`diskgraph.store.packe
     cold/{split}               Zarr uint8 [bytes], one chunk (file cold/{split}/c/0): per minibatch, in plan
                                order, one extent of its cold rows (ascending global id), starting at a
                                multiple of 4096 and zero-padded to a multiple of 4096
+    checksums/{split}          Zarr uint64 [minibatches]: XXH3-64 of each minibatch's padded extent
     index/{split}.arrow        Arrow IPC file, one record batch (one row) per minibatch, plan order
 
 Index row (one per minibatch)::
 
+    checksum         uint64        XXH3-64 of the row's other columns, verified whenever the row is read
     epoch, batch     int32         the plan row it packs
     offset           int64         byte offset of the extent in cold/{split} (multiple of 4096)
     nbytes           int64         n_cold * row_bytes (payload)
@@ -26,6 +28,12 @@ Index row (one per minibatch)::
 
 So assembling a minibatch is ``out[tier == 2] = gpu[slot]``, ``out[tier == 1] = host[slot]``,
 ``out[tier == 0] = extent[slot]`` — nothing is looked up at training time.
+
+Integrity: every extent is checked against ``checksums/{split}`` as it is read, every index row
+against its ``checksum`` column, each tier against the manifest's ``xxh3_64`` as it is loaded; the
+manifest (with its own checksum) records the sha256 of the checksum arrays, and binds the pack to the
+dataset's features and to its plan (:mod:`diskgraph.store.binding`). Version 2 added all of that;
+version-1 packs are refused (pack them again).
 """
 
 from __future__ import annotations
@@ -37,15 +45,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .arrow_files import open_ipc_file
+from .arrow_files import checksummed_record_batch, decode_row, open_ipc_file
+from .checksums import DATA_CHECKSUM, array_sha256, data_checksum, new_data_hasher, read_checks
 from .direct_io import ALIGNMENT, DirectReader, aligned_empty, round_up
 from .errors import FormatError, InputError
 from .manifest import read_manifest
 from .zarr_arrays import RawArray
 
 PACK_FORMAT = "diskgraph.pack"
-PACK_VERSION = 1
-"""The pack format version this diskgraph writes and the newest it reads."""
+PACK_VERSION = 2
+"""The pack format version this diskgraph writes and the only one it reads (2: checksums of index rows, extents,
+tiers and the manifest; binding to the plan's checksum)."""
+
+REPACK = "pack the plan again"
+"""The fix every message about a damaged pack names."""
 
 TIERS = ("gpu", "host")
 COLD, HOST, GPU = 0, 1, 2
@@ -55,12 +68,21 @@ COLD, HOST, GPU = 0, 1, 2
 def index_schema() -> pa.Schema:
     """The Arrow schema of ``index/{split}.arrow``."""
     return pa.schema([
-        pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
+        pa.field("checksum", pa.uint64()), pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
         pa.field("offset", pa.int64()), pa.field("nbytes", pa.int64()), pa.field("padded_nbytes", pa.int64()),
         pa.field("n_cold", pa.int32()),
         pa.field("tier", pa.list_(pa.int8())), pa.field("slot", pa.list_(pa.int32())),
         pa.field("cold_nodes", pa.list_(pa.int64())),
     ])
+
+
+def index_record_batch(epoch: int, batch: int, offset: int, nbytes: int, padded_nbytes: int, n_cold: int,
+                       tier: np.ndarray, slot: np.ndarray, cold_nodes: np.ndarray) -> pa.RecordBatch:
+    """One minibatch's index row as the packer writes it (its checksum first, ``cold_nodes`` last)."""
+    cols = [np.array([epoch], np.int32), np.array([batch], np.int32), np.array([offset], np.int64),
+            np.array([nbytes], np.int64), np.array([padded_nbytes], np.int64), np.array([n_cold], np.int32),
+            np.asarray(tier, np.int8), np.asarray(slot, np.int32), np.asarray(cold_nodes, np.int64)]
+    return checksummed_record_batch(cols, index_schema())
 
 
 def cold_chunk_path(pack_dir: str | os.PathLike, split: str) -> Path:
@@ -96,6 +118,16 @@ class PackEntry:
         return int(self.tier.shape[0])
 
 
+def read_entry(reader: pa.ipc.RecordBatchFileReader, i: int, path: Path) -> PackEntry:
+    """Row ``i`` of the pack index file ``path`` (open as ``reader``), checked against its checksum.
+
+    Raises:
+        FormatError: the row cannot be decoded or does not match its checksum.
+    """
+    c = decode_row(reader, i, index_schema(), f"pack index {path}", REPACK)
+    return PackEntry(*(int(x[0]) for x in c[:6]), tier=c[6], slot=c[7], cold_nodes=c[8])
+
+
 class Pack:
     """A pack directory, opened read-only.
 
@@ -108,7 +140,8 @@ class Pack:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path, PACK_FORMAT, PACK_VERSION)
+        self.manifest = read_manifest(self.path, PACK_FORMAT, PACK_VERSION, min_version=PACK_VERSION,
+                                      checksum_since=PACK_VERSION)
         m = self.manifest
         try:
             ds = m["dataset"]
@@ -119,13 +152,35 @@ class Pack:
             self.alignment = int(m["alignment"])
             self.split_info: dict[str, dict] = m["splits"]
             self.tier_info: dict[str, dict] = m["tiers"]
-        except (KeyError, TypeError, ValueError):
-            raise FormatError(f"{self.path / 'manifest.json'} lacks required fields; the pack is damaged, pack the plan again") from None
-        self.splits = list(self.split_info)
-        self.storage_dtype = np.dtype(np.uint16) if self.dtype == "bfloat16" else np.dtype(self.dtype)
-        self._indexes: dict[str, pa.ipc.RecordBatchFileReader] = {}
+            self.splits = list(self.split_info)
+            self.storage_dtype = np.dtype(np.uint16) if self.dtype == "bfloat16" else np.dtype(self.dtype)
+            if (self.alignment != ALIGNMENT or self.feature_dim < 1
+                    or self.row_bytes != self.feature_dim * self.storage_dtype.itemsize):
+                raise ValueError("inconsistent row layout")
+            # every split is opened now (memory maps): a pack replaced while a run reads it does not change under it
+            self._indexes = {s: open_ipc_file(self.path / "index" / f"{s}.arrow", int(info["minibatches"]),
+                                              "pack index", REPACK, index_schema(), int(info["index_bytes"]))
+                             for s, info in self.split_info.items()}
+            self._extent_checksums = {s: self._load_checksums(s, info) for s, info in self.split_info.items()}
+            for s, info in self.split_info.items():
+                size = self.cold_path(s).stat().st_size if self.cold_path(s).exists() else -1
+                if size != int(info["padded_bytes"]):
+                    raise FormatError(f"{self.cold_path(s)} holds {size} bytes, the manifest {info['padded_bytes']}; "
+                                      f"the file is truncated or damaged, {REPACK}")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise FormatError(f"{self.path / 'manifest.json'} lacks required fields or they disagree; the pack is "
+                              f"damaged, {REPACK}") from None
         self._readers: dict[tuple[str, bool], DirectReader] = {}
         self._tiers: dict[str, np.ndarray] | None = None
+
+    def _load_checksums(self, split: str, info: dict) -> np.ndarray:
+        arr = RawArray(self.path / "checksums" / split)
+        values = np.array(arr.memmap(), dtype=np.uint64) if arr.shape[0] else np.zeros(0, np.uint64)
+        if (arr.dtype != "uint64" or values.shape != (int(info["minibatches"]),)
+                or array_sha256(values) != info["extent_checksums_sha256"]):
+            raise FormatError(f"{self.path / 'checksums' / split} does not match the manifest's "
+                              f"extent_checksums_sha256; the pack is damaged, {REPACK}")
+        return values
 
     def __repr__(self) -> str:
         return f"Pack({str(self.path)!r}, splits={self.splits}, blowup={self.manifest.get('blowup')})"
@@ -146,13 +201,41 @@ class Pack:
         self._check_tier(name)
         return RawArray(self.path / "tiers" / name / "features")
 
+    def read_tier(self, name: str, out: np.ndarray, slice_rows: int | None = None):
+        """Read tier ``name``'s rows in order, in slices of ``slice_rows`` rows (default: all at once) into
+        ``out`` (``[slice_rows, F]`` or larger, of the storage dtype; reused for every slice), yielding
+        ``(start, rows)`` per slice; after the last slice the rows' checksum is checked against the manifest's.
+
+        Raises:
+            FormatError: the tier's files are missing, truncated, of another shape, or do not match the checksum.
+        """
+        self._check_tier(name)
+        arr = self.tier_features(name)
+        info = self.tier_info.get(name, {})
+        n = int(info.get("rows", -1))
+        if arr.shape != (n, self.feature_dim) or arr.dtype != self.dtype:
+            raise FormatError(f"tier {name} of pack {self.path} holds {arr.shape} {arr.dtype} rows, the manifest {n} "
+                              f"rows of {self.feature_dim} {self.dtype}; the pack is damaged, {REPACK}")
+        step = max(1, int(slice_rows or n or 1))
+        h = new_data_hasher()
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            rows = arr.read_rows(start, stop, out=out[: stop - start])
+            h.update(memoryview(np.ascontiguousarray(rows).reshape(-1).view(np.uint8)))
+            yield start, rows
+        if read_checks() and h.intdigest() != int(info.get(DATA_CHECKSUM, -1)):
+            raise FormatError(f"tier {name} of pack {self.path} ({arr.path}) does not match its checksum "
+                              f"(tiers.{name}.{DATA_CHECKSUM}); the pack is damaged, {REPACK}")
+
     def load_tiers(self) -> dict[str, np.ndarray]:
-        """Both tiers' rows read into memory (cached): ``{"gpu": [n_gpu, F], "host": [n_host, F]}``."""
+        """Both tiers' rows read into memory (cached, checksums verified): ``{"gpu": [n_gpu, F], "host": [n_host, F]}``."""
         if self._tiers is None:
             out = {}
             for name in TIERS:
-                a = self.tier_features(name)
-                out[name] = a.read_rows(0, a.shape[0])
+                rows = int(self.tier_info.get(name, {}).get("rows", 0))
+                out[name] = np.empty((rows, self.feature_dim), self.storage_dtype)
+                for _ in self.read_tier(name, out[name]):
+                    pass
             self._tiers = out
         return self._tiers
 
@@ -161,16 +244,15 @@ class Pack:
     def _index(self, split: str) -> pa.ipc.RecordBatchFileReader:
         if split not in self.split_info:
             raise InputError(f"pack {self.path} has no {split!r} split (it has {', '.join(self.splits)})")
-        r = self._indexes.get(split)
-        if r is None:
-            r = open_ipc_file(self.path / "index" / f"{split}.arrow", int(self.split_info[split]["minibatches"]),
-                              "pack index", "pack the plan again")
-            self._indexes[split] = r
-        return r
+        return self._indexes[split]
+
+    def index_reader(self, split: str) -> pa.ipc.RecordBatchFileReader:
+        """The memory-mapped index file of ``split`` (for reading whole columns; rows: :meth:`entry`)."""
+        return self._index(split)
 
     def num_minibatches(self, split: str) -> int:
         """Minibatches of ``split`` (all presampled epochs)."""
-        return int(self.split_info[split]["minibatches"]) if split in self.split_info else self._index(split).num_record_batches
+        return int(self._index(split).num_record_batches)
 
     def max_padded_nbytes(self, split: str) -> int:
         """The largest extent of ``split`` in bytes (size a reusable buffer with it)."""
@@ -181,17 +263,7 @@ class Pack:
         n = self.num_minibatches(split)
         if not 0 <= i < n:
             raise IndexError(f"minibatch {i} of {split} is out of range (0..{n - 1})")
-        b = self._index(split).get_batch(i)
-
-        def scalar(name: str) -> int:
-            return int(b.column(name)[0].as_py())
-
-        def values(name: str) -> np.ndarray:
-            return b.column(name).values.to_numpy()
-
-        return PackEntry(epoch=scalar("epoch"), batch=scalar("batch"), offset=scalar("offset"),
-                         nbytes=scalar("nbytes"), padded_nbytes=scalar("padded_nbytes"), n_cold=scalar("n_cold"),
-                         tier=values("tier"), slot=values("slot"), cold_nodes=values("cold_nodes"))
+        return read_entry(self._index(split), i, self.path / "index" / f"{split}.arrow")
 
     # -- extents ----------------------------------------------------------------------------------
 
@@ -226,7 +298,20 @@ class Pack:
             out = aligned_empty(max(e.padded_nbytes, ALIGNMENT))
         if e.padded_nbytes:
             self.reader(split, direct).read_into(e.offset, e.padded_nbytes, out)
+        self.check_extent(split, i, e, out)
         return out[: e.nbytes].view(self.storage_dtype).reshape(e.n_cold, self.feature_dim)
+
+    def check_extent(self, split: str, i: int, entry: PackEntry, buf: np.ndarray) -> None:
+        """Check minibatch ``i``'s extent, read into ``buf[:padded_nbytes]``, against ``checksums/{split}``.
+
+        Raises:
+            FormatError: the bytes differ from what was packed (the file is damaged), naming the file and minibatch.
+        """
+        if (entry.nbytes != entry.n_cold * self.row_bytes or entry.padded_nbytes != round_up(entry.nbytes, ALIGNMENT)
+                or (read_checks() and data_checksum(buf[: entry.padded_nbytes]) != int(self._extent_checksums[split][i]))):
+            raise FormatError(f"{self.cold_path(split)}: the extent of minibatch {i} of {split} (bytes {entry.offset} to "
+                              f"{entry.offset + entry.padded_nbytes}) does not match its checksum; the pack is damaged, "
+                              f"{REPACK}")
 
     def assemble(self, split: str, i: int, tiers_in_memory: dict[str, np.ndarray] | None = None,
                  direct: bool = True, out: np.ndarray | None = None) -> np.ndarray:
@@ -271,38 +356,44 @@ class Pack:
         return p if p.is_absolute() else self.path.parent.parent / p
 
     def verify(self, plan=None, dataset=None, check_rows: int = 4) -> list[str]:
-        """Re-check the pack; returns the problems found (empty when sound).
+        """Re-check the whole pack; returns the problems found (empty when sound).
 
-        Checks file sizes against the index and manifest; extents aligned,
-        contiguous and in order; index rows consistent (lengths, sorted cold
-        nodes, slots in range); tiers (sorted, distinct, in range, disjoint);
-        index ↔ plan (same minibatches, every input node's tier/slot names that
-        node); and for ``check_rows`` minibatches per split and a sample of tier
-        rows, the packed bytes against the dataset's features.
+        Reads everything: every index row and every extent against its checksum, each tier against the
+        manifest's checksum; checks the extents are aligned, contiguous and in order, the index rows
+        consistent (lengths, sorted cold nodes, slots in range), the tiers' node lists (sorted, distinct,
+        in range, disjoint); the index against the plan (same minibatches, every input node's tier/slot
+        names that node); what the pack was made from (:mod:`~diskgraph.store.binding`); and, as a spot
+        check of the packer itself, ``check_rows`` minibatches per split and a sample of tier rows against
+        the dataset's features.
 
         Args:
             plan: the plan (default: opened from the manifest's path when it exists).
             dataset: the dataset (default: the directory two levels up, when it is one).
         """
+        from .binding import pack_problem
         from .plan import open_plan
 
         problems: list[str] = []
         tiers: dict[str, np.ndarray] = {}
+        rows_of: dict[str, np.ndarray] = {}
         for name in TIERS:
             try:
                 nodes = np.asarray(self.tier_nodes(name))
-                feats = self.tier_features(name)
-                for c in range(feats.num_chunks):
-                    feats._check_chunk(c)
+                rows = int(self.tier_info.get(name, {}).get("rows", -1))
+                out = np.empty((max(rows, 0), self.feature_dim), self.storage_dtype)
+                for _ in self.read_tier(name, out, max(1, (64 << 20) // self.row_bytes)):
+                    pass
             except (FormatError, ValueError, KeyError) as e:
                 problems.append(f"tiers/{name}: {e}")
                 continue
-            rows = int(self.tier_info.get(name, {}).get("rows", -1))
-            if nodes.shape[0] != rows or feats.shape != (rows, self.feature_dim):
-                problems.append(f"tiers/{name}: {nodes.shape[0]} nodes and {feats.shape} rows, the manifest says {rows}")
-            if nodes.size and (np.any(np.diff(nodes) <= 0) or nodes[0] < 0 or nodes[-1] >= self.num_nodes):
-                problems.append(f"tiers/{name}/nodes: not sorted, distinct node ids in 0..N-1")
             tiers[name] = nodes
+            if nodes.shape[0] != rows or array_sha256(nodes) != self.tier_info[name].get("nodes_sha256"):
+                problems.append(f"tiers/{name}/nodes: {nodes.shape[0]} ids, not the {rows} of the manifest's "
+                                "nodes_sha256")
+            elif nodes.size and (np.any(np.diff(nodes) <= 0) or nodes[0] < 0 or nodes[-1] >= self.num_nodes):
+                problems.append(f"tiers/{name}/nodes: not sorted, distinct node ids in 0..N-1")
+            else:
+                rows_of[name] = out[:256]  # a sound tier: its first rows are compared with the dataset's below
         if len(tiers) == 2 and np.intersect1d(tiers["gpu"], tiers["host"]).size:
             problems.append("tiers: gpu and host share nodes")
 
@@ -314,12 +405,6 @@ class Pack:
                     problems.append(f"plan {pdir} not found; the index cannot be checked against it")
             except FormatError as e:
                 problems.append(f"plan: {e}")
-        if plan is not None:
-            want = self.manifest["plan"]
-            if plan.manifest.get("created_at") != want.get("created_at"):
-                problems.append(f"plan {plan.path} was created at {plan.manifest.get('created_at')}, the pack was built "
-                                f"from one created at {want.get('created_at')}; pack the plan again")
-                plan = None
         if dataset is None:
             try:
                 from .dataset import open_dataset
@@ -328,103 +413,95 @@ class Pack:
                 dataset = open_dataset(dpath) if (dpath / "manifest.json").exists() else None
             except FormatError:
                 dataset = None
-        if dataset is not None:
-            rec = dataset.manifest.get("arrays", {}).get("features", {})
-            if rec.get("sha256") != self.manifest["dataset"].get("feature_sha256"):
-                problems.append(f"dataset {dataset.path} has other features than the pack was built from; pack again")
-                dataset = None
+        bad = pack_problem(self, dataset, plan)
+        if bad:
+            problems.append(bad)
+            dataset = plan = None
 
         for split in self.splits:
             problems += self._verify_split(split, tiers, plan, dataset, check_rows)
         if dataset is not None:
-            for name, nodes in tiers.items():
-                k = min(nodes.shape[0], 256)
-                if k:
-                    sample = np.unique(np.linspace(0, nodes.shape[0] - 1, k).astype(np.int64))
-                    got = self.tier_features(name).read_rows(0, nodes.shape[0]) if nodes.shape[0] <= 4096 else None
-                    for s in sample:
-                        row = got[s] if got is not None else self.tier_features(name).read_rows(int(s), int(s) + 1)[0]
-                        if not np.array_equal(row, dataset.features.read_rows(int(nodes[s]), int(nodes[s]) + 1)[0]):
-                            problems.append(f"tiers/{name}: row {s} differs from node {nodes[s]}'s features")
-                            break
+            for name, rows in rows_of.items():
+                nodes = tiers[name]
+                for s in range(rows.shape[0]):
+                    if not np.array_equal(rows[s], dataset.features.read_rows(int(nodes[s]), int(nodes[s]) + 1)[0]):
+                        problems.append(f"tiers/{name}: row {s} differs from node {nodes[s]}'s features")
+                        break
         return problems
 
     def _verify_split(self, split: str, tiers: dict[str, np.ndarray], plan, dataset, check_rows: int) -> list[str]:
         problems: list[str] = []
-        info = self.split_info[split]
-        try:
-            idx = self._index(split)
-        except FormatError as e:
-            return [str(e)]
-        path = self.cold_path(split)
-        size = path.stat().st_size if path.exists() else -1
-        if size != int(info["padded_bytes"]):
-            problems.append(f"{path} holds {size} bytes, the manifest {info['padded_bytes']}; the file is truncated or "
-                            "damaged, pack the plan again")
-        if plan is not None and split in plan.splits and plan.num_minibatches(split) != idx.num_record_batches:
-            problems.append(f"index/{split}: {idx.num_record_batches} minibatches, the plan {plan.num_minibatches(split)}")
+        if plan is not None and split in plan.splits and plan.num_minibatches(split) != self.num_minibatches(split):
+            problems.append(f"index/{split}: {self.num_minibatches(split)} minibatches, the plan "
+                            f"{plan.num_minibatches(split)}")
             plan = None
         elif plan is not None and split not in plan.splits:
             problems.append(f"index/{split}: the plan has no {split} split")
             plan = None
-        n = idx.num_record_batches
+        n = self.num_minibatches(split)
         checks = set(np.linspace(0, n - 1, min(n, check_rows)).astype(int).tolist()) if n and dataset is not None else set()
+        buf = self.extent_buffer(split)
         pos = 0
         for i in range(n):
-            e = self.entry(split, i)
             where = f"index/{split} minibatch {i}"
-            bad = None
-            if e.offset != pos or e.offset % self.alignment:
-                bad = f"extent at {e.offset}, expected {pos} (aligned to {self.alignment}, in order)"
-            elif e.nbytes != e.n_cold * self.row_bytes or e.padded_nbytes != round_up(e.nbytes, self.alignment):
-                bad = f"nbytes {e.nbytes} / padded {e.padded_nbytes} do not match {e.n_cold} rows"
-            elif e.cold_nodes.shape[0] != e.n_cold or e.tier.shape != e.slot.shape:
-                bad = "column lengths disagree"
-            elif e.n_cold > 1 and np.any(np.diff(e.cold_nodes) < 0):
-                bad = "cold nodes are not sorted"
-            elif int((e.tier == COLD).sum()) != e.n_cold:
-                bad = f"{int((e.tier == COLD).sum())} inputs are cold but the extent holds {e.n_cold} rows"
-            elif e.tier.size and (e.tier.min() < 0 or e.tier.max() > GPU):
-                bad = "tier values outside 0..2"
-            if bad is None:
-                limits = {COLD: e.n_cold, HOST: tiers.get("host", np.zeros(0)).shape[0],
-                          GPU: tiers.get("gpu", np.zeros(0)).shape[0]}
-                for code, lim in limits.items():
-                    s = e.slot[e.tier == code]
-                    if s.size and (s.min() < 0 or s.max() >= lim):
-                        bad = f"slots of tier {code} outside 0..{lim - 1}"
-                        break
-            if bad is None and plan is not None:
-                nodes = plan.input_nodes(split, i)
-                if nodes.shape[0] != e.num_inputs:
-                    bad = f"{e.num_inputs} inputs, the plan {nodes.shape[0]}"
-                else:
-                    for code, name in ((GPU, "gpu"), (HOST, "host")):
-                        at = e.tier == code
-                        if at.any() and name in tiers and not np.array_equal(tiers[name][e.slot[at]], nodes[at]):
-                            bad = f"{name} slots do not name the plan's input nodes"
-                    at = e.tier == COLD
-                    if bad is None and at.any() and not np.array_equal(e.cold_nodes[e.slot[at]], nodes[at]):
-                        bad = "cold slots do not name the plan's input nodes"
-            if bad is None and i in checks and e.n_cold and size == int(info["padded_bytes"]):
-                try:
-                    ext = self.read_extent(split, i, entry=e)
-                except FormatError as err:
-                    return problems + [f"{where}: {err}"]
-                for j in np.unique(np.linspace(0, e.n_cold - 1, min(e.n_cold, 16)).astype(np.int64)):
-                    v = int(e.cold_nodes[j])
-                    if not np.array_equal(ext[j], dataset.features.read_rows(v, v + 1)[0]):
-                        bad = f"extent row {j} differs from node {v}'s features"
-                        break
+            try:
+                e = self.entry(split, i)
+                bad = self._check_entry(e, pos, tiers)
+                if bad is None and plan is not None:
+                    bad = _check_against_plan(e, plan.input_nodes(split, i), tiers)
+                if bad is None:
+                    ext = self.read_extent(split, i, out=buf, entry=e)
+                    if i in checks:
+                        for j in np.unique(np.linspace(0, e.n_cold - 1, min(e.n_cold, 16)).astype(np.int64)):
+                            v = int(e.cold_nodes[j])
+                            if not np.array_equal(ext[j], dataset.features.read_rows(v, v + 1)[0]):
+                                bad = f"extent row {j} differs from node {v}'s features"
+                                break
+            except FormatError as err:
+                bad = str(err)
             if bad is not None:
                 problems.append(f"{where}: {bad}")
                 if len(problems) >= 10:
                     problems.append(f"index/{split}: further minibatches not checked")
                     return problems
+                continue
             pos = e.offset + e.padded_nbytes
-        if pos != size and size >= 0 and not problems:
-            problems.append(f"{path}: extents end at {pos} but the file holds {size} bytes")
         return problems
+
+    def _check_entry(self, e: PackEntry, pos: int, tiers: dict[str, np.ndarray]) -> str | None:
+        """The first broken invariant of one index row (``pos``: where its extent must start), or None."""
+        if e.offset != pos or e.offset % self.alignment:
+            return f"extent at {e.offset}, expected {pos} (aligned to {self.alignment}, in order)"
+        if e.nbytes != e.n_cold * self.row_bytes or e.padded_nbytes != round_up(e.nbytes, self.alignment):
+            return f"nbytes {e.nbytes} / padded {e.padded_nbytes} do not match {e.n_cold} rows"
+        if e.cold_nodes.shape[0] != e.n_cold or e.tier.shape != e.slot.shape:
+            return "column lengths disagree"
+        if e.n_cold > 1 and np.any(np.diff(e.cold_nodes) < 0):
+            return "cold nodes are not sorted"
+        if int((e.tier == COLD).sum()) != e.n_cold:
+            return f"{int((e.tier == COLD).sum())} inputs are cold but the extent holds {e.n_cold} rows"
+        if e.tier.size and (e.tier.min() < 0 or e.tier.max() > GPU):
+            return "tier values outside 0..2"
+        limits = {COLD: e.n_cold, HOST: tiers.get("host", np.zeros(0)).shape[0], GPU: tiers.get("gpu", np.zeros(0)).shape[0]}
+        for code, lim in limits.items():
+            s = e.slot[e.tier == code]
+            if s.size and (s.min() < 0 or s.max() >= lim):
+                return f"slots of tier {code} outside 0..{lim - 1}"
+        return None
+
+
+def _check_against_plan(e: PackEntry, nodes: np.ndarray, tiers: dict[str, np.ndarray]) -> str | None:
+    """Whether every input node's tier and slot name the plan's node (None when they do)."""
+    if nodes.shape[0] != e.num_inputs:
+        return f"{e.num_inputs} inputs, the plan {nodes.shape[0]}"
+    for code, name in ((GPU, "gpu"), (HOST, "host")):
+        at = e.tier == code
+        if at.any() and name in tiers and not np.array_equal(tiers[name][e.slot[at]], nodes[at]):
+            return f"{name} slots do not name the plan's input nodes"
+    at = e.tier == COLD
+    if at.any() and not np.array_equal(e.cold_nodes[e.slot[at]], nodes[at]):
+        return "cold slots do not name the plan's input nodes"
+    return None
 
 
 def open_pack(path: str | os.PathLike) -> Pack:

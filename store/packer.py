@@ -19,6 +19,9 @@ writes a pack directory (format in :mod:`diskgraph.store.packed`) in three steps
    feature row is ever read at random. The sorted cold ids are read back from
    the index files themselves (memory-mapped: the ``cold_nodes`` buffers of an
    Arrow IPC file are 8-byte aligned int64), so no copy of them is written.
+   As each gathered buffer goes to the writer, its bytes are fed to the checksum
+   of the extents they belong to (:class:`_ExtentHasher`); ``checksums/{split}``
+   records them, and every reader verifies an extent against it.
 
 How the cold files are written:
   * ``O_DIRECT`` (the default where the filesystem allows it): the kernel
@@ -45,8 +48,8 @@ Memory held (``memory_budget`` covers all of it; what is left after the fixed
 parts goes 50 % to the slices and 15 % to the gather buffers, the rest is
 headroom for the interpreter and temporaries):
   * O(N): ``tier_of`` + ``slot_of``, 5 bytes per node (freed after the index pass);
-  * O(#minibatches): extent offsets, cold-id starts, ends and cursors, 33 bytes per minibatch,
-    and with ``O_DIRECT`` one 4 KiB carry page per minibatch;
+  * O(#minibatches): extent offsets, cold-id starts, ends and cursors, 33 bytes per minibatch, the streaming
+    checksum of its extent (about 720 bytes), and with ``O_DIRECT`` one 4 KiB carry page per minibatch;
   * two feature slices (the one being gathered and the one being read);
   * two gather buffers (the one being filled and the one being written), at most 64 MiB each;
   * one chunk per tier writer (at most 16 MiB, budget / 32) and the tier id lists given as input;
@@ -73,11 +76,13 @@ import pyarrow as pa
 
 from ..native.packing import gather_pages, gather_runs, index_minibatch, word_dtype
 from .atomic import AtomicDirectory
+from .binding import check_plan, pack_binding, plan_identity
+from .checksums import DATA_CHECKSUM, new_data_hasher
 from .direct_io import ALIGNMENT, O_DIRECT, aligned_empty, round_up
 from .errors import FormatError, InputError
 from .files import FLUSH_BYTES, AppendFile, drop_cache, evict_file, preallocate, start_writeback
 from .manifest import write_manifest
-from .packed import PACK_FORMAT, PACK_VERSION, TIERS, cold_chunk_path, index_schema
+from .packed import PACK_FORMAT, PACK_VERSION, TIERS, cold_chunk_path, index_record_batch, index_schema
 from .progress import Progress, format_bytes, log
 from .zarr_arrays import RowChunkWriter, write_array, write_array_metadata, write_group
 
@@ -87,27 +92,14 @@ TIER_CHUNK_BYTES = 16 << 20
 MAX_GATHER_BYTES = 64 << 20
 """Upper bound of one gather buffer (larger buffers only add memory)."""
 
+EXTENT_HASHER_BYTES = 720
+"""Memory of one minibatch's streaming extent checksum (measured: about 712 bytes per XXH3 state)."""
+
 _RUNS = 1 << 14
 """Runs (one minibatch's rows within one slice) per gather buffer at most."""
 
 
 # -- checks ----------------------------------------------------------------------------------------
-
-def _check_binding(ds, plan) -> None:
-    """Refuse a plan sampled from another dataset."""
-    info = plan.manifest.get("dataset", {}) or {}
-    if plan.num_nodes != ds.num_nodes:
-        raise InputError(f"plan {plan.path} was sampled from a graph of {plan.num_nodes} nodes but dataset {ds.path} "
-                         f"has {ds.num_nodes}; sample a plan of this dataset")
-    want = info.get("indptr_sha256")
-    have = ds.manifest.get("arrays", {}).get("topology/indptr", {}).get("sha256")
-    if want is not None and have is not None and want != have:
-        raise InputError(f"plan {plan.path} was sampled from another graph (its dataset.indptr_sha256 differs from "
-                         f"{ds.path}'s topology); sample a plan of this dataset")
-    if "num_edges" in info and int(info["num_edges"]) != ds.num_edges:
-        raise InputError(f"plan {plan.path} was sampled from a graph of {info['num_edges']} edges but dataset {ds.path} "
-                         f"has {ds.num_edges}; sample a plan of this dataset")
-
 
 def _tier_arrays(tiers: dict[str, np.ndarray], num_nodes: int) -> dict[str, np.ndarray]:
     unknown = set(tiers) - set(TIERS)
@@ -260,11 +252,7 @@ class _IndexWriter:
 
     def _write(self, epoch: int, batch: int, pos: int, nbytes: int, padded: int, k: int, tier: np.ndarray,
                slot: np.ndarray, cold: np.ndarray) -> None:
-        cols = [pa.array([epoch], pa.int32()), pa.array([batch], pa.int32()),
-                pa.array([pos], pa.int64()), pa.array([nbytes], pa.int64()),
-                pa.array([padded], pa.int64()), pa.array([k], pa.int32()),
-                _list(tier, pa.int8()), _list(slot, pa.int32()), _list(cold, pa.int64())]
-        self.writer.write_batch(pa.record_batch(cols, schema=self.schema))
+        self.writer.write_batch(index_record_batch(epoch, batch, pos, nbytes, padded, k, tier, slot, cold))
         end = self.file.tell()
         start = end - 8 * k
         if self._layout_ok and k:
@@ -373,7 +361,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     feats = ds.features
     if feats is None or ds.num_nodes == 0:
         raise InputError(f"dataset {ds.path} has no features to pack; import it with --features")
-    _check_binding(ds, pl)
+    check_plan(pl, ds)
     for what, v in (("gpu", gpu_cache_bytes), ("host", host_cache_bytes)):
         if v is not None and v < 0:
             raise InputError(f"the {what} cache size {v} is negative; pass a size in bytes (0 = no cache)")
@@ -394,7 +382,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     # -- memory plan
     tier_chunk_rows = max(1, min(TIER_CHUNK_BYTES, memory_budget // 32) // rb)
     runs_cap = int(min(_RUNS, max(64, memory_budget // 1024)))
-    fixed = 5 * n + 33 * (total_mb + 1) + 2 * tier_chunk_rows * rb + 3 * runs_cap * 32
+    fixed = 5 * n + (33 + EXTENT_HASHER_BYTES) * (total_mb + 1) + 2 * tier_chunk_rows * rb + 3 * runs_cap * 32
     # O_DIRECT: a 4 KiB carry page per minibatch, and gather buffers of at least two pages and a row
     carry_bytes = total_mb * ALIGNMENT
     min_gather = 2 * ALIGNMENT + round_up(rb, ALIGNMENT)
@@ -418,7 +406,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     if direct:
         gather_rows = max(gather_rows, -(-min_gather // rb))
 
-    target = AtomicDirectory(out, overwrite=overwrite)
+    target = AtomicDirectory(out, overwrite=overwrite, option="--name", kind=PACK_FORMAT)
     target.check()
     log.info("packing %s for plan %s into %s: %d minibatches over %s, gpu tier %d rows, host tier %d rows, "
              "memory budget %s (slices of %d rows)", ds.path, pl.path, out, total_mb, ", ".join(splits),
@@ -455,8 +443,8 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                 pos = 0
                 try:
                     for i in range(counts[si]):
-                        row = pl.record_batch(split, i)  # only epoch, batch and input_nodes are read
-                        nodes = np.ascontiguousarray(row.column("input_nodes").values.to_numpy(), dtype=np.int64)
+                        row = pl.minibatch(split, i)  # (its checksum is verified)
+                        nodes = np.ascontiguousarray(row.input_nodes, dtype=np.int64)
                         size = nodes.shape[0]
                         if scratch[0].shape[0] < size:
                             scratch = [np.empty(2 * size, np.int64), np.empty(2 * size, np.int64)]
@@ -469,8 +457,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                                               f"outside 0..{n - 1}; the plan is damaged, sample it again")
                         nbytes = k * rb
                         padded = round_up(nbytes, ALIGNMENT)
-                        iw.add(int(row.column("epoch")[0].as_py()), int(row.column("batch")[0].as_py()), pos, nbytes,
-                               padded, k, t, slot, cold[:k])
+                        iw.add(row.epoch, row.batch, pos, nbytes, padded, k, t, slot, cold[:k])
                         ext_off[m] = pos
                         file_of[m] = si
                         n_cold[m] = k
@@ -496,6 +483,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         bounds_mb = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         id_end = id_start + n_cold  # minibatch m's sorted cold ids: its split's index file as int64 [id_start:id_end]
         t_index = time.perf_counter() - t0
+        hasher = _ExtentHasher(ext_off, n_cold * rb, bounds_mb)
         del tier_of, slot_of, n_cold
 
         feature_bytes = n * rb
@@ -528,8 +516,9 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         index_paths = [tmp / "index" / f"{s}.arrow" for s in splits]
         try:
             _pack_slices(feats, tier_ids, tier_writers, cold, index_paths, bounds_mb, id_start, id_end, ext_off,
-                         file_of, slice_rows, gather_rows, runs_cap, threads, packed_bytes)
+                         file_of, slice_rows, gather_rows, runs_cap, threads, packed_bytes, hasher)
             cold.close()
+            extent_checksums = hasher.finish()
         except BaseException:
             cold.abort()
             raise
@@ -540,23 +529,24 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
             shape, sha = tier_writers[name].finish()
             _, nodes_sha = write_array(tmp / "tiers" / name / "nodes", tier_ids[name], "int64")
             tiers_record[name] = {"rows": int(shape[0]), "bytes": tier_bytes[name], "sha256": sha,
-                                  "nodes_sha256": nodes_sha}
-        for s in splits:
+                                  DATA_CHECKSUM: tier_writers[name].checksum, "nodes_sha256": nodes_sha}
+        write_group(tmp / "checksums", {"diskgraph": f"{DATA_CHECKSUM} of each minibatch's padded extent"})
+        for si, s in enumerate(splits):
             size = split_stats[s]["padded_bytes"]
             write_array_metadata(tmp / "cold" / s, (size,), (size,), "uint8",
                                  {"diskgraph": "packed cold rows", "alignment": ALIGNMENT, "row_bytes": rb})
+            _, sha = write_array(tmp / "checksums" / s, extent_checksums[bounds_mb[si]:bounds_mb[si + 1]], "uint64")
+            split_stats[s]["extent_checksums_sha256"] = sha
 
         seconds = time.perf_counter() - t_start
         written = packed_bytes + sum(tier_bytes.values())
         rate = written / max(t_pack, 1e-9)
-        feat_rec = ds.manifest.get("arrays", {}).get("features", {})
         write_manifest(tmp, PACK_FORMAT, PACK_VERSION, {
             "plan": {"path": _relative_plan_path(pl.path, ds.path, out), "created_at": pl.manifest.get("created_at"),
+                     "checksum": plan_identity(pl),
                      "counts_sha256": {s: pl.split_info[s].get("counts_sha256") for s in splits},
                      "config": pl.config},
-            "dataset": {"num_nodes": n, "feature_sha256": feat_rec.get("sha256"), "feature_dim": dim,
-                        "feature_dtype": feats.dtype, "row_bytes": rb,
-                        "indptr_sha256": ds.manifest.get("arrays", {}).get("topology/indptr", {}).get("sha256")},
+            "dataset": pack_binding(ds),
             "gpu_cache_bytes": int(gpu_cache_bytes if gpu_cache_bytes is not None else tier_bytes["gpu"]),
             "host_cache_bytes": int(host_cache_bytes if host_cache_bytes is not None else tier_bytes["host"]),
             "score": score or "given",
@@ -585,14 +575,55 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     return out
 
 
-def _list(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    values = np.ascontiguousarray(values)
-    return pa.ListArray.from_arrays(pa.array(np.array([0, len(values)], dtype=np.int32)), pa.array(values, type=type_))
+class _ExtentHasher:
+    """The checksum (:data:`~diskgraph.store.checksums.DATA_CHECKSUM`) of every minibatch's padded extent, fed the
+    bytes the gather kernels lay out, as they are handed to the writer.
+
+    Each minibatch's bytes arrive in file order (its rows are sorted by id and the slices come in order), so one
+    streaming hasher per minibatch (about 700 bytes each) covers its extent; the zero padding the buffered path
+    never writes (the files are preallocated) is fed at the end. :meth:`finish` checks that every extent was fed
+    exactly its padded length — a check of the packer itself.
+    """
+
+    def __init__(self, ext_off: np.ndarray, nbytes: np.ndarray, bounds_mb: np.ndarray):
+        self.ext_off = ext_off
+        self.nbytes = nbytes.astype(np.int64)
+        self.padded = (self.nbytes + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+        self.bounds = bounds_mb
+        self.fed = np.zeros(ext_off.shape[0], dtype=np.int64)
+        self.hashers = [new_data_hasher() for _ in range(ext_off.shape[0])]
+
+    def feed(self, buf: memoryview, files: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Runs lying back to back in ``buf``: ``lengths[k]`` bytes for file ``files[k]`` at ``offsets[k]``
+        (a run may span the extents of consecutive minibatches)."""
+        pos = 0
+        for f, off, n in zip(files.tolist(), offsets.tolist(), lengths.tolist()):
+            lo, hi = int(self.bounds[f]), int(self.bounds[f + 1])
+            m = lo + int(np.searchsorted(self.ext_off[lo:hi], off, side="right")) - 1
+            while n > 0:
+                if not lo <= m < hi or self.ext_off[m] + self.fed[m] != off:
+                    raise RuntimeError(f"packing wrote {n} bytes at {off} of file {f} out of extent order")
+                take = min(n, int(self.ext_off[m] + self.padded[m] - off))
+                self.hashers[m].update(buf[pos:pos + take])
+                self.fed[m] += take
+                pos, off, n, m = pos + take, off + take, n - take, m + 1
+
+    def finish(self) -> np.ndarray:
+        """uint64 [minibatches]: each extent's checksum."""
+        zeros = bytes(ALIGNMENT)
+        for m in np.flatnonzero(self.fed < self.padded).tolist():
+            if self.fed[m] != self.nbytes[m]:
+                raise RuntimeError(f"packing wrote {self.fed[m]} bytes of minibatch {m}'s extent of {self.nbytes[m]}")
+            self.hashers[m].update(zeros[: self.padded[m] - self.fed[m]])
+            self.fed[m] = self.padded[m]
+        if not np.array_equal(self.fed, self.padded):
+            raise RuntimeError("packing wrote more bytes than an extent holds")
+        return np.array([h.intdigest() for h in self.hashers], dtype=np.uint64)
 
 
 def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: list[Path], bounds_mb: np.ndarray,
                  id_start: np.ndarray, id_end: np.ndarray, ext_off: np.ndarray, file_of: np.ndarray, slice_rows: int,
-                 gather_rows: int, runs_cap: int, threads: bool, total_bytes: int) -> None:
+                 gather_rows: int, runs_cap: int, threads: bool, total_bytes: int, hasher: _ExtentHasher) -> None:
     """Step 3: read the feature table slice by slice, write tier rows and every minibatch's rows in the slice.
 
     Minibatches ``bounds_mb[s]..bounds_mb[s+1]-1`` belong to split ``s``; minibatch ``k``'s sorted cold
@@ -672,6 +703,7 @@ def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: 
                             continue
                         files, offsets, lengths = files.copy(), offsets.copy(), lengths.copy()
                         view = memoryview(gbufs[g]).cast("B")
+                        hasher.feed(view, files, offsets, lengths)
                         if pool:
                             pending_write[g] = wpool.submit(cold.write_runs, view, files, offsets, lengths)
                             g = (g + 1) % n_buf

@@ -9,6 +9,8 @@ A plan lives in ``DATASET/plans/NAME/``::
 
 Each row holds (``L`` = number of hops = GNN layers)::
 
+    checksum     uint64       XXH3-64 of the row's other columns (:func:`~diskgraph.store.checksums.row_checksum`),
+                              verified every time the row is read
     epoch        int32
     batch        int32        index within the epoch
     seeds        list<int64>  the minibatch's seed nodes (global ids) = input_nodes[:layer_sizes[0]]
@@ -21,6 +23,10 @@ Hop ``h`` is a bipartite block whose destination nodes are the first ``n_{h-1}``
 local ids and whose source nodes are the first ``n_h`` (destination nodes
 first, as in DGL's blocks). The first GNN layer runs on hop ``L`` (input nodes
 → the nodes within ``L-1`` hops), the last on hop 1 (→ the seeds).
+
+The manifest binds the plan to the dataset it was sampled from (``dataset``: node and edge counts,
+sha256 of the topology arrays and of the sampled splits) and carries its own checksum. Version 2
+added the row checksums; version-1 plans are refused (sample them again).
 """
 
 from __future__ import annotations
@@ -32,15 +38,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .arrow_files import open_ipc_file
+from .arrow_files import checksummed_record_batch, decode_row, open_ipc_file
+from .checksums import array_sha256
 from .errors import FormatError, InputError
 from .files import AppendFile
 from .manifest import read_manifest, write_manifest
 from .zarr_arrays import RawArray, write_array, write_group
 
 PLAN_FORMAT = "diskgraph.plan"
-PLAN_VERSION = 1
-"""The plan format version this diskgraph writes and the newest it reads."""
+PLAN_VERSION = 2
+"""The plan format version this diskgraph writes and the only one it reads (2: row checksums, manifest checksum,
+binding to the sampled splits)."""
 
 SPLITS = ("train", "val", "test")
 
@@ -91,7 +99,7 @@ class SampledMinibatch:
 
 def plan_schema(num_hops: int) -> pa.Schema:
     """The Arrow schema of a plan file with ``num_hops`` hops."""
-    fields = [pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
+    fields = [pa.field("checksum", pa.uint64()), pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
               pa.field("seeds", pa.list_(pa.int64())), pa.field("input_nodes", pa.list_(pa.int64())),
               pa.field("layer_sizes", pa.list_(pa.int64()))]
     for h in range(1, num_hops + 1):
@@ -99,9 +107,29 @@ def plan_schema(num_hops: int) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _list(values: np.ndarray, type_: pa.DataType) -> pa.Array:
-    values = np.ascontiguousarray(values)
-    return pa.ListArray.from_arrays(pa.array(np.array([0, len(values)], dtype=np.int32)), pa.array(values, type=type_))
+def plan_columns(mb: SampledMinibatch) -> list[np.ndarray]:
+    """The values of a plan row's columns after ``checksum``, in schema order (scalars as 1-element arrays)."""
+    cols = [np.array([mb.epoch], np.int32), np.array([mb.batch], np.int32), np.asarray(mb.seeds, np.int64),
+            np.asarray(mb.input_nodes, np.int64), np.asarray(mb.layer_sizes, np.int64)]
+    for h in range(mb.num_hops):
+        cols += [np.asarray(mb.hop_indptr[h], np.int32), np.asarray(mb.hop_indices[h], np.int32)]
+    return cols
+
+
+def plan_record_batch(mb: SampledMinibatch, schema: pa.Schema) -> pa.RecordBatch:
+    """One minibatch as the plan row the sampler writes (its checksum first)."""
+    return checksummed_record_batch(plan_columns(mb), schema)
+
+
+def read_minibatch(reader: pa.ipc.RecordBatchFileReader, i: int, num_hops: int, path: Path) -> SampledMinibatch:
+    """Row ``i`` of the plan file ``path`` (open as ``reader``), checked against its checksum.
+
+    Raises:
+        FormatError: the row cannot be decoded or does not match its checksum.
+    """
+    c = decode_row(reader, i, plan_schema(num_hops), f"plan file {path}", "sample the plan again")
+    return SampledMinibatch(epoch=int(c[0][0]), batch=int(c[1][0]), input_nodes=c[3], layer_sizes=c[4],
+                            hop_indptr=c[5::2][:num_hops], hop_indices=c[6::2][:num_hops])
 
 
 class PlanSplitWriter:
@@ -127,12 +155,8 @@ class PlanSplitWriter:
         """Append one minibatch (its input nodes must be distinct)."""
         if mb.num_hops != self.num_hops:
             raise ValueError(f"minibatch has {mb.num_hops} hops, plan has {self.num_hops}")
-        cols = [pa.array([mb.epoch], pa.int32()), pa.array([mb.batch], pa.int32()),
-                _list(mb.seeds, pa.int64()), _list(mb.input_nodes, pa.int64()), _list(mb.layer_sizes, pa.int64())]
-        for h in range(self.num_hops):
-            cols += [_list(mb.hop_indptr[h], pa.int32()), _list(mb.hop_indices[h], pa.int32())]
-            self.sampled_edges += len(mb.hop_indices[h])
-        self._writer.write_batch(pa.record_batch(cols, schema=self.schema))
+        self._writer.write_batch(plan_record_batch(mb, self.schema))
+        self.sampled_edges += sum(len(x) for x in mb.hop_indices)
         self.counts[mb.input_nodes] += 1
         self.minibatches += 1
         self.input_nodes += len(mb.input_nodes)
@@ -161,16 +185,21 @@ class Plan:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path, PLAN_FORMAT, PLAN_VERSION)
+        self.manifest = read_manifest(self.path, PLAN_FORMAT, PLAN_VERSION, min_version=PLAN_VERSION,
+                                      checksum_since=PLAN_VERSION)
         try:
             self.config = self.manifest["config"]
             self.num_nodes = int(self.manifest["dataset"]["num_nodes"])
             self.num_hops = int(self.manifest["num_hops"])
             self.split_info: dict[str, dict] = self.manifest["splits"]
-        except (KeyError, TypeError, ValueError):
+            self.splits = list(self.split_info)
+            self.schema = plan_schema(self.num_hops)
+            # every split is opened now (memory maps): a plan replaced while a run reads it does not change under it
+            self._readers = {s: open_ipc_file(self.path / f"{s}.arrow", int(self.split_info[s]["minibatches"]),
+                                              "plan file", "sample the plan again", self.schema,
+                                              int(self.split_info[s]["file_bytes"])) for s in self.splits}
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise FormatError(f"{self.path / 'manifest.json'} lacks required fields; the plan is damaged, sample it again") from None
-        self.splits = list(self.split_info)
-        self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
 
     def __repr__(self) -> str:
         return f"Plan({str(self.path)!r}, fanouts={self.config.get('fanouts')}, splits={self.splits})"
@@ -178,12 +207,7 @@ class Plan:
     def _reader(self, split: str) -> pa.ipc.RecordBatchFileReader:
         if split not in self.split_info:
             raise InputError(f"plan {self.path} has no {split!r} split (it has {', '.join(self.splits)})")
-        r = self._readers.get(split)
-        if r is None:
-            r = open_ipc_file(self.path / f"{split}.arrow", int(self.split_info[split]["minibatches"]), "plan file",
-                              "sample the plan again")
-            self._readers[split] = r
-        return r
+        return self._readers[split]
 
     def num_minibatches(self, split: str) -> int:
         """Minibatches of ``split`` over all presampled epochs."""
@@ -197,30 +221,24 @@ class Plan:
         """Presampled epochs of ``split`` (1 for val/test)."""
         return int(self.split_info[split]["epochs"])
 
-    def record_batch(self, split: str, i: int) -> pa.RecordBatch:
-        """Row ``i`` of ``split`` as the Arrow record batch it is stored as (zero-copy, memory-mapped)."""
-        return self._reader(split).get_batch(i)
-
     def minibatch(self, split: str, i: int) -> SampledMinibatch:
-        """Minibatch ``i`` of ``split`` (rows in epoch order), arrays zero-copy from the memory-mapped file."""
-        b = self.record_batch(split, i)
+        """Minibatch ``i`` of ``split`` (rows in epoch order), arrays zero-copy from the memory-mapped file.
 
-        def values(name: str) -> np.ndarray:
-            return b.column(name).values.to_numpy()
-
-        return SampledMinibatch(
-            epoch=int(b.column("epoch")[0].as_py()), batch=int(b.column("batch")[0].as_py()),
-            input_nodes=values("input_nodes"), layer_sizes=values("layer_sizes"),
-            hop_indptr=[values(f"hop{h}_indptr") for h in range(1, self.num_hops + 1)],
-            hop_indices=[values(f"hop{h}_indices") for h in range(1, self.num_hops + 1)])
+        Raises:
+            FormatError: the row cannot be decoded or does not match its checksum (the file is damaged).
+        """
+        n = self.num_minibatches(split)
+        if not 0 <= i < n:
+            raise IndexError(f"minibatch {i} of {split} is out of range (0..{n - 1})")
+        return read_minibatch(self._reader(split), i, self.num_hops, self.path / f"{split}.arrow")
 
     def input_nodes(self, split: str, i: int) -> np.ndarray:
-        """int64 global ids of minibatch ``i``'s input nodes (zero-copy)."""
-        return self.record_batch(split, i).column("input_nodes").values.to_numpy()
+        """int64 global ids of minibatch ``i``'s input nodes (zero-copy; the row's checksum is verified)."""
+        return self.minibatch(split, i).input_nodes
 
-    def verify(self, dataset_manifest: dict | None = None) -> list[str]:
+    def verify(self, dataset=None) -> list[str]:
         """See :func:`verify_plan`."""
-        return verify_plan(self, dataset_manifest)
+        return verify_plan(self, dataset)
 
     def counts(self, split: str) -> np.ndarray:
         """int32 [N]: how many of the split's minibatches read each node (memory map)."""
@@ -246,13 +264,12 @@ def _check_minibatch(mb: SampledMinibatch, num_nodes: int) -> str | None:
     return None
 
 
-def verify_plan(plan: "Plan", dataset_manifest: dict | None = None) -> list[str]:
-    """Re-read every minibatch and check the plan's invariants and counts; returns the problems found."""
-    problems = []
-    if dataset_manifest is not None:
-        want = dataset_manifest.get("arrays", {}).get("topology/indptr", {}).get("sha256")
-        if plan.manifest["dataset"].get("indptr_sha256") != want or plan.num_nodes != dataset_manifest.get("num_nodes"):
-            problems.append("sampled from a different graph than this dataset's topology")
+def verify_plan(plan: "Plan", dataset=None) -> list[str]:
+    """Re-read every minibatch (checksums included) and check the plan's invariants, its counts and (given the
+    dataset) that it was sampled from that dataset; returns the problems found."""
+    from .binding import plan_problem
+
+    problems = [p for p in [plan_problem(plan, dataset) if dataset is not None else None] if p]
     for split in plan.splits:
         try:
             counts = np.zeros(plan.num_nodes, dtype=np.int32)
@@ -266,6 +283,8 @@ def verify_plan(plan: "Plan", dataset_manifest: dict | None = None) -> list[str]
             else:
                 if not np.array_equal(counts, plan.counts(split)):
                     problems.append(f"counts/{split} differ from the minibatches' input nodes")
+                elif array_sha256(counts) != plan.split_info[split].get("counts_sha256"):
+                    problems.append(f"counts/{split}: sha256 differs from the manifest's counts_sha256")
         except FormatError as e:
             problems.append(str(e))
     return problems

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checksums import new_data_hasher
 from .errors import FormatError
 from .files import AppendFile, read_json, write_file
 
@@ -35,6 +36,13 @@ BFLOAT16 = "bfloat16"
 
 _ZARR_DTYPES = {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
                 "float16", "float32", "float64"}
+
+
+def _whole(v) -> int:
+    """A non-negative whole number from JSON (not a bool or a float)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ValueError(f"{v!r} is not a whole number")
+    return v
 
 
 def storage_dtype(dtype: str) -> np.dtype:
@@ -144,7 +152,8 @@ class RowChunkWriter:
     as one file as soon as it is complete; memory is one chunk
     (``chunk_rows * row_bytes``). :meth:`finish` pads the last chunk (the Zarr
     layout requires whole chunks), writes the metadata and returns the sha256
-    of the logical rows in C order.
+    of the logical rows in C order; :attr:`checksum` is then their
+    :func:`~diskgraph.store.checksums.data_checksum` (what readers verify as they load the rows).
     """
 
     def __init__(self, path: str | os.PathLike, num_rows: int, row_shape: tuple[int, ...], dtype: str,
@@ -160,6 +169,8 @@ class RowChunkWriter:
         self._chunk_index = 0
         self.rows = 0
         self._hash = hashlib.sha256()
+        self._xxh = new_data_hasher()
+        self.checksum: int | None = None
         self.path.mkdir(parents=True, exist_ok=True)
 
     def _write_chunk(self) -> None:
@@ -181,7 +192,9 @@ class RowChunkWriter:
             raise ValueError(f"dtype {rows.dtype} != {self.sdt}")
         if self.rows + rows.shape[0] > self.num_rows:
             raise ValueError("more rows than declared")
-        self._hash.update(memoryview(np.ascontiguousarray(rows)).cast("B"))
+        data = memoryview(np.ascontiguousarray(rows)).cast("B")
+        self._hash.update(data)
+        self._xxh.update(data)
         pos = 0
         while pos < rows.shape[0]:
             take = min(self.chunk_rows - self._fill, rows.shape[0] - pos)
@@ -201,6 +214,7 @@ class RowChunkWriter:
         shape = (self.num_rows, *self.row_shape)
         write_array_metadata(self.path, shape, (self.chunk_rows, *self.row_shape), self.dtype, attributes)
         self._buf = None
+        self.checksum = self._xxh.intdigest()
         return shape, self._hash.hexdigest()
 
 
@@ -220,19 +234,28 @@ class RawArray:
         meta_file = self.path / "zarr.json"
         meta = read_json(meta_file, f"array {self.path} is missing its zarr.json; the directory is incomplete, rebuild it",
                          f"{meta_file} is not valid JSON; the directory is damaged, rebuild it")
-        codecs = meta.get("codecs", [])
-        if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or len(codecs) != 1
-                or codecs[0].get("name") != "bytes"
-                or codecs[0].get("configuration", {}).get("endian", "little") != "little"):
-            raise FormatError(
-                f"{meta_file} describes a Zarr array diskgraph did not write (it reads only uncompressed "
-                "little-endian Zarr v3 arrays); re-import the data with diskgraph"
-            )
-        self.shape = tuple(int(s) for s in meta["shape"])
-        self.chunk_shape = tuple(int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
-        self.attributes = meta.get("attributes", {})
-        self.dtype = self.attributes.get("diskgraph_dtype", meta["data_type"])
-        self.storage_dtype = storage_dtype(self.dtype)
+        try:
+            codecs = meta.get("codecs", [])
+            if (meta.get("zarr_format") != 3 or meta.get("node_type") != "array" or len(codecs) != 1
+                    or codecs[0].get("name") != "bytes"
+                    or codecs[0].get("configuration", {}).get("endian", "little") != "little"):
+                raise FormatError(
+                    f"{meta_file} describes a Zarr array diskgraph did not write (it reads only uncompressed "
+                    "little-endian Zarr v3 arrays); re-import the data with diskgraph"
+                )
+            self.shape = tuple(_whole(s) for s in meta["shape"])
+            self.chunk_shape = tuple(_whole(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"])
+            self.attributes = meta.get("attributes", {})
+            self.dtype = self.attributes.get("diskgraph_dtype", meta["data_type"])
+            if self.dtype != BFLOAT16 and self.dtype not in _ZARR_DTYPES:
+                raise ValueError(f"data type {self.dtype!r}")
+            self.storage_dtype = storage_dtype(self.dtype)
+            if not self.shape or len(self.chunk_shape) != len(self.shape) or self.chunk_shape[1:] != self.shape[1:] \
+                    or self.chunk_shape[0] < 1:
+                raise ValueError("chunk shape")
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+            raise FormatError(f"{meta_file} lacks required fields or they disagree; the directory is damaged, "
+                              "rebuild it") from None
         self.row_shape = self.shape[1:]
         self.row_items = int(np.prod(self.row_shape)) if self.row_shape else 1
         self.row_bytes = self.row_items * self.storage_dtype.itemsize

@@ -13,8 +13,9 @@ edge) + the O_DIRECT read (latency + padded bytes ÷ sequential bandwidth); asse
 calibrated gather cost of their tier; compute = the calibrated model step of its shape. The stages
 overlap, so the epoch is the largest of the three stage sums — and, when the compute device is the CPU,
 of compute + the read stage's CPU work + assemble: torch's thread pool spans every core, and the other
-stages' CPU work stalls its parallel regions rather than overlapping them — plus the first minibatch's
-read and assemble (the pipeline filling). The bottleneck is the stage with the largest sum.
+stages' CPU work stalls its parallel regions rather than overlapping them — times the calibrated pipeline
+factor, but never less than the slowest stage (:func:`pipelined_epoch`), plus the first minibatch's read
+and assemble (the pipeline filling). The bottleneck is the stage with the largest sum.
 
 Memory of training (anonymous memory, which a memory cap cannot reclaim): the calibrated process
 baseline (a real training run of a 2,000-node graph) + the tiers + per loader (train, val, test)
@@ -124,16 +125,30 @@ def epoch_time(w: Workload, hw: Hardware, cr: ColdRows, cfg: dict, name: str = "
         note = f", compute + read CPU + assemble {cpu:.3g} s (one CPU shared by all three stages)"
     bottleneck = max(stages, key=stages.get)
     factor = hw.get("pipeline.epoch_factor") if not hw.device.startswith("cuda") else None
-    epoch = max(bounds.values()) * (factor or 1.0) + st["fill_s"]
+    slowest = stages[bottleneck]
+    # the stages overlap at best: a pipelined epoch never takes less than its slowest stage, whatever the factor
+    floor = max(bounds.values()) * (factor or 1.0) < slowest
+    epoch = pipelined_epoch(bounds.values(), stages.values(), factor or 1.0, st["fill_s"])
     how = (f"max of read {stages['read']:.3g} s, assemble {stages['assemble']:.3g} s, compute {stages['compute']:.3g} s"
            + note + (f"; x {factor:.3g}, the calibrated pipeline factor (a real epoch on this machine ÷ this "
-                     "estimate of it)" if factor else "") + f"; + {st['fill_s']:.3g} s to fill the pipeline")
+                     "estimate of it)" if factor else "")
+           + (f"; at least the slowest stage ({bottleneck} {slowest:.3g} s)" if floor else "")
+           + f"; + {st['fill_s']:.3g} s to fill the pipeline")
     return {**st, "stage_s": stages, "bounds_s": bounds, "epoch_s": epoch, "bottleneck": bottleneck, "how": how}
+
+
+def pipelined_epoch(bounds, stages, factor: float = 1.0, fill_s: float = 0.0) -> float:
+    """Seconds of a pipelined epoch: the largest bound (stage sums, and on the CPU the CPU parts added up) times the
+    calibrated pipeline ``factor``, never less than the slowest stage (``stages``: seconds per stage), plus
+    ``fill_s`` seconds to fill the pipeline."""
+    return max(max(bounds, default=0.0) * factor, max(stages, default=0.0)) + fill_s
 
 
 def local_compute_scale(w: Workload, hw: Hardware, cfg: dict) -> dict | None:
     """Time training steps and evaluation forwards of the model on a few of the sampled minibatches, on this
-    machine, and return how far the calibrated fit is off for them (``{"train": x, "eval": y, ...}``): the
+    machine (each the mean of the fastest quarter of several, after warm-up steps:
+    :data:`~diskgraph.capacity.hardware.STEP_TIMING`),
+    and return how far the calibrated fit is off for them (``{"train": x, "eval": y, ...}``): the
     estimate is then scaled by it. Only when the profile was calibrated on this host for this device (a plan for
     other hardware keeps the profile's fit as it is); None otherwise."""
     import platform
@@ -277,7 +292,11 @@ def _packer_memory(w: Workload, fp: dict, total_mb: int, budget: int) -> int:
 
 def cache_alternatives(w: Workload, hw: Hardware, cfg: dict, host_limit: int | None, gpu_limit: int | None,
                        steps: int = 8) -> list[dict]:
-    """Epoch time, blow-up and memory of cache splits from none to the whole table (within the limits)."""
+    """Epoch time, blow-up and memory of cache splits from none to the whole table (within the limits).
+
+    Each also carries ``rank_epoch_s``: its epoch with the profile's compute fit as it is (not rescaled by the
+    model steps timed for this plan), which :func:`recommend` compares: it depends on the profile and the
+    workload only, so every run against one profile recommends the same split."""
     fb = w.num_nodes * w.row_bytes
     fracs = [0.0] + [2.0 ** -i for i in range(steps - 1, -1, -1)]
     cuda = hw.device.startswith("cuda")
@@ -288,6 +307,7 @@ def cache_alternatives(w: Workload, hw: Hardware, cfg: dict, host_limit: int | N
             cands += [(size, 0), (0, size)]
         else:
             cands.append((0, size))
+    fit_cfg = {k: v for k, v in cfg.items() if k != "compute_scale"} if "compute_scale" in cfg else cfg
     seen, out = set(), []
     for g, h in cands:
         if (g, h) in seen:
@@ -296,10 +316,12 @@ def cache_alternatives(w: Workload, hw: Hardware, cfg: dict, host_limit: int | N
         cr = cold_rows(w, g, h)
         fp = footprint(w, cr)
         ep = epoch_time(w, hw, cr, cfg)
+        rank = epoch_time(w, hw, cr, fit_cfg)["epoch_s"] if fit_cfg is not cfg else ep["epoch_s"]
         mem = training_memory(w, hw, cr, cfg, fp)
         fits = (host_limit is None or mem["host_bytes"] <= host_limit) and (
             gpu_limit is None or mem.get("gpu_bytes", 0) <= gpu_limit)
-        out.append({"gpu_cache_bytes": g, "host_cache_bytes": h, "epoch_s": ep["epoch_s"], "bottleneck": ep["bottleneck"],
+        out.append({"gpu_cache_bytes": g, "host_cache_bytes": h, "epoch_s": ep["epoch_s"], "rank_epoch_s": rank,
+                    "bottleneck": ep["bottleneck"],
                     "packed_bytes": fp["packed_bytes"], "blowup": fp["blowup"], "peak_host_bytes": mem["host_bytes"],
                     "peak_gpu_bytes": mem.get("gpu_bytes"), "fits": fits,
                     "hit_rate": _hit_rate(w, cr)})
@@ -307,12 +329,17 @@ def cache_alternatives(w: Workload, hw: Hardware, cfg: dict, host_limit: int | N
 
 
 def recommend(alts: list[dict], tolerance: float = 0.02) -> dict | None:
-    """The split with the shortest epoch among those that fit; within ``tolerance`` of it, the least memory."""
+    """The split with the shortest epoch among those that fit; within ``tolerance`` (a fraction) of it, the least
+    memory. Epochs are compared as ``rank_epoch_s`` (see :func:`cache_alternatives`) where the alternatives have it."""
     fit = [a for a in alts if a["fits"]]
     if not fit:
         return None
-    best = min(a["epoch_s"] for a in fit)
-    near = [a for a in fit if a["epoch_s"] <= best * (1 + tolerance)]
+
+    def epoch(a):
+        return a.get("rank_epoch_s", a["epoch_s"])
+
+    best = min(epoch(a) for a in fit)
+    near = [a for a in fit if epoch(a) <= best * (1 + tolerance)]
     return min(near, key=lambda a: (a["peak_host_bytes"] + (a["peak_gpu_bytes"] or 0), a["blowup"]))
 
 
@@ -382,7 +409,8 @@ def estimate_plan(w: Workload, hw: Hardware, *, model: str = "sage", hidden: int
                          "for minibatches / sampled of its split",
             "hit_rate": cr.method,
             "compute": (f"calibrated fit, scaled by {local['train']:.3g} (train) / {local['eval']:.3g} (eval) from "
-                        f"{local['steps']} model steps timed on sampled minibatches on this machine") if local else
+                        f"model steps on {local['steps']} sampled minibatches timed on this machine (per minibatch, "
+                        "the mean of the fastest quarter of several, after warm-up steps)") if local else
                        "calibrated fit of the profile (no steps timed here: another host's profile, or --no-time-steps)",
             "epoch": ep["how"],
             "memory": "calibrated process baseline + tiers + per loader (queue_depth + 2) x buffers and staging "

@@ -19,14 +19,20 @@ A profile is one JSON object (format ``diskgraph.hardware``), by default
               default thread count over one thread; the bytes of memory a step takes per activation element
     process   anonymous memory of a training process before it loads any data (interpreter, torch,
               pyarrow, numba, diskgraph, one model step)
+    pipeline  (CPU) a real training epoch of a calibration graph ÷ the estimate of it (``epoch_factor``)
+    seconds, seconds_per_piece   how long the calibration took, in all and per entry
 
-Every number is measured on this machine by :func:`calibrate`; flags of ``diskgraph plan`` override single
-entries (:func:`apply_overrides`), and the plan reports which entries came from where.
+Every number is measured on this machine by :func:`calibrate`, each from several timed calls after a warm-up
+(:mod:`~diskgraph.capacity.timing`: the median request of the disk, the median call of memory-bound work, the
+mean of the fastest quarter of model steps), never from one; flags of ``diskgraph plan`` override single entries (:func:`apply_overrides`), and the
+plan reports which entries came from where.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import platform
 import statistics
@@ -34,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store.errors import InputError
+from .timing import clock, fast_mean, robust_seconds
 
 PROFILE_FORMAT = "diskgraph.hardware"
 PROFILE_VERSION = 1
@@ -159,14 +167,21 @@ def apply_overrides(hw: Hardware, values: dict) -> Hardware:
 
 # -- helpers ---------------------------------------------------------------------------------------
 
-def _median_time(fn, reps: int, best: bool = False) -> float:
-    """Median (or, with ``best``, the shortest) of ``reps`` timed calls."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times) if best else statistics.median(times)
+CALIBRATION_TIMING = {"warmup": 1, "reps": 5, "min_seconds": 0.05, "max_reps": 25}
+"""How the calibration times its gathers and read stage (:func:`~diskgraph.capacity.timing.robust_seconds`): one warm-up
+call, then at least 5 timed calls, more until 0.05 s were timed (at most 25); their median (memory-bound work:
+its fastest calls are the cache-warm ones)."""
+CALIBRATION_STEP_TIMING = {**CALIBRATION_TIMING, "statistic": fast_mean}
+"""How the calibration times model steps: as :data:`CALIBRATION_TIMING`, but the mean of the fastest quarter
+(:func:`~diskgraph.capacity.timing.fast_mean`), the statistic the steps a plan times (:data:`STEP_TIMING`) are
+compared with."""
+QUICK_TIMING = {"warmup": 1, "reps": 3, "min_seconds": 0.0, "max_reps": 3, "statistic": fast_mean}
+"""``--quick-calibration``'s model steps: one warm-up call, then the fastest of 3."""
+STEP_TIMING = {"warmup": 2, "reps": 5, "min_seconds": 0.3, "max_reps": 40, "statistic": fast_mean}
+"""How a plan times model steps on its own minibatches (:func:`~diskgraph.capacity.estimate.local_compute_scale`):
+two warm-up steps, then at least 5 timed steps, more until 0.3 s were timed (at most 40), the mean of the fastest
+quarter: interference in bursts that cover up to three quarters of the window is left out. On a small graph's
+steps (milliseconds each) that is a few dozen steps per minibatch."""
 
 
 def nnls(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -215,9 +230,15 @@ def _machine(device: str) -> dict:
 # -- disk ------------------------------------------------------------------------------------------
 
 def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, random_reads: int = 2000) -> dict:
-    """O_DIRECT write and sequential/random read rates of a probe file in ``directory`` (deleted after)."""
+    """O_DIRECT write and sequential/random read rates of a probe file in ``directory`` (deleted after).
+
+    Every request is timed on its own and the rates come from the median request (writes of 16 MiB,
+    sequential reads of 4 MiB) or the median of groups of 100 random 4 KiB reads, so a moment of
+    interference from another process does not set the rate. Returns bytes/s (``seq_read_Bps``,
+    ``write_Bps``), reads/s (``rand_read_iops``) and seconds (``read_latency_s``)."""
     from ..store.direct_io import ALIGNMENT, O_DIRECT, aligned_empty
     from ..store.files import drop_cache
+    from .timing import per_unit_seconds
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -227,17 +248,27 @@ def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, ran
     buf = aligned_empty(chunk)
     buf[:] = np.random.default_rng(0).integers(0, 256, chunk, dtype=np.uint8)
     direct = bool(O_DIRECT)
+
+    def timed_each(call, items) -> list[float]:
+        out = []
+        for it in items:
+            t0 = clock()
+            call(it)
+            out.append(clock() - t0)
+        return out
+
     try:
         try:
             fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (O_DIRECT if direct else 0), 0o600)
         except OSError:
             direct = False
             fd = os.open(fd_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        t0 = time.perf_counter()
-        for off in range(0, probe_bytes, chunk):
-            os.pwrite(fd, buf, off)
+        t0 = clock()
+        writes = timed_each(lambda off: os.pwrite(fd, buf, off), range(0, probe_bytes, chunk))
         os.fdatasync(fd)
-        write_s = time.perf_counter() - t0
+        # with O_DIRECT each write reached the device when it returned; without, only the whole pass with its
+        # fdatasync measures the disk
+        write_s = statistics.median(writes) * len(writes) if direct else clock() - t0
         if not direct:
             drop_cache(fd)
         os.close(fd)
@@ -246,19 +277,15 @@ def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, ran
             if not direct:
                 drop_cache(fd)
             rbuf = aligned_empty(4 * MiB)
-            t0 = time.perf_counter()
-            for off in range(0, probe_bytes, 4 * MiB):
-                os.preadv(fd, [rbuf], off)
-            seq_s = time.perf_counter() - t0
+            seq = timed_each(lambda off: os.preadv(fd, [rbuf], off), range(0, probe_bytes, 4 * MiB))
             if not direct:
                 drop_cache(fd)
             small = aligned_empty(ALIGNMENT)
             pages = probe_bytes // ALIGNMENT
-            offs = np.random.default_rng(1).integers(0, pages, random_reads) * ALIGNMENT
-            t0 = time.perf_counter()
-            for off in offs.tolist():
-                os.preadv(fd, [small], off)
-            rand_s = time.perf_counter() - t0
+            offs = (np.random.default_rng(1).integers(0, pages, random_reads) * ALIGNMENT).tolist()
+            group = min(100, max(1, random_reads // 5))
+            groups = [offs[i:i + group] for i in range(0, len(offs), group)]
+            rand = timed_each(lambda g: [os.preadv(fd, [small], off) for off in g], groups)
         finally:
             os.close(fd)
     finally:
@@ -266,41 +293,47 @@ def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, ran
             os.unlink(fd_path)
         except FileNotFoundError:
             pass
-    seq = probe_bytes / seq_s
-    iops = random_reads / rand_s
+    seq_Bps = 4 * MiB / statistics.median(seq)
+    iops = 1.0 / per_unit_seconds(rand, [len(g) for g in groups])
     return {"path": str(directory.absolute()), "direct": direct, "probe_bytes": probe_bytes,
-            "seq_read_Bps": seq, "rand_read_iops": iops,
-            "read_latency_s": max(0.0, 1.0 / iops - ALIGNMENT / seq), "write_Bps": probe_bytes / write_s}
+            "seq_read_Bps": seq_Bps, "rand_read_iops": iops,
+            "read_latency_s": max(0.0, 1.0 / iops - ALIGNMENT / seq_Bps), "write_Bps": probe_bytes / write_s}
 
 
 def measure_memory(nbytes: int = 256 * MiB) -> dict:
+    """Bytes/s of a numpy copy of ``nbytes`` (median of 5 after one warm-up copy)."""
     a = np.ones(nbytes // 8)
     b = np.empty_like(a)
-    np.copyto(b, a)
-    t = _median_time(lambda: np.copyto(b, a), 3)
-    return {"copy_Bps": nbytes / t}
+    return {"copy_Bps": nbytes / robust_seconds(lambda: np.copyto(b, a), warmup=1, reps=5)}
 
 
 # -- gathers and the read stage ----------------------------------------------------------------------
 
-def measure_gather(device, rows: int = 100_000, table_rows: int = 400_000) -> dict:
-    """Seconds per row of the assemble stage's gathers, fitted as ``a + b * row_bytes`` (float32 rows)."""
+GATHER_TRIALS = 3
+"""Independent trials of each gather (fresh table and buffers each): one allocation can land in a slow layout for a
+whole trial (a 1 KiB-row gather measured 3.5× its usual time through all its calls in 2 of 8 calibrations here)."""
+
+
+def measure_gather(device, rows: int = 100_000, table_rows: int = 400_000, tick=None) -> dict:
+    """Seconds per row of the assemble stage's gathers, fitted as ``a + b * row_bytes`` on relative error (float32
+    rows of 256, 1024 and 4096 bytes; ``tick()`` is called after each). Each point is the median of
+    :data:`GATHER_TRIALS` trials, each the median of several calls (:data:`CALIBRATION_TIMING`)."""
     import torch
 
     hot, cold, xs = [], [], []
     rng = np.random.default_rng(0)
-    for rb in (256, 1024, 4096):
-        f = rb // 4
-        n_tab = max(rows, min(table_rows, (256 * MiB) // rb))
-        table = torch.randn(n_tab, f).to(device)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def trial(n_tab: int, f: int) -> tuple[float, float]:
+        """Seconds per row of the hot and the cold gather, with a table and buffers of their own (freed on return)."""
+        table = torch.full((n_tab, f), 1.0, device=device)  # the values do not matter, their pages do
         slots = torch.from_numpy(rng.integers(0, n_tab, rows)).to(device)
         pos = torch.from_numpy(rng.permutation(rows)).to(device)
-        staged = torch.randn(rows, f).to(device)
+        staged = torch.full((rows, f), 2.0, device=device)
         x = torch.empty(rows, f, device=device)
-
-        def sync():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
 
         def run_hot():
             x.index_copy_(0, pos, table.index_select(0, slots))
@@ -310,23 +343,38 @@ def measure_gather(device, rows: int = 100_000, table_rows: int = 400_000) -> di
             x.index_copy_(0, pos, staged)
             sync()
 
-        run_hot(), run_cold()
-        hot.append(_median_time(run_hot, 5) / rows)
-        cold.append(_median_time(run_cold, 5) / rows)
+        return (robust_seconds(run_hot, **CALIBRATION_TIMING) / rows,
+                robust_seconds(run_cold, **CALIBRATION_TIMING) / rows)
+
+    for rb in (256, 1024, 4096):
+        n_tab = max(rows, min(table_rows, (256 * MiB) // rb))
+        trials_hot, trials_cold = zip(*(trial(n_tab, rb // 4) for _ in range(GATHER_TRIALS)))
+        hot.append(statistics.median(trials_hot))
+        cold.append(statistics.median(trials_cold))
+        if tick:
+            tick()
         xs.append(rb)
     X = np.stack([np.ones(len(xs)), np.array(xs, dtype=np.float64)], 1)
-    h, c = nnls(X, np.array(hot)), nnls(X, np.array(cold))
+    h, c = _relative_fit(X, hot)[0], _relative_fit(X, cold)[0]
     return {"hot_row_s": float(h[0]), "hot_byte_s": float(h[1]), "cold_row_s": float(c[0]),
             "cold_byte_s": float(c[1]), "points": {"row_bytes": xs, "hot_s_per_row": hot, "cold_s_per_row": cold}}
+
+
+@functools.lru_cache(maxsize=2)
+def _rmat(nodes: int, edges: int, seed: int):
+    """The calibration's in-memory R-MAT graph (built once per process: the read stage and the model steps both
+    sample from it)."""
+    from .workload import rmat_csc
+
+    return rmat_csc(nodes, edges, seed)
 
 
 def sampled_minibatches(shapes, nodes: int = 100_000, edges: int = 1_000_000, seed: int = 0):
     """Minibatches of realistic shape: sampled with the project's sampler from an in-memory R-MAT graph
     (:func:`~diskgraph.capacity.workload.rmat_csc`), one per ``(batch, fanouts, ...)`` in ``shapes``."""
     from ..sampler.neighbor_sampler import sample_minibatch
-    from .workload import rmat_csc
 
-    indptr, indices = rmat_csc(nodes, edges, seed)
+    indptr, indices = _rmat(nodes, edges, seed)
     rng = np.random.default_rng(seed)
     return [sample_minibatch(indptr, indices, rng.choice(nodes, size=min(b, nodes), replace=False), fan, i + 1)
             for i, (b, fan, *_) in enumerate(shapes)]
@@ -339,20 +387,23 @@ def _relative_fit(x, y) -> tuple[np.ndarray, float]:
     return c, float(np.max(np.abs(x @ c - y) / y))
 
 
-def measure_read_stage(quick: bool = False) -> dict:
+READ_STAGE_SHAPES = [(64, [5]), (256, [10, 5]), (512, [15, 10]), (1024, [10, 5]), (1024, [15, 10]), (256, [10, 10, 5])]
+
+
+def measure_read_stage(quick: bool = False, tick=None) -> dict:
     """The read stage's CPU work per minibatch without the disk read — Arrow rows of the plan and pack index
     (memory-mapped files), blocks, labels, tier positions, as :class:`~diskgraph.pipeline.loader.PackedLoader`
-    does it — fitted as ``c0 + c1 * input_nodes + c2 * sampled_edges`` seconds."""
+    does it — fitted as ``c0 + c1 * input_nodes + c2 * sampled_edges`` seconds (``tick()`` after each of
+    :data:`READ_STAGE_SHAPES`)."""
     import pyarrow as pa
 
     from ..pipeline.blocks import blocks_from_minibatch
     from ..pipeline.loader import tier_positions
-    from ..store.packed import PackEntry, index_schema
-    from ..store.plan import PlanSplitWriter, SampledMinibatch
+    from ..store.packed import index_schema, read_entry
+    from ..store.plan import PlanSplitWriter, read_minibatch
     from .workload import index_row
 
-    shapes = [(64, [5]), (256, [10, 5]), (512, [15, 10]), (1024, [10, 5]), (1024, [15, 10]), (256, [10, 10, 5])]
-    mbs = sampled_minibatches(shapes, *((20_000, 200_000) if quick else (100_000, 1_000_000)))
+    mbs = sampled_minibatches(READ_STAGE_SHAPES, *((20_000, 200_000) if quick else (100_000, 1_000_000)))
     rng = np.random.default_rng(0)
     rows, times = [], []
     labels = rng.integers(0, 8, 1_000_000)
@@ -372,34 +423,21 @@ def measure_read_stage(quick: bool = False) -> dict:
             cold = np.sort(m.input_nodes[tier == 0])
             with pa.OSFile(str(ipath), "wb") as sink, pa.ipc.new_file(sink, index_schema()) as iw:
                 iw.write_batch(index_row(tier, slot, cold, 512, index_schema()))
-            preader = pa.ipc.open_file(pa.memory_map(str(Path(tmp) / f"plan{si}.arrow")))
+            ppath = Path(tmp) / f"plan{si}.arrow"
+            preader = pa.ipc.open_file(pa.memory_map(str(ppath)))
             ireader = pa.ipc.open_file(pa.memory_map(str(ipath)))
 
-            def one():
-                bt = preader.get_batch(0)
-
-                def v(name, batch=bt):
-                    return batch.column(name).values.to_numpy()
-
-                mb = SampledMinibatch(int(bt.column("epoch")[0].as_py()), int(bt.column("batch")[0].as_py()),
-                                      v("input_nodes"), v("layer_sizes"),
-                                      [v(f"hop{h}_indptr") for h in range(1, hops + 1)],
-                                      [v(f"hop{h}_indices") for h in range(1, hops + 1)])
-                ib = ireader.get_batch(0)
-
-                def sc(name):
-                    return int(ib.column(name)[0].as_py())
-
-                e = PackEntry(sc("epoch"), sc("batch"), sc("offset"), sc("nbytes"), sc("padded_nbytes"), sc("n_cold"),
-                              ib.column("tier").values.to_numpy(), ib.column("slot").values.to_numpy(),
-                              ib.column("cold_nodes").values.to_numpy())
+            def one():  # (the rows' checksums are checked, as the loader does)
+                mb = read_minibatch(preader, 0, hops, ppath)
+                e = read_entry(ireader, 0, ipath)
                 blocks_from_minibatch(mb)
                 np.asarray(labels[mb.seeds], dtype=np.int64)
                 tier_positions(e)
 
-            one()
-            times.append(_median_time(one, 5))
+            times.append(robust_seconds(one, **CALIBRATION_TIMING))
             rows.append([1.0, n, sum(len(x) for x in m.hop_indices)])
+            if tick:
+                tick()
     c, err = _relative_fit(rows, times)
     return {"per_minibatch_s": float(c[0]), "per_node_s": float(c[1]), "per_edge_s": float(c[2]),
             "fit_max_rel_error": err}
@@ -455,15 +493,16 @@ def _blocks(mb, device):
 
 
 def time_model_steps(model_name: str, mbs, in_dim: int, hidden: int, classes: int, heads: int, device,
-                     reps: int = 3) -> tuple[list[float], list[float]]:
+                     timing: dict | None = None) -> tuple[list[float], list[float]]:
     """Seconds of a training step (forward, backward, Adam) and of an evaluation forward on each minibatch (random
-    features and labels), after one warm-up step each: the shortest of ``reps`` runs, since on a shared machine
-    other processes only ever add time (torch's thread pool is very sensitive to a busy core)."""
+    features and labels), each timed as ``timing`` says (:data:`STEP_TIMING` by default: warm-up steps, then the
+    mean of the fastest quarter of several)."""
     import torch
     import torch.nn.functional as F
 
     from ..models import build_model
 
+    timing = STEP_TIMING if timing is None else timing
     rng = np.random.default_rng(0)
     train_t, eval_t = [], []
 
@@ -494,9 +533,8 @@ def time_model_steps(model_name: str, mbs, in_dim: int, hidden: int, classes: in
                 float(model(blocks, x).sum())
             sync()
 
-        step(), forward()
-        train_t.append(_median_time(step, reps, best=True))
-        eval_t.append(_median_time(forward, reps, best=True))
+        train_t.append(robust_seconds(step, **timing))
+        eval_t.append(robust_seconds(forward, **timing))
     return train_t, eval_t
 
 
@@ -506,8 +544,10 @@ COMPUTE_SHAPES = [(256, [10, 5], 64), (1024, [10, 5], 64), (512, [15, 10], 128),
 QUICK_SHAPES = [(128, [5, 5], 32), (256, [10, 5], 64), (512, [10, 5], 32), (256, [15, 10], 64), (64, [5], 16)]
 
 
-def measure_compute(device, models=MODELS, quick: bool = False, hidden: int = 256) -> dict:
-    """Timed training steps and evaluation forwards of each model on sampled blocks; fitted coefficients."""
+def measure_compute(device, models=MODELS, quick: bool = False, hidden: int = 256, tick=None) -> dict:
+    """Timed training steps and evaluation forwards of each model on sampled blocks (each timed several times after a
+    warm-up, :data:`CALIBRATION_STEP_TIMING`); fitted coefficients. ``tick()`` is called after each model and
+    shape, and after the thread speed-up."""
     import torch
     import torch.nn.functional as F
 
@@ -517,16 +557,18 @@ def measure_compute(device, models=MODELS, quick: bool = False, hidden: int = 25
     hidden = 64 if quick else hidden
     mbs = sampled_minibatches(shapes, *((20_000, 200_000) if quick else (100_000, 1_000_000)))
     classes = 16
-    reps = 2 if quick else 5
+    timing = QUICK_TIMING if quick else CALIBRATION_STEP_TIMING
     rng = np.random.default_rng(0)
     out = {}
     for name in models:
         rows, train_t, eval_t = [], [], []
         for mb, (b, fan, fdim) in zip(mbs, shapes):
-            tt, te = time_model_steps(name, [mb], fdim, hidden, classes, 4, device, reps)
+            tt, te = time_model_steps(name, [mb], fdim, hidden, classes, 4, device, timing)
             train_t += tt
             eval_t += te
             rows.append(work_terms(name, mb.layer_sizes, [len(i) for i in mb.hop_indices], fdim, hidden, classes)[:4])
+            if tick:
+                tick()
         ct, et = _relative_fit(rows, train_t)
         ce, ee = _relative_fit(rows, eval_t)
         out[name] = {"train": [float(v) for v in ct], "eval": [float(v) for v in ce], "train_fit_max_rel_error": et,
@@ -548,16 +590,16 @@ def measure_compute(device, models=MODELS, quick: bool = False, hidden: int = 25
             F.cross_entropy(model(blocks, x), y).backward()
             opt.step()
 
-        step1()
-        t_all = _median_time(step1, reps + 1)
+        t_all = robust_seconds(step1, **timing)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            step1()
-            t_one = _median_time(step1, reps + 1)
+            t_one = robust_seconds(step1, **timing)
         finally:
             torch.set_num_threads(threads)
         speedup = max(1.0, t_one / t_all)
+    if tick:
+        tick()
     return {"models": out, "thread_speedup": speedup, "hidden_calibrated": hidden}
 
 
@@ -637,15 +679,20 @@ def measure_process_memory() -> dict:
             "probe": r}
 
 
+PIPELINE_EPOCHS = 4
+"""Epochs of the pipeline calibration's training run: the first warms up, the median of the others is measured."""
+
+
 def measure_pipeline(hw: "Hardware", device: str, quick: bool = False) -> dict:
     """How much slower a real pipelined epoch is than the model's sum of its parts, on this machine.
 
     Trains a calibration graph (60K nodes, 600K edges, 64-d, fanouts 10,5, batch 512, a 10 % host tier — not one of
-    the graphs plans are checked on) for 2 epochs with ``diskgraph train`` and divides the measured epoch time (the
-    faster epoch) by the estimate of :func:`~diskgraph.capacity.estimate.estimate_plan` from the profile measured so
-    far. On the CPU the read and assemble threads share the cores with torch's thread pool, and per-minibatch work
-    outside the model step (the handover between threads, the loss and accuracy bookkeeping) is not in the calibrated
-    step; both show in this factor, which estimates then apply to the CPU-bound epoch.
+    the graphs plans are checked on) for :data:`PIPELINE_EPOCHS` epochs with ``diskgraph train`` and divides the
+    measured epoch time (the median epoch after the first, which warms up) by the estimate of
+    :func:`~diskgraph.capacity.estimate.estimate_plan` from the profile measured so far. On the CPU the read and
+    assemble threads share the cores with torch's thread pool, and per-minibatch work outside the model step (the
+    handover between threads, the loss and accuracy bookkeeping) is not in the calibrated step; both show in this
+    factor, which estimates then apply to the CPU-bound epoch.
     """
     from ..generate import generate_dataset
     from ..preprocess import run_pack, run_sample
@@ -661,51 +708,132 @@ def measure_pipeline(hw: "Hardware", device: str, quick: bool = False) -> dict:
         host = int(0.1 * nodes) * 64 * 4
         run_pack(ds, host_cache=host, memory_budget=64 << 20)
         log_json = Path(tmp) / "log.jsonl"
-        proc = subprocess.run([sys.executable, "-m", "diskgraph", "train", str(ds), "--epochs", "2", "--device", device,
-                               "--hidden", "256", "--run-dir", str(Path(tmp) / "run"), "--log-json", str(log_json),
-                               "-q"], capture_output=True, text=True, env=env, timeout=1200)
+        proc = subprocess.run([sys.executable, "-m", "diskgraph", "train", str(ds), "--epochs", str(PIPELINE_EPOCHS),
+                               "--device", device, "--hidden", "256", "--run-dir", str(Path(tmp) / "run"),
+                               "--log-json", str(log_json), "-q"], capture_output=True, text=True, env=env, timeout=1200)
         if proc.returncode:
             raise RuntimeError(f"the pipeline calibration run failed: {proc.stderr[-2000:]}")
         records = [json.loads(line) for line in log_json.read_text().splitlines() if line.strip()]
-        measured = min(r["epoch_s"] for r in records if not r.get("summary"))
+        epochs = [r["epoch_s"] for r in records if not r.get("summary")]
+        measured = statistics.median(epochs[1:] or epochs)
         w = sample_workload(ds, fanouts=[10, 5], batch_size=512, sample_minibatches=64)
         predicted = estimate_plan(w, hw, model="sage", hidden=256, host_cache=host, alternatives=False)["epoch_s"]
     factor = min(4.0, max(0.5, measured / predicted)) if predicted > 0 else 1.0
-    return {"epoch_factor": factor, "measured_epoch_s": measured, "predicted_epoch_s": predicted,
+    return {"epoch_factor": factor, "measured_epoch_s": measured, "epochs_s": epochs, "predicted_epoch_s": predicted,
             "graph": {"nodes": nodes, "edges": 10 * nodes, "feature_dim": 64, "fanouts": [10, 5], "batch_size": 512,
                       "host_cache_bytes": host}}
 
 
 # -- all of it ---------------------------------------------------------------------------------------
 
+CALIBRATION_SECONDS = {
+    # piece: (seconds of a full calibration, of a quick one), measured cold (fresh profile and numba cache) on the quiet
+    # 2-core machine of docs/planning.md (the first piece that samples also compiles the sampler); "pcie" (CUDA
+    # only) was not measured there, it copies 64 MiB a few times. They weigh the progress bar and make the time
+    # calibrate() announces and --help states.
+    "disk": (0.4, 0.3), "memory": (1.5, 0.3), "gather": (8.0, 1.7), "read_stage": (7.2, 6.9), "compute": (12.9, 1.1),
+    "pcie": (1.0, 1.0), "process": (13.2, 13.0), "pipeline": (7.6, 5.2),
+}
+
+
+def _pieces(device: str) -> list[str]:
+    """The pieces :func:`calibrate` measures for ``device`` (``cpu``, ``cuda`` or ``cuda:N``), in order."""
+    kind = str(device).split(":")[0]
+    return [p for p in CALIBRATION_SECONDS if (p != "pcie" or kind == "cuda") and (p != "pipeline" or kind == "cpu")]
+
+
+def calibration_seconds(device: str = "cpu", quick: bool = False) -> float:
+    """About how many seconds :func:`calibrate` takes on ``device`` (cold, on the machine of docs/planning.md)."""
+    return sum(CALIBRATION_SECONDS[p][int(quick)] for p in _pieces(device))
+
+
+def duration_text(seconds: float) -> str:
+    """``seconds`` as a rounded duration for a person: ``20 s``, ``1.5 minutes``, ``3 minutes``."""
+    if seconds < 55:
+        return f"{max(5, int(round(seconds / 5.0)) * 5)} s"
+    minutes = round(seconds / 30.0) / 2
+    return "1 minute" if minutes == 1 else f"{minutes:g} minutes"
+
+
+@contextmanager
+def _quiet_inner_work():
+    """The calibration's own small preprocessing runs (generate, sample, pack) log and draw nothing unless -v: the
+    calibration's one line and bar say what happens."""
+    from ..store import progress
+
+    logger = logging.getLogger("diskgraph")
+    if logger.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    level, quiet = logger.level, progress._settings["quiet"]
+    logger.setLevel(logging.WARNING)
+    progress.set_quiet(True)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        progress.set_quiet(quiet)
+
+
 def calibrate(directory: str | os.PathLike = ".", device: str = "auto", probe_bytes: int = 256 * MiB,
-              quick: bool = False, log=None) -> Hardware:
-    """Measure this machine (a few tens of seconds; ``quick`` a few seconds, less precise)."""
+              quick: bool = False, note: str = "") -> Hardware:
+    """Measure this machine: about :func:`calibration_seconds` seconds (``quick``: fewer, rougher measurements).
+
+    Logs one line (``diskgraph`` logger, INFO) that says it is calibrating and about how long it will take
+    (``note`` is added after "calibrating this machine"), and draws a progress bar on a terminal
+    (:class:`~diskgraph.store.progress.Progress`; none with ``-q`` or when stderr is not a terminal). The seconds
+    each piece took are kept in the profile (``seconds_per_piece``).
+    """
     import torch
 
-    say = log or (lambda *a: None)
+    from ..store.progress import Progress
+
+    log = logging.getLogger("diskgraph")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     prof: dict = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION,
                   "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "quick": bool(quick)}
     prof["machine"] = _machine(str(dev))
-    say("calibrating the disk in %s (%d MiB probe, O_DIRECT)", directory, probe_bytes // MiB)
-    prof["disk"] = measure_disk(directory, probe_bytes, random_reads=300 if quick else 2000)
-    say("calibrating memory, gathers and the loader's read stage")
-    prof["memory"] = measure_memory(64 * MiB if quick else 256 * MiB)
-    prof["gather"] = measure_gather(dev, rows=20_000 if quick else 100_000)
-    prof["read_stage"] = measure_read_stage(quick)
-    say("calibrating model steps (%s) on %s", ", ".join(MODELS), dev)
-    prof["compute"] = measure_compute(dev, quick=quick)
-    if dev.type == "cuda":
-        prof["pcie"] = _measure_h2d(dev)
-    prof["process"] = measure_process_memory()
-    if dev.type == "cpu":
-        say("calibrating the pipeline: a real 2-epoch training run against its estimate")
-        prof["pipeline"] = measure_pipeline(Hardware(prof), device, quick=quick)
-    prof["seconds"] = round(time.perf_counter() - t0, 1)
+    pieces = _pieces(device)
+    expected = calibration_seconds(device, quick)
+    log.info("calibrating this machine%s: about %s (disk, memory, gathers, the loader's read stage, model steps%s)",
+             note, duration_text(expected), ", a short training run" if dev.type == "cpu" else "")
+    steps = {"gather": 3, "read_stage": len(READ_STAGE_SHAPES),
+             "compute": len(MODELS) * len(QUICK_SHAPES if quick else COMPUTE_SHAPES) + 1}
+    run = {
+        "disk": lambda tick: measure_disk(directory, probe_bytes, random_reads=300 if quick else 2000),
+        "memory": lambda tick: measure_memory(64 * MiB if quick else 256 * MiB),
+        "gather": lambda tick: measure_gather(dev, rows=20_000 if quick else 100_000, tick=tick),
+        "read_stage": lambda tick: measure_read_stage(quick, tick=tick),
+        "compute": lambda tick: measure_compute(dev, quick=quick, tick=tick),
+        "pcie": lambda tick: _measure_h2d(dev),
+        "process": lambda tick: measure_process_memory(),
+        "pipeline": lambda tick: measure_pipeline(Hardware(prof), device, quick=quick),
+    }
+    labels = {"disk": f"the disk in {directory}", "read_stage": "the read stage", "compute": "model steps",
+              "pcie": "host-to-GPU copies", "process": "process memory", "pipeline": "a training run"}
+    took = {}
+    with Progress("calibrating", expected) as bar:
+        for piece in pieces:
+            weight = CALIBRATION_SECONDS[piece][int(quick)]
+            per_step = weight / steps.get(piece, 1)
+            done = []
+
+            def tick(per_step=per_step, done=done):
+                done.append(per_step)
+                bar.update(per_step)
+
+            bar.desc = f"calibrating {labels.get(piece, piece)}"
+            log.debug("calibrating %s", labels.get(piece, piece))
+            t1 = clock()
+            with _quiet_inner_work():
+                prof[piece] = run[piece](tick)
+            took[piece] = round(clock() - t1, 1)
+            bar.update(max(0.0, weight - sum(done)))
+    prof["seconds_per_piece"] = took
+    prof["seconds"] = round(clock() - t0, 1)
     return Hardware(prof)
 
 
@@ -719,5 +847,4 @@ def _measure_h2d(dev) -> dict:
         d.copy_(host, non_blocking=True)
         torch.cuda.synchronize(dev)
 
-    copy()
-    return {"h2d_Bps": host.numel() / _median_time(copy, 5)}
+    return {"h2d_Bps": host.numel() / robust_seconds(copy, **CALIBRATION_TIMING)}

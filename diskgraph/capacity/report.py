@@ -86,7 +86,8 @@ def render_table(est: dict) -> str:
         if rec is None:
             lines.append("  no split fits the memory given")
         else:
-            lines.append("  * recommended: the shortest epoch that fits (the smallest memory within 2 % of it)")
+            lines.append("  * recommended: the shortest epoch that fits (the smallest memory within 2 % of it), compared "
+                         "with the profile's compute fit so identical runs recommend the same split")
     lines.append("")
     lines.append("how")
     for k, v in est["how"].items():

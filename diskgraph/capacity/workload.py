@@ -19,13 +19,13 @@ in-sample rate weighs ``f + (1 - f) / 2``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from ..store.errors import InputError
+from .timing import clock, fast_mean, per_unit_seconds, repeats_for
 
 SPLIT_NAMES = ("train", "val", "test")
 EXAMPLES = 4
@@ -43,7 +43,9 @@ class SplitSample:
         edges: int64 [k, L] sampled edges per hop (hop 1 first).
         plan_row_bytes: int64 [k] bytes each row adds to the plan file.
         inputs: the sampled minibatches' input node ids.
-        sample_s: seconds spent sampling them (one thread).
+        sample_s: seconds sampling them takes (one thread): the median seconds per sampled node and edge × their
+            nodes and edges (each minibatch is timed :func:`~diskgraph.capacity.timing.repeats_for` times, so a
+            split of a few minibatches still gives 32 timings; :func:`~diskgraph.capacity.timing.fast_mean` of them).
         examples: a few of the sampled minibatches whole (blocks included), spread over the sample, for timing
             model steps on them.
     """
@@ -121,13 +123,9 @@ class Workload:
 
 def plan_row_bytes(mb, schema: pa.Schema) -> int:
     """Bytes one minibatch adds to a plan file: its record-batch message plus its footer entry."""
-    from ..store.plan import _list
+    from ..store.plan import plan_record_batch
 
-    cols = [pa.array([mb.epoch], pa.int32()), pa.array([mb.batch], pa.int32()),
-            _list(mb.seeds, pa.int64()), _list(mb.input_nodes, pa.int64()), _list(mb.layer_sizes, pa.int64())]
-    for h in range(mb.num_hops):
-        cols += [_list(mb.hop_indptr[h], pa.int32()), _list(mb.hop_indices[h], pa.int32())]
-    return ipc_row_bytes(pa.record_batch(cols, schema=schema))
+    return ipc_row_bytes(plan_record_batch(mb, schema))
 
 
 def ipc_row_bytes(batch: pa.RecordBatch) -> int:
@@ -163,7 +161,8 @@ def _sample_split(indptr, indices, name: str, nodes: np.ndarray, fanouts: list[i
     sizes, edges, rows, inputs, examples = [], [], [], [], []
     keep = set(np.linspace(0, len(pick) - 1, min(EXAMPLES, len(pick))).round().astype(int).tolist()) if len(pick) else set()
     orders: dict[int, np.ndarray] = {}
-    t_sample = 0.0
+    reps = repeats_for(len(pick))
+    times, work = [], []
     for pos, j in enumerate(pick.tolist()):
         e, b = divmod(j, per_epoch)
         if shuffle:
@@ -173,9 +172,14 @@ def _sample_split(indptr, indices, name: str, nodes: np.ndarray, fanouts: list[i
         else:
             order = np.asarray(nodes, dtype=np.int64)
         seeds = order[b * batch_size:(b + 1) * batch_size]
-        t0 = time.perf_counter()
-        mb = sample_minibatch(indptr, indices, seeds, fanouts, minibatch_key(seed, name, e, b), epoch=e, batch=b)
-        t_sample += time.perf_counter() - t0
+        key = minibatch_key(seed, name, e, b)
+        took = []
+        for _ in range(reps):  # the same key draws the same minibatch: the repeats only time it again
+            t0 = clock()
+            mb = sample_minibatch(indptr, indices, seeds, fanouts, key, epoch=e, batch=b)
+            took.append(clock() - t0)
+        times.append(fast_mean(took))
+        work.append(len(mb.input_nodes) + sum(len(x) for x in mb.hop_indices))
         sizes.append(np.asarray(mb.layer_sizes, dtype=np.int64))
         edges.append([len(x) for x in mb.hop_indices])
         rows.append(plan_row_bytes(mb, schema))
@@ -185,7 +189,7 @@ def _sample_split(indptr, indices, name: str, nodes: np.ndarray, fanouts: list[i
     L = len(fanouts)
     return SplitSample(name, batch_size, list(fanouts), per_epoch, epochs,
                        np.array(sizes, dtype=np.int64).reshape(-1, L + 1), np.array(edges, dtype=np.int64).reshape(-1, L),
-                       np.array(rows, dtype=np.int64), inputs, t_sample, examples)
+                       np.array(rows, dtype=np.int64), inputs, per_unit_seconds(times, work) * sum(work), examples)
 
 
 def _warm_kernel(indptr, indices, fanouts) -> None:
@@ -365,8 +369,10 @@ class ColdRows:
 
     ``gpu``, ``host``, ``cold``: float arrays [k] per split (means of the in-sample and split-half
     estimates when the sample is partial); ``index_row_bytes`` likewise; ``tier_rows``: (gpu, host) rows
-    of the planned tiers; ``index_s``: seconds the packer's index kernel and row building took per
-    sampled minibatch; ``method``: how the rates were estimated.
+    of the planned tiers; ``index_s``: seconds the packer's index kernel and row building take per
+    minibatch (the median seconds per input row, each sampled minibatch timed
+    :func:`~diskgraph.capacity.timing.repeats_for` times, × the mean input rows); ``method``: how the
+    rates were estimated.
     """
 
     gpu: dict[str, np.ndarray]
@@ -381,13 +387,10 @@ class ColdRows:
 def index_row(tier: np.ndarray, slot: np.ndarray, cold: np.ndarray, row_bytes: int, schema: pa.Schema) -> pa.RecordBatch:
     """A pack-index row as the packer writes it (offset 0; the other scalars do not change its size)."""
     from ..store.direct_io import round_up
-    from ..store.packer import _list
+    from ..store.packed import index_record_batch
 
     k = len(cold)
-    return pa.record_batch([pa.array([0], pa.int32()), pa.array([0], pa.int32()), pa.array([0], pa.int64()),
-                            pa.array([k * row_bytes], pa.int64()), pa.array([round_up(k * row_bytes)], pa.int64()),
-                            pa.array([k], pa.int32()), _list(tier, pa.int8()), _list(slot, pa.int32()),
-                            _list(cold, pa.int64())], schema=schema)
+    return index_record_batch(0, 0, 0, k * row_bytes, round_up(k * row_bytes), k, tier, slot, cold)
 
 
 def _index_rows(w: Workload, tier_of: np.ndarray, slot_of: np.ndarray, timed: bool):
@@ -397,24 +400,30 @@ def _index_rows(w: Workload, tier_of: np.ndarray, slot_of: np.ndarray, timed: bo
 
     schema = index_schema()
     res = {}
-    t_total, n_total = 0.0, 0
+    reps = repeats_for(sum(s.k for s in w.splits.values())) if timed else 1
+    times, sizes = [], []
     for name, s in w.splits.items():
         g, h, c, rb = (np.zeros(s.k) for _ in range(4))
         for i, nodes in enumerate(s.inputs):
-            t0 = time.perf_counter()
             size = nodes.shape[0]
-            t = np.empty(size, np.int8)
-            slot = np.empty(size, np.int32)
-            cold = np.empty(size, np.int64)
-            k, n_gpu, _ = index_minibatch(nodes, tier_of, slot_of, t, slot, cold, np.empty(size, np.int64),
-                                          np.empty(size, np.int64))
-            rb[i] = ipc_row_bytes(index_row(t, slot, cold[:k], w.row_bytes, schema))
-            t_total += time.perf_counter() - t0
-            n_total += 1
+            took = []
+            for _ in range(reps):  # the repeats compute the same row again, to time it
+                t0 = clock()
+                t = np.empty(size, np.int8)
+                slot = np.empty(size, np.int32)
+                cold = np.empty(size, np.int64)
+                k, n_gpu, _ = index_minibatch(nodes, tier_of, slot_of, t, slot, cold, np.empty(size, np.int64),
+                                              np.empty(size, np.int64))
+                rb[i] = ipc_row_bytes(index_row(t, slot, cold[:k], w.row_bytes, schema))
+                took.append(clock() - t0)
+            times.append(fast_mean(took))
+            sizes.append(size)
             g[i], c[i] = n_gpu, k
             h[i] = size - n_gpu - k
         res[name] = (g, h, c, rb)
-    return res, (t_total / n_total if timed and n_total else 0.0)
+    # seconds per minibatch: the median seconds per input row × the mean input rows
+    index_s = per_unit_seconds(times, sizes) * float(np.mean(sizes)) if timed and sizes else 0.0
+    return res, index_s
 
 
 def cold_rows(w: Workload, gpu_bytes: int, host_bytes: int) -> ColdRows:

@@ -83,11 +83,19 @@ def check_labels(labels: np.ndarray, num_nodes: int, num_classes: int | None, la
             i = int(np.argmax(labels < -1))
             raise InputError(f"{label} holds label {lo} at node {i}; labels must be class ids 0..C-1, or -1 for an unlabelled node")
         hi = int(labels.max())
+        if hi >= max(num_nodes, 2):
+            i = int(np.argmax(labels == hi))
+            raise InputError(f"{label} holds label {hi} at node {i}, more classes than the graph's {num_nodes} nodes; "
+                             "labels must be dense class ids 0..C-1: renumber them (np.unique(labels, "
+                             "return_inverse=True))")
         if num_classes is not None and hi >= num_classes:
             i = int(np.argmax(labels >= num_classes))
             raise InputError(f"{label} holds label {hi} at node {i} but --num-classes is {num_classes}; fix the label or raise --num-classes")
     else:
         hi = -1
+    if num_classes is not None and num_classes > max(num_nodes, 2):
+        raise InputError(f"--num-classes {num_classes} is more classes than the graph's {num_nodes} nodes; pass the "
+                         "number of classes the labels use")
     return labels, int(num_classes if num_classes is not None else hi + 1)
 
 

@@ -162,3 +162,79 @@ def test_parse_bytes_refuses(text):
 def test_parse_bytes_refuses_overflowing_sizes(text):
     with pytest.raises(argparse.ArgumentTypeError, match="too large"):
         parse_bytes(text)
+
+
+# -- list values that start with -1 (issue 12, finding 9) ---------------------------------------------
+
+@pytest.mark.parametrize("words, flag", [
+    (["preprocess", "sample", "DIR"], "--fanouts"),
+    (["preprocess", "sample", "DIR"], "--eval-fanouts"),
+    (["preprocess", "all", "DIR"], "--fanouts"),
+    (["preprocess", "all", "DIR"], "--eval-fanouts"),
+    (["train", "DIR"], "--fanouts"),
+])
+def test_fanouts_starting_with_minus_one_need_no_equals_sign(cli, words, flag):
+    r = cli.run(*words, flag, "-1,-1", "--print-config")
+    assert r.rc == 0, r.err
+    assert f'{flag[2:].replace("-", "_")} = "-1,-1"' in r.out
+    r = cli.run(*words, flag, "-1", "--print-config")
+    assert r.rc == 0 and f'{flag[2:].replace("-", "_")} = "-1"' in r.out
+    r = cli.run(*words, flag, "-1,-2", "--print-config")  # still checked: -2 is not a fanout
+    assert r.rc == 2 and "is not a fanout list" in r.err
+
+
+def test_minus_one_fanouts_sample_every_neighbor(cli, raw_inputs):
+    assert cli.run("preprocess", "import", "--edges", raw_inputs / "e.npy", "--features", raw_inputs / "x.npy",
+                   "--split", "random:0.5,0.25,0.25", "--out", raw_inputs / "ds", "-q").rc == 0
+    r = cli.run("preprocess", "sample", raw_inputs / "ds", "--fanouts", "5,5", "--eval-fanouts", "-1,-1", "-q")
+    assert r.rc == 0, r.err
+    from diskgraph.store.plan import open_plan
+
+    assert open_plan(raw_inputs / "ds" / "plans" / "default").config["eval_fanouts"] == [-1, -1]
+
+
+# -- outputs: missing parents are made, foreign directories are never replaced --------------------------
+
+def test_missing_parents_of_the_output_are_created(cli, raw_inputs):
+    out = raw_inputs / "data" / "graphs" / "ds"
+    assert cli.run("preprocess", "import", "--edges", raw_inputs / "e.npy", "--out", out, "-q").rc == 0
+    assert (out / "manifest.json").is_file()
+
+
+def test_overwrite_never_replaces_what_diskgraph_did_not_write(cli, raw_inputs, refused):
+    foreign = raw_inputs / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"precious")
+    msg = refused(cli.run("preprocess", "import", "--edges", raw_inputs / "e.npy", "--out", foreign, "--overwrite"),
+                  str(foreign), "not a directory diskgraph wrote", "--out")
+    assert "remove it yourself" in msg
+    refused(cli.run("generate", "--format", "raw", "--nodes", "10", "--edges", "10", "--out", foreign, "--overwrite"),
+            str(foreign), "not a directory diskgraph wrote")
+    refused(cli.run("generate", "--nodes", "10", "--edges", "10", "--out", foreign, "--overwrite"),
+            str(foreign), "not a directory diskgraph wrote")
+    refused(cli.run("train", raw_inputs / "ds", "--run-dir", foreign, "--overwrite"), str(foreign), "run.json",
+            "--run-dir")
+    assert (foreign / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_overwrite_replaces_only_the_same_kind(cli, raw_inputs, refused):
+    ds = raw_inputs / "ds"
+    assert cli.run("preprocess", "import", "--edges", raw_inputs / "e.npy", "--features", raw_inputs / "x.npy",
+                   "--split", "random:0.5,0.25,0.25", "--out", ds, "-q").rc == 0
+    assert cli.run("preprocess", "sample", ds, "--fanouts", "3", "-q").rc == 0
+    plan = ds / "plans" / "default"
+    refused(cli.run("preprocess", "import", "--edges", raw_inputs / "e.npy", "--out", plan, "--overwrite"),
+            str(plan), "a diskgraph plan, not a diskgraph dataset")
+    refused(cli.run("generate", "--format", "raw", "--nodes", "10", "--edges", "10", "--out", ds, "--overwrite"),
+            str(ds), "a diskgraph dataset, not diskgraph generate's raw inputs")
+    refused(cli.run("preprocess", "pack", ds, "--name", str(plan), "--overwrite"), "a diskgraph plan, not a diskgraph pack")
+    refused(cli.run("preprocess", "sample", ds, "--fanouts", "3"), f"plan {plan} already exists", "--name",
+            "--overwrite")
+    assert cli.run("preprocess", "sample", ds, "--fanouts", "3", "--overwrite", "-q").rc == 0
+    # raw inputs carry a manifest, so they can be replaced by raw inputs
+    raw = raw_inputs / "raw"
+    assert cli.run("generate", "--format", "raw", "--nodes", "10", "--edges", "10", "--out", raw, "-q").rc == 0
+    assert json.loads((raw / "manifest.json").read_text())["format"] == "diskgraph.raw-inputs"
+    assert cli.run("generate", "--format", "raw", "--nodes", "20", "--edges", "10", "--out", raw, "--overwrite",
+                   "-q").rc == 0
+    assert np.load(raw / "labels.npy").shape == (20,)

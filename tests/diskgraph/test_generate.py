@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -174,9 +175,28 @@ def test_write_raw_inputs_matches_the_generator(tmp_path):
     assert feats.dtype == np.float16
     np.testing.assert_array_equal(feats, g.features(0, 3_001))
     np.testing.assert_array_equal(np.load(out["labels"]), g.labels())
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["edges.npy", "features.npy", "labels.npy"]
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["edges.npy", "features.npy", "labels.npy",
+                                                                    "manifest.json"]
     assert out["bytes"]["edges"] == out["edges"].stat().st_size
     assert out["params"]["seed"] == 4
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert manifest["format"] == "diskgraph.raw-inputs" and manifest["generator"] == out["params"]
+    assert manifest["files"]["features"] == {"path": "features.npy", "bytes": out["bytes"]["features"]}
+
+
+def test_generate_checks_its_budgets_before_allocating(tmp_path):
+    from diskgraph.generate import IMPORT_BYTES_PER_NODE, check_budgets
+
+    n = 1 << 20
+    check_budgets(tmp_path / "ds", nodes=n, edges=10, feature_dim=4, classes=2, memory_budget=IMPORT_BYTES_PER_NODE * n + 96)
+    with pytest.raises(InputError, match=r"--nodes 1048576 needs about 32\.0 MiB of memory .* raise --memory-budget"):
+        check_budgets(tmp_path / "ds", nodes=n, edges=10, feature_dim=4, classes=2, memory_budget=16 << 20)
+    check_budgets(tmp_path / "raw", nodes=n, edges=10, feature_dim=4, classes=2, raw=True, memory_budget=16 << 20)
+    with pytest.raises(InputError, match=r"--classes 4096 with --feature-dim 4096 needs about 192\.0 MiB"):
+        check_budgets(tmp_path / "raw", nodes=n, edges=10, feature_dim=4096, classes=4096, raw=True,
+                      memory_budget=64 << 20)
+    with pytest.raises(InputError, match=r"--out .*raw needs at least 1032\.0 TiB on disk .* free; free space there or choose another --out"):
+        check_budgets(tmp_path / "raw", nodes=1 << 40, edges=10, feature_dim=256, classes=2, raw=True)
 
 
 def test_write_raw_inputs_refuses_bfloat16(tmp_path):

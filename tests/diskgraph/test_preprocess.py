@@ -10,6 +10,7 @@ graph with identity features (row i holds i).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,10 +76,11 @@ def test_preprocess_all_from_npz_and_inspect_reports_plan_and_pack(shared_datase
     assert r.rc == 0, r.err
     info = json.loads(r.out)
     assert info["num_nodes"] == 2708 and info["feature_dim"] == 1433 and info["num_classes"] == 7
-    plan, pack = info["plan"], info["pack"]
-    assert plan["name"] == "default" and plan["config"]["fanouts"] == [10, 5] and plan["config"]["batch_size"] == 512
+    assert info["plan"] == "default" and info["pack"] == "default"
+    plan, pack = info["plans"]["default"], info["packs"]["default"]
+    assert plan["config"]["fanouts"] == [10, 5] and plan["config"]["batch_size"] == 512
     assert plan["minibatches"] == {"train": 1, "val": 1, "test": 2}
-    assert pack["name"] == "default" and pack["host_cache_bytes"] == 1 << 20 and pack["gpu_cache_bytes"] == 256 << 10
+    assert pack["host_cache_bytes"] == 1 << 20 and pack["gpu_cache_bytes"] == 256 << 10
     assert pack["packed_bytes"] > 0 and pack["blowup"] > 0
     assert set(info["plans"]) == {"default"} and set(info["packs"]) == {"default"}
     r = cli.run("inspect", out, "--verify", "--json")
@@ -90,19 +92,150 @@ def test_preprocess_all_from_npz_and_inspect_reports_plan_and_pack(shared_datase
     assert "plan default" in r.out and "pack default" in r.out and "blow-up" in r.out
 
 
-def test_preprocess_all_on_existing_dataset_adds_plan_and_pack(shared_dataset, tmp_path, cli):
+def test_preprocess_all_on_existing_dataset_adds_plan_and_pack(shared_dataset, tmp_path, cli, refused):
     out = tmp_path / "cora"
     assert cli.run("preprocess", "import", "--npz", shared_dataset("cora"), "--out", out, "-q").rc == 0
     r = cli.run("preprocess", "all", out, "--fanouts", "4", "--batch-size", "100", "--name", "small", "-q")
     assert r.rc == 0, r.err
     info = json.loads(cli.run("inspect", out, "--json").out)
-    assert info["plan"]["name"] == "small" and info["plans"]["small"]["config"]["fanouts"] == [4]
+    assert info["plan"] == "small" and info["plans"]["small"]["config"]["fanouts"] == [4]
     assert info["packs"]["small"]["blowup"] > 0
-    # the same name again needs --overwrite; the refusal names the flag
-    r = cli.run("preprocess", "all", out, "--fanouts", "4", "--batch-size", "100", "--name", "small")
-    assert r.rc == 2 and "--overwrite" in r.err
-    assert cli.run("preprocess", "all", out, "--fanouts", "4", "--batch-size", "100", "--name", "small",
+    # the same command again keeps what is there; other options are refused with the option and --overwrite
+    before = (out / "packs" / "small" / "manifest.json").stat().st_ino
+    assert cli.run("preprocess", "all", out, "--fanouts", "4", "--batch-size", "100", "--name", "small").rc == 0
+    assert (out / "packs" / "small" / "manifest.json").stat().st_ino == before
+    refused(cli.run("preprocess", "all", out, "--fanouts", "5", "--batch-size", "100", "--name", "small"),
+            "--fanouts 4 there, 5 in this run", str(out / "plans" / "small"), "--overwrite")
+    assert cli.run("preprocess", "all", out, "--fanouts", "5", "--batch-size", "100", "--name", "small",
                    "--overwrite", "-q").rc == 0
+    assert open_plan(out / "plans" / "small").config["fanouts"] == [5]
+    assert open_pack(out / "packs" / "small").plan_path() == out / "plans" / "small"
+    refused(cli.run("preprocess", "all", out, "--fanouts", "5", "--batch-size", "100", "--name", "small",
+                    "--host-cache", "64K"), "--host-cache 0 there, 65536 in this run", "--overwrite")
+    refused(cli.run("preprocess", "all", out, "--name", "a/b"), "--name", "bare name")
+
+
+def test_inspect_json_names_the_default_plan_and_pack_once(shared_dataset, tmp_path, cli):
+    out = tmp_path / "cora"
+    assert cli.run("preprocess", "all", "--npz", shared_dataset("cora"), "--out", out, "--fanouts", "4",
+                   "--batch-size", "300", "-q").rc == 0
+    text = cli.run("inspect", out, "--json").out
+    info = json.loads(text)
+    assert info["plan"] == "default" and info["pack"] == "default"
+    assert text.count('"packed_bytes"') == 1 and text.count('"mean_layer_sizes"') == 1
+
+
+# -- preprocess all continues from the stages a killed run finished -------------------------------------
+
+RESUME_GRAPH = dict(nodes=50_000, edges=600_000, feature_dim=16, classes=4, seed=0)
+RESUME_OPTIONS = ["--fanouts", "10,10", "--batch-size", "128", "--epochs", "3", "--threads", "1", "--host-cache", "1M"]
+_VOLATILE = {"created_at", "checksum", "seconds", "timing", "path"}
+
+
+def _all_command(raw: Path, out: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "diskgraph", "preprocess", "all", "--edges", str(raw / "edges.npy"),
+            "--features", str(raw / "features.npy"), "--labels", str(raw / "labels.npy"), "--out", str(out),
+            *RESUME_OPTIONS, *extra]
+
+
+def _stable(value):
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in _VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def _contents(root: Path) -> dict:
+    """Every file under ``root``: its bytes' sha256, or for a manifest its fields without times, paths and checksums."""
+    import hashlib
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(root))
+            out[rel] = (_stable(json.loads(p.read_text())) if p.name == "manifest.json"
+                        else hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+@pytest.fixture(scope="module")
+def resume_inputs(tmp_path_factory):
+    """Raw inputs of a graph whose sampling and packing take a fraction of a second each, and the dataset an
+    uninterrupted `preprocess all` makes of them."""
+    import subprocess
+
+    from diskgraph.generate import write_raw_inputs
+
+    root = tmp_path_factory.mktemp("resume")
+    write_raw_inputs(root / "raw", **RESUME_GRAPH)
+    r = subprocess.run(_all_command(root / "raw", root / "reference", "-q"), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return root / "raw", root / "reference"
+
+
+@pytest.mark.parametrize("killed_after, finished, unfinished", [
+    ("diskgraph: imported ", "manifest.json", "plans/default"),
+    ("diskgraph: sampled ", "plans/default", "packs/default"),
+], ids=["after-import", "after-sample"])
+def test_preprocess_all_killed_then_rerun_finishes_like_an_uninterrupted_run(resume_inputs, tmp_path, killed_after,
+                                                                             finished, unfinished):
+    import signal
+    import subprocess
+
+    raw, reference = resume_inputs
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(_all_command(raw, out), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith(killed_after):
+                proc.send_signal(signal.SIGKILL)
+                break
+    finally:
+        proc.stderr.close()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / finished).exists() and not (out / unfinished).exists()
+    stale = [p for p in out.rglob("*") if ".diskgraph-tmp-" in p.name]  # the killed stage's, if it had begun
+
+    r = subprocess.run(_all_command(raw, out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "preprocess all: import skipped" in r.stderr
+    assert ("sample skipped" in r.stderr) == (finished == "plans/default")
+    assert not stale or "left by an interrupted run" in r.stderr
+    assert _contents(out) == _contents(reference)
+    assert not [p for p in tmp_path.rglob("*") if ".diskgraph-tmp-" in p.name]
+
+    # once more: every stage is kept
+    r = subprocess.run(_all_command(raw, out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and all(f"{s} skipped" in r.stderr for s in ("import", "sample", "pack")), r.stderr
+
+
+def test_preprocess_all_refuses_a_dataset_imported_differently(tmp_path, cli, refused):
+    from diskgraph.generate import write_raw_inputs
+
+    write_raw_inputs(tmp_path / "raw", nodes=600, edges=4000, feature_dim=8, classes=3, seed=1)
+    raw, out = tmp_path / "raw", tmp_path / "ds"
+    base = ["preprocess", "all", "--edges", raw / "edges.npy", "--features", raw / "features.npy", "--labels",
+            raw / "labels.npy", "--out", out, "--fanouts", "3", "--batch-size", "64", "-q"]
+    assert cli.run(*base).rc == 0
+    refused(cli.run(*base, "--dedup"), f"dataset {out}", "--dedup off there, on in this run", "--overwrite")
+    refused(cli.run(*base[:-1], "--seed", "1"), "--seed 0 there, 1 in this run", "--overwrite")
+    os.utime(raw / "labels.npy", ns=(1, 1))
+    refused(cli.run(*base), "--labels", "changed", "--overwrite")
+    assert cli.run(*base, "--overwrite").rc == 0  # imported again (and sampled and packed into it)
+    assert cli.run(*base).rc == 0
+    # made by `preprocess import`: the same import options are recognized, the sample and pack added
+    other = tmp_path / "imported"
+    assert cli.run("preprocess", "import", "--edges", raw / "edges.npy", "--features", raw / "features.npy",
+                   "--labels", raw / "labels.npy", "--out", other, "-q").rc == 0
+    assert cli.run(*[other if a == out else a for a in base]).rc == 0
+    assert (other / "packs" / "default").is_dir()
+    # a dataset that records no import options (made by generate) is refused, naming both ways on
+    gen = tmp_path / "gen"
+    assert cli.run("generate", "--nodes", "600", "--edges", "4000", "--out", gen, "-q").rc == 0
+    refused(cli.run(*[gen if a == out else a for a in base]), "does not record", "--overwrite",
+            f"diskgraph preprocess all {gen}")
 
 
 def test_sample_then_pack_commands_and_refusals(shared_dataset, tmp_path, cli, refused):

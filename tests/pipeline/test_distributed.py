@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from diskgraph.pipeline.distributed import shard
+from diskgraph.pipeline.trainer import read_checkpoint_file, write_checkpoint_file
 from diskgraph.pipeline.schedule import epoch_order
 from diskgraph.preprocess import run_pack, run_sample
 from diskgraph.store.packed import open_pack
@@ -104,7 +105,7 @@ def test_two_gloo_ranks_equal_one_process_with_gradient_averaging(ident, tmp_pat
     order = epoch_order(plan, "train", 0, SEED)
     shares = [shard(order, rank, 2) for rank in range(2)]
     model, pack = _reference_model(ident, shares)
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint_file(run / "checkpoint.pt")
     assert state["world_size"] == 2 and (state["epoch"], state["position"]) == (1, 0)
     for name, want in model.state_dict().items():
         torch.testing.assert_close(state["model"][name], want, rtol=1e-4, atol=1e-5, msg=name)
@@ -130,9 +131,9 @@ def test_two_gloo_ranks_equal_one_process_with_gradient_averaging(ident, tmp_pat
     r1 = cli.run(*train_args(ident, run, log, tmp_path / "s1.jsonl", epochs=2), "--resume")
     assert r1.rc == 0, r1.err
     assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()[:-1]] == [0, 1]
-    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state = read_checkpoint_file(run / "checkpoint.pt")
     state.update(epoch=1, position=2, world_size=2)
-    torch.save(state, run / "checkpoint.pt")
+    write_checkpoint_file(state, run / "checkpoint.pt")
     r2 = cli.run(*train_args(ident, run, log, tmp_path / "s2.jsonl", epochs=3), "--resume")
     assert r2.rc == 2 and "mid-epoch" in r2.err and "resume it with 2" in r2.err
 

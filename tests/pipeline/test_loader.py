@@ -177,9 +177,14 @@ def test_a_failing_read_raises_in_the_consumer_and_stops_the_threads(ident, tmp_
     size = cold.stat().st_size
     with open(cold, "r+b") as f:
         f.truncate(size // 2)
+    with pytest.raises(FormatError, match="truncated"):
+        open_pack(broken)  # a truncated extent file is refused before anything is read
+    with open(cold, "r+b") as f:
+        f.truncate(size)  # the second half now reads as zeros: refused when its first extent is read
     loader = ident.loader(open_pack(broken))
     seen = 0
-    with pytest.raises(FormatError, match="truncated"):
+    with pytest.raises(FormatError, match=r"cold/train/c/0: the extent of minibatch \d+ of train .* does not match "
+                                          "its checksum; the pack is damaged, pack the plan again"):
         for batch in loader.epoch():
             check_batch(batch, ident.plan, "train", ident.feats, ident.labels)
             seen += 1
@@ -239,8 +244,11 @@ def test_bad_options_are_refused(ident, tmp_path):
         with pytest.raises(InputError, match="no CUDA GPU"):
             ident.loader(device="cuda")
     other = Ident(build_identity(tmp_path, num_nodes=1500, dim=8))
-    with pytest.raises(InputError, match="plan"):
+    with pytest.raises(InputError, match=r"pack .* was packed from other features than dataset .* dataset.num_nodes "
+                                         r"is 1500, the dataset's 3000"):
         PackedLoader(ident.ds, other.pack("some"), ident.plan, "train")
+    with pytest.raises(InputError, match=r"plan .* was sampled from another graph"):
+        PackedLoader(ident.ds, ident.pack("some"), other.plan, "train")
 
 
 # -- stats and overlap --------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from diskgraph.pipeline.trainer import BEST_MODEL_NAME, CHECKPOINT_NAME, StopTraining, Trainer, TrainConfig
+from diskgraph.pipeline.trainer import (BEST_MODEL_NAME, CHECKPOINT_NAME, StopTraining, Trainer, TrainConfig,
+                                        read_checkpoint_file)
 from diskgraph.train import TrainOptions, run_training
 
 from loader_helpers import build_identity, loader_threads
@@ -48,7 +49,7 @@ def _close(trainer):
         loader.close()
 
 
-_TIMING = ("epoch_s", "eval_s", "stage_s", "io_s", "queue_wait_s", "overlap", "read_bytes", "eval_read_bytes",
+_TIMING = ("epoch_s", "eval_s", "stage_s", "io_s", "verify_s", "queue_wait_s", "overlap", "read_bytes", "eval_read_bytes",
            "read_amplification", "extent_bytes", "peak_rss_bytes", "peak_gpu_bytes", "seconds")
 """Fields that measure time or I/O: a crash repeats the minibatches read ahead, so these may differ."""
 
@@ -111,7 +112,7 @@ def test_checkpoint_is_written_atomically_and_holds_the_position(ident, tmp_path
     with pytest.raises(StopTraining):
         t.fit(max_steps=4)
     _close(t)
-    state = torch.load(tmp_path / "run" / CHECKPOINT_NAME, weights_only=False)
+    state = read_checkpoint_file(tmp_path / "run" / CHECKPOINT_NAME)
     assert (state["epoch"], state["position"]) == (0, 3)
     assert not list((tmp_path / "run").glob(".*tmp*"))
 

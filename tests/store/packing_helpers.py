@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diskgraph.store.atomic import AtomicDirectory
+from diskgraph.store.binding import plan_binding
 from diskgraph.store.importer import ImportOptions, import_dataset
 from diskgraph.store.plan import PlanSplitWriter, SampledMinibatch, write_plan_manifest
 from diskgraph.store.sources.edges import GeneratedEdges
@@ -46,9 +47,8 @@ def identity_dataset(out: Path, num_nodes: int, dim: int = 4, dtype: str = "floa
                           options=ImportOptions(memory_budget=memory_budget, dedup=True))
 
 
-def _dataset_info(ds) -> dict:
-    return {"path": str(ds.path), "num_nodes": ds.num_nodes, "num_edges": ds.num_edges,
-            "indptr_sha256": ds.manifest["arrays"]["topology/indptr"]["sha256"]}
+def _dataset_info(ds, splits) -> dict:
+    return {"path": str(ds.path), **plan_binding(ds, [s for s in splits if f"splits/{s}" in ds.array_records])}
 
 
 def _write_plan(ds, out: Path, minibatches: dict[str, list[SampledMinibatch]], per_epoch: dict[str, int],
@@ -61,7 +61,7 @@ def _write_plan(ds, out: Path, minibatches: dict[str, list[SampledMinibatch]], p
                 w.write(mb)
             w.close()
             writers[split] = w
-        write_plan_manifest(tmp, writers, config, _dataset_info(ds), 0.0, per_epoch, epochs)
+        write_plan_manifest(tmp, writers, config, _dataset_info(ds, minibatches), 0.0, per_epoch, epochs)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,21 +39,70 @@ def test_an_exception_leaves_nothing(tmp_path, exc):
 
 def test_existing_output_is_refused_or_replaced(tmp_path):
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "old").write_text("old")
+    _manifest(out, "diskgraph.dataset")
     with pytest.raises(InputError, match=rf"output directory {out} already exists; .* --overwrite"):
         with AtomicDirectory(out):
             pass
-    assert (out / "old").exists()
+    assert (out / "manifest.json").exists()
     with AtomicDirectory(out, overwrite=True) as tmp:
         (tmp / "new").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["new"]
     assert _hidden(tmp_path, "ds") == []
 
 
-def test_missing_parent_is_refused(tmp_path):
-    with pytest.raises(InputError, match="parent directory .*nope does not exist"):
-        AtomicDirectory(tmp_path / "nope" / "ds").check()
+def test_missing_parents_are_created_and_removed_again_on_failure(tmp_path):
+    out = tmp_path / "a" / "b" / "ds"
+    with pytest.raises(RuntimeError):
+        with AtomicDirectory(out) as tmp:
+            assert tmp.parent == tmp_path / "a" / "b"
+            raise RuntimeError()
+    assert list(tmp_path.iterdir()) == []
+    with AtomicDirectory(out) as tmp:
+        (tmp / "f").write_text("x")
+    assert (out / "f").read_text() == "x"
+
+
+def test_a_file_in_the_way_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"cannot create .*file/ds: .*file is not a directory; choose another --out"):
+        AtomicDirectory(tmp_path / "file" / "ds").check()
+
+
+def _manifest(d, fmt):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps({"format": fmt}))
+
+
+def test_overwrite_replaces_only_diskgraph_directories_of_the_same_kind(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match=r"refusing to replace .*ds: it is not a directory diskgraph wrote"):
+        with AtomicDirectory(out, overwrite=True):
+            pass
+    assert (out / "thesis.tex").exists()
+    (out / "thesis.tex").unlink()
+    _manifest(out, "diskgraph.plan")
+    with pytest.raises(InputError, match="it holds a diskgraph plan, not a diskgraph dataset"):
+        AtomicDirectory(out, overwrite=True, kind="diskgraph.dataset").check()
+    # without a kind, the manifest the writer made decides, when it is about to rename
+    with pytest.raises(InputError, match="it holds a diskgraph plan, not a diskgraph dataset"):
+        with AtomicDirectory(out, overwrite=True) as tmp:
+            _manifest(tmp, "diskgraph.dataset")
+    assert json.loads((out / "manifest.json").read_text())["format"] == "diskgraph.plan"
+    assert _hidden(tmp_path, "ds") == []
+    with AtomicDirectory(out, overwrite=True) as tmp:
+        _manifest(tmp, "diskgraph.plan")
+        (tmp / "new").write_text("new")
+    assert (out / "new").exists()
+
+
+def test_an_empty_directory_is_replaced_with_overwrite(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    with AtomicDirectory(out, overwrite=True) as tmp:
+        (tmp / "f").write_text("x")
+    assert (out / "f").exists()
 
 
 def test_output_appearing_meanwhile_is_not_clobbered(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
+from diskgraph.store.checksums import manifest_checksum
 from diskgraph.store.dataset import open_dataset
 from diskgraph.store.zarr_arrays import RawArray
 
@@ -57,7 +58,7 @@ def test_open_dataset_reads_back_everything(make_dataset, raw, csc_oracle):
                                       "topology/indices", "topology/indptr"]
     assert "num_nodes=300" in repr(ds)
     m = ds.manifest
-    assert m["format"] == "diskgraph.dataset" and m["format_version"] == 1
+    assert m["format"] == "diskgraph.dataset" and m["format_version"] == 2
     assert m["features"]["bytes"] == raw["x"].nbytes and m["features"]["row_bytes"] == F * 4
     assert m["options"]["dedup"] is True and m["import"]["input_edges"] == raw["src"].size
     assert m["import"]["duplicates_dropped"] == raw["src"].size - indices.size
@@ -172,6 +173,7 @@ def test_verify_checks_invariants_too(cli, make_dataset):
     indices.tofile(idx_path)
     m = json.loads((out / "manifest.json").read_text())
     m["arrays"]["topology/indices"]["sha256"] = hashlib.sha256(indices.tobytes()).hexdigest()
+    m["checksum"] = manifest_checksum(m)
     (out / "manifest.json").write_text(json.dumps(m))
     problems = open_dataset(out).verify()
     assert problems == [f"topology: the in-edges of node {v} are not sorted"]

@@ -404,5 +404,6 @@ def test_graph_without_edges(cli, tmp_path):
     np.testing.assert_array_equal(ds.indptr, np.zeros(6))
     assert ds.indices.shape == (0,) and ds.verify() == []
     assert ds.stats()["in_degree"]["isolated_nodes"] == 5
-    ds = imported(cli, tmp_path / "empty", "--edges", tmp_path / "e.npy")
-    assert ds.num_nodes == 0 and ds.num_edges == 0 and ds.verify() == []
+    # no edges and nothing else to count nodes by: refused at import (issue 12: it used to fail only later)
+    r = cli.run("preprocess", "import", "--edges", tmp_path / "e.npy", "--out", tmp_path / "empty")
+    assert r.rc == 2 and "the graph has no nodes" in r.err and not (tmp_path / "empty").exists()

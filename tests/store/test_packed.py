@@ -13,6 +13,7 @@ import pytest
 
 from diskgraph.sampler.hot_set import expected_reads_per_epoch, select_hot_sets
 from diskgraph.store import direct_io
+from diskgraph.store.checksums import manifest_checksum
 from diskgraph.store.dataset import open_dataset
 from diskgraph.store.errors import FormatError, InputError
 from diskgraph.store.packed import PACK_FORMAT, open_pack
@@ -113,19 +114,25 @@ def test_verify_finds_damage(packed, tmp_path):
         cold = bad / "cold" / "train" / "c" / "0"
         size = cold.stat().st_size
         os.truncate(cold, size - 4096)
-        problems = open_pack(bad).verify()
-        assert any("truncated" in p for p in problems), problems
+        with pytest.raises(FormatError, match="truncated"):
+            open_pack(bad)  # refused when opened, not only by verify
         os.truncate(cold, size)  # back to size but the last extent's bytes are now zeros
         problems = open_pack(bad).verify(check_rows=10_000)
-        assert any("differs" in p for p in problems), problems
+        assert any(f"{cold}: the extent of minibatch" in p and "does not match its checksum" in p
+                   for p in problems), problems
         shutil.copy(out / "cold" / "train" / "c" / "0", cold)
         assert open_pack(bad).verify() == []
-        # an index from another plan
+        # the index and extents of another split, under a manifest rewritten to match (checksum included)
         shutil.copy(out / "index" / "val.arrow", bad / "index" / "test.arrow")
+        for part in ("cold", "checksums"):
+            shutil.rmtree(bad / part / "test")
+            shutil.copytree(out / part / "val", bad / part / "test")
         m = json.loads((bad / "manifest.json").read_text())
         m["splits"]["test"] = m["splits"]["val"]
+        m["checksum"] = manifest_checksum(m)
         (bad / "manifest.json").write_text(json.dumps(m))
-        assert open_pack(bad).verify()
+        problems = open_pack(bad).verify()
+        assert any("index/test" in p and "the plan" in p for p in problems), problems
     finally:
         shutil.rmtree(bad)
 

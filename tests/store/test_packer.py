@@ -19,7 +19,7 @@ from diskgraph.sampler.hot_set import expected_reads_per_epoch, select_hot_sets
 from diskgraph.store.dataset import open_dataset
 from diskgraph.store.errors import InputError
 from diskgraph.store.packed import COLD, GPU, HOST, open_pack
-from diskgraph.store.packer import pack_features
+from diskgraph.store.packer import EXTENT_HASHER_BYTES, pack_features
 from diskgraph.store.plan import open_plan
 
 from packing_helpers import all_features, check_all_minibatches as _check_all_minibatches, identity_dataset, neighborhood_plan, random_plan
@@ -152,8 +152,9 @@ def test_small_memory_budget_gives_identical_output(world, tmp_path):
     rb = ds.features.row_bytes
     tiers = select_hot_sets(expected_reads_per_epoch(plan), rb, 7 * rb, 13 * rb)
     big = pack_features(ds, plan, tmp_path / "big", tiers=tiers, memory_budget=64 << 20)
-    small = pack_features(ds, plan, tmp_path / "small", tiers=tiers, memory_budget=20_000 + 5 * ds.num_nodes)
-    serial = pack_features(ds, plan, tmp_path / "serial", tiers=tiers, memory_budget=30_000, threads=False)
+    per_mb = EXTENT_HASHER_BYTES * (sum(plan.num_minibatches(s) for s in plan.splits) + 1)  # the extents' checksums
+    small = pack_features(ds, plan, tmp_path / "small", tiers=tiers, memory_budget=20_000 + 5 * ds.num_nodes + per_mb)
+    serial = pack_features(ds, plan, tmp_path / "serial", tiers=tiers, memory_budget=30_000 + per_mb, threads=False)
     cfg_small = open_pack(small).manifest["config"]
     assert cfg_small["slice_rows"] < ds.num_nodes // 4, cfg_small  # really many slices
     for other in (small, serial):

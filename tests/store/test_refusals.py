@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from diskgraph.store.dataset import open_dataset
+from diskgraph.store.checksums import manifest_checksum
 from diskgraph.store.errors import FormatError
+from diskgraph.store.importer import DATASET_VERSION
 
 N, F = 10, 4
 
@@ -241,8 +243,9 @@ def _case_no_edges(p):
     return ["preprocess", "import", "--features", p["features"], "--out", p["out"]], ["--edges"]
 
 
-def _case_out_parent_missing(p):
-    out = p["out"] / "deeper" / "ds"
+def _case_out_parent_missing(p):  # (missing parents are created; a parent that is a file cannot be)
+    p["out"].parent.joinpath("a-file").write_text("x")
+    out = p["out"].parent / "a-file" / "ds"
     return base_args(p, out=False) + ["--out", out], [str(out.parent)]
 
 
@@ -286,7 +289,7 @@ def test_import_refuses(cli, inputs, refused, case, via):
 def test_existing_output_is_kept_unless_overwrite(cli, inputs, refused, no_leftovers, via):
     run = cli.run if via == "main" else cli.subprocess
     out = inputs["out"]
-    out.mkdir()
+    assert run(*base_args(inputs), "-q").rc == 0  # a dataset is there (--overwrite replaces only diskgraph's own)
     (out / "precious").write_text("keep me")
     r = run(*base_args(inputs))
     refused(r, str(out), "already exists", "--overwrite")
@@ -322,13 +325,19 @@ def dataset(cli, inputs):
     return inputs["out"]
 
 
+def _write_signed(path, manifest: dict) -> None:
+    """Write an edited manifest with a matching checksum (as a writer of another version would)."""
+    manifest["checksum"] = manifest_checksum(manifest)
+    path.write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize("via", ["main", "subprocess"])
 def test_inspect_refuses_newer_format_version(cli, dataset, refused, via):
     m = json.loads((dataset / "manifest.json").read_text())
-    m["format_version"] = 2
-    (dataset / "manifest.json").write_text(json.dumps(m))
+    m["format_version"] = DATASET_VERSION + 1
+    _write_signed(dataset / "manifest.json", m)
     r = (cli.run if via == "main" else cli.subprocess)("inspect", dataset, "--verify")
-    refused(r, str(dataset / "manifest.json"), "format_version 2", "upgrade diskgraph")
+    refused(r, str(dataset / "manifest.json"), f"format_version {DATASET_VERSION + 1}", "upgrade diskgraph")
     assert r.out == ""
 
 
@@ -345,6 +354,7 @@ def test_inspect_refuses_directory_without_manifest(cli, dataset, refused, via):
     ("foreign", ["'other.format'"]),
     ("missing-array", ["labels", "zarr.json"]),
     ("shape", ["labels", "manifest records"]),
+    ("edited-manifest", ["manifest.json", "does not match its 'checksum' field", "diskgraph preprocess import"]),
     ("no-arg", ["inspect DIR"]),
 ])
 def test_inspect_refuses_damaged_or_foreign_directories(cli, dataset, refused, damage, needles):
@@ -360,6 +370,10 @@ def test_inspect_refuses_damaged_or_foreign_directories(cli, dataset, refused, d
     elif damage == "shape":
         m = json.loads((dataset / "manifest.json").read_text())
         m["arrays"]["labels"]["shape"] = [N + 1]
+        _write_signed(dataset / "manifest.json", m)  # a consistent manifest that disagrees with the array
+    elif damage == "edited-manifest":
+        m = json.loads((dataset / "manifest.json").read_text())
+        m["num_classes"] += 1
         (dataset / "manifest.json").write_text(json.dumps(m))
     args = ["inspect"] if damage == "no-arg" else ["inspect", target]
     refused(cli.run(*args), *needles)

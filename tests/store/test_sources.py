@@ -210,11 +210,24 @@ def test_open_npy_checks_size(tmp_path):
 def test_check_labels():
     y, c = check_labels(np.array([0, 2, -1, 1]), 4, None, "y", "test")
     assert c == 3 and y.dtype == np.int64
-    y, c = check_labels(np.array([0.0, 2.0, -1.0, 1.0]), 4, 5, "y", "test")  # integral floats are fine
-    assert c == 5 and y.tolist() == [0, 2, -1, 1]
+    y, c = check_labels(np.array([0.0, 2.0, -1.0, 1.0]), 4, 4, "y", "test")  # integral floats are fine
+    assert c == 4 and y.tolist() == [0, 2, -1, 1]
     assert check_labels(np.full(3, -1), 3, None, "y", "test")[1] == 0
     with pytest.raises(InputError, match="1-D"):
         check_labels(np.zeros((2, 2), np.int64), 2, None, "y", "test")
+
+
+@pytest.mark.parametrize("labels, num_classes, match", [
+    ([0, 2**31, 1], None, r"label 2147483648 at node 1, more classes than the graph's 3 nodes; .* renumber"),
+    ([0, 3, 1], None, r"label 3 at node 1, more classes than the graph's 3 nodes"),
+    ([0, 1, 1], 2**31 + 1, r"--num-classes 2147483649 is more classes than the graph's 3 nodes"),
+    (np.array([0, 2**63, 1], dtype=np.uint64), None, r"label -9223372036854775808 at node 1"),
+])
+def test_labels_bounded_by_the_node_count(labels, num_classes, match):
+    """Issue 12, finding 4: a label of 2**31 made inspect allocate 16 GiB and train 137 GB; class ids are bounded by
+    the node count (dense ids 0..C-1 cannot outnumber the nodes), before anything is allocated."""
+    with pytest.raises(InputError, match=match):
+        check_labels(np.asarray(labels), 3, num_classes, "y", "test")
 
 
 @settings(max_examples=30, deadline=None)

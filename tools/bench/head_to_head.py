@@ -65,18 +65,21 @@ UNCAPPED = 1 << 62
 
 CONTESTANTS = {
     "diskgraph": "diskgraph: packed extents (O_DIRECT), pipelined",
+    "diskgraph-unchecked": "the same, reads not checked against checksums",
     "memory": "in RAM, no cap: same model + sampler, online",
     "mmap": "np.memmap features, default readahead",
     "mmap-random": "np.memmap features, MADV_RANDOM",
     "pyg": "PyG NeighborLoader on the memmap",
 }
-CAPPED = {"diskgraph", "mmap", "mmap-random", "pyg"}
+CAPPED = {"diskgraph", "diskgraph-unchecked", "mmap", "mmap-random", "pyg"}
+UNCHECKED_ENV = {"DISKGRAPH_READ_CHECKS": "0"}
+"""diskgraph-unchecked's environment: what the integrity checks on the read path cost is the difference (issue 12)."""
 
 
-def capped_run(cmd: list, cap: int, name: str, timeout: float, stop_when=None) -> cgroup.RunResult:
+def capped_run(cmd: list, cap: int, name: str, timeout: float, stop_when=None, env: dict | None = None) -> cgroup.RunResult:
     cmd = [str(c) for c in cmd]
     return cgroup.run_in_cgroup(cmd, cap, name=f"h2h-{name}-{os.getpid()}", capture=True, timeout=timeout,
-                                stop_when=stop_when)
+                                stop_when=stop_when, env={**os.environ, **env} if env else None)
 
 
 def median(values):
@@ -160,7 +163,7 @@ def train_cmd(a, ds: Path, who: str, work: Path) -> list:
     cmd = [*diskgraph_cmd(), "train", ds, "--pack", a.name, "--model", "sage", "--hidden", a.hidden, "--epochs",
            a.epochs, "--seed", a.train_seed, "--device", "cpu", "--log-json", work / "log.jsonl", "--step-log",
            work / "steps.jsonl", "--run-dir", work / "run", "--overwrite"]
-    if who == "diskgraph":
+    if who in ("diskgraph", "diskgraph-unchecked"):
         return cmd + ["--queue-depth", a.queue_depth]
     features = {"memory": "ram", "mmap": "mmap", "mmap-random": "mmap-random"}[who]
     return cmd + ["--reference", "--reference-features", features, "--fanouts", a.fanouts, "--batch-size", a.batch_size]
@@ -204,8 +207,8 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
         except OSError:
             return False
 
-    stop = None if (who in ("diskgraph", "memory") or a.eval_all) else trained_all
-    r = capped_run(cmd, cap, who, a.time_limit, stop_when=stop)
+    stop = None if (who in ("diskgraph", "diskgraph-unchecked", "memory") or a.eval_all) else trained_all
+    r = capped_run(cmd, cap, who, a.time_limit, stop_when=stop, env=UNCHECKED_ENV if who == "diskgraph-unchecked" else None)
     epochs, summary = read_log(work / "log.jsonl")
     steps = read_steps(steps_file)
     per_epoch = steps[0]["of"] if steps else None
@@ -245,7 +248,7 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
     if epochs:
         e0 = epochs[0]
         rec["val_acc"] = e0.get("val_acc")
-        rec["stage_s"] = e0.get("stage_s")
+        rec["stage_s"] = {**(e0.get("stage_s") or {}), "verify_s": e0.get("verify_s")}
     read_figures(rec)
     if summary:
         rec["val_acc"] = summary.get("val_acc", rec.get("val_acc"))
@@ -275,7 +278,7 @@ def read_figures(rec: dict) -> None:
     if rec.get("epochs"):
         e0 = rec["epochs"][0]
         rec["read_bytes"], rec["read_basis"] = e0.get("read_bytes"), "training pass (log)"
-        rec["read_amplification"] = (e0.get("read_amplification") if rec["contestant"] == "diskgraph"
+        rec["read_amplification"] = (e0.get("read_amplification") if rec["contestant"].startswith("diskgraph")
                                      else (e0["read_bytes"] / need if need else None))
     elif p:
         if p.get("epoch_read_bytes") is not None:
@@ -322,7 +325,7 @@ def summarize(runs: list[dict]) -> dict:
             "oom_kills": sum(r["run"]["oom_kills"] for r in rs),
             "process_read_bytes": median([r["run"]["read_bytes"] for r in rs]),
             "stage_s": {k: median([(r.get("stage_s") or {}).get(k) for r in rs])
-                        for k in ("sample_s", "read_s", "assemble_s", "compute_s")},
+                        for k in ("sample_s", "read_s", "verify_s", "assemble_s", "compute_s")},
         }
     return out
 
@@ -354,6 +357,10 @@ def checks(a, summ: dict) -> dict:
             dg["finished"]
     amp = dg["read_amplification"]
     out[f"read amplification <= 1.1 ({amp:.3f})" if amp else "read amplification logged"] = bool(amp) and amp <= 1.1
+    un = summ.get(f"diskgraph-unchecked@{cap}")
+    if un and un["epoch_s"]:
+        cost = e / un["epoch_s"] - 1
+        out[f"checking reads against checksums costs <= 3 % of the epoch ({100 * cost:+.1f} %)"] = cost <= 0.03
     return out
 
 
