@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .store.atomic import check_replaceable, check_writable
+from .store.atomic import AtomicDirectory
 from .store.errors import FormatError, InputError
 from .store.manifest import read_manifest
-from .store.plan import SPLITS, shard_name
+from .store.packed import PACK_FORMAT
+from .store.plan import PLAN_FORMAT, SPLITS, shard_name
 
 PLANS_DIR = "plans"
 PACKS_DIR = "packs"
@@ -38,20 +39,20 @@ def artifact_path(dataset: str | os.PathLike, kind: str, name: str, option: str)
     return Path(dataset) / kind / _name_ok(name, option)
 
 
-def plan_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None) -> Path:
-    """Where :func:`run_sample` writes the plan ``name`` (of share ``shard``) of ``dataset``."""
-    out = artifact_path(dataset, PLANS_DIR, name, "--name")
+def plan_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None,
+              option: str = "--name") -> Path:
+    """Where the plan ``name`` (of share ``shard``) of ``dataset`` lives: what :func:`run_sample` writes."""
+    return _artifact_out(dataset, PLANS_DIR, name, shard, option)
+
+
+def pack_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None) -> Path:
+    """Where the pack ``name`` (of share ``shard``) of ``dataset`` lives: what :func:`run_pack` writes."""
+    return _artifact_out(dataset, PACKS_DIR, name, shard, "--name")
+
+
+def _artifact_out(dataset, kind: str, name: str, shard: tuple[int, int] | None, option: str) -> Path:
+    out = artifact_path(dataset, kind, name, option)
     return out.parent / shard_name(out.name, *shard) if shard is not None else out
-
-
-def _check_destination(out: Path, overwrite: bool, what: str, kind: str) -> None:
-    """Refuse, before any work, a plan or pack destination that exists (without ``overwrite``), is not a
-    diskgraph ``kind`` directory, or cannot be created."""
-    if os.path.lexists(out):
-        if not overwrite:
-            raise InputError(f"{what} {out} already exists; choose another --name or pass --overwrite to replace it")
-        check_replaceable(out, kind, "--name")
-    check_writable(out, NAME_AS_PATH)
 
 
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
@@ -67,7 +68,7 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
 
     ds = open_dataset(dataset)
     out = plan_path(dataset, name, shard)
-    _check_destination(out, overwrite, "plan", "diskgraph.plan")
+    AtomicDirectory(out, overwrite, option="--name", kind=PLAN_FORMAT).check()  # (before the dataset is read)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
                        overwrite=overwrite, splits=splits, shard=shard)
@@ -90,9 +91,7 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
     ds = open_dataset(dataset)
     if ds.features is None:
         raise InputError(f"dataset {dataset} has no features to pack; import it with --features")
-    pdir = artifact_path(dataset, PLANS_DIR, plan, "--plan")
-    if shard is not None:
-        pdir = pdir.parent / shard_name(pdir.name, *shard)
+    pdir = plan_path(dataset, plan, shard, "--plan")
     if not pdir.exists():
         raise InputError(f"plan {pdir} does not exist; create it with `diskgraph preprocess sample {dataset} --name {plan}`")
     pl = open_plan(pdir)
@@ -100,16 +99,10 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
         raise InputError("--gpu-cache and --host-cache must not be negative; pass sizes in bytes (0 = no cache)")
     tiers = hot_sets_for_plan(pl, ds.features.row_bytes, gpu_cache, host_cache)
     out = pack_path(dataset, name or pdir.name, shard if name else None)
-    _check_destination(out, overwrite, "pack", "diskgraph.pack")
+    AtomicDirectory(out, overwrite, option="--name", kind=PACK_FORMAT).check()
     return pack_features(ds, pl, out, tiers=tiers, memory_budget=memory_budget or default_memory_budget(),
                          max_blowup=max_blowup, overwrite=overwrite, gpu_cache_bytes=gpu_cache,
                          host_cache_bytes=host_cache, score=SCORE_NAME)
-
-
-def pack_path(dataset: str | os.PathLike, name: str, shard: tuple[int, int] | None = None) -> Path:
-    """Where :func:`run_pack` writes the pack ``name`` (of share ``shard``) of ``dataset``."""
-    out = artifact_path(dataset, PACKS_DIR, name, "--name")
-    return out.parent / shard_name(out.name, *shard) if shard is not None else out
 
 
 def _show(value) -> str:

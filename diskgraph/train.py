@@ -252,9 +252,9 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
 def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: int) -> dict:
     """What a run's checkpoints are bound to besides the trainer's config: the dataset's and pack's contents and the
     model and sampling options, named as the user gives them (a resume with any other value is refused)."""
-    from .store.binding import dataset_identity
+    from .store.binding import artifact_identity, dataset_identity
 
-    out = {"dataset": dataset_identity(ds), "pack": pack.manifest["checksum"] if pack is not None else None,
+    out = {"dataset": dataset_identity(ds), "pack": artifact_identity(pack) if pack is not None else None,
            "--model": opts.model, "--hidden": opts.hidden, "--layers": len(fanouts), "--dropout": opts.dropout,
            "--fanouts": fanouts, "--batch-size": batch_size, "--reference": opts.reference,
            "--reference-features": opts.reference_features if opts.reference else None}

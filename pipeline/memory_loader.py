@@ -81,10 +81,12 @@ class InMemoryLoader:
         self.nodes = np.asarray(ds.splits[split], dtype=np.int64)
         if self.nodes.size == 0:
             raise InputError(f"the {split} split of dataset {ds.path} is empty")
-        for name in ("topology/indptr", "topology/indices", f"splits/{split}"):
-            ds.check_array(name)  # what it samples from is what was imported (once per open dataset)
         self.indptr = np.asarray(ds.indptr)
         self.indices = np.asarray(ds.indices)
+        # what it samples from is what was imported (once per open dataset; hashed through the maps it then uses)
+        for name, values in (("topology/indptr", self.indptr), ("topology/indices", self.indices),
+                             (f"splits/{split}", ds.splits[split])):
+            ds.check_array(name, values)
         self.labels = np.asarray(ds.verified_labels(), dtype=np.int64)
         if features not in self.FEATURE_MODES:
             raise InputError(f"reference features {features!r} is not one of {', '.join(self.FEATURE_MODES)}")

@@ -131,14 +131,16 @@ def read_checkpoint_file(path: Path) -> dict:
     Raises:
         InputError: the file cannot be read, is not a checkpoint of this version, or does not match its checksum.
     """
-    def damaged(why: str) -> InputError:
+    def damaged(why) -> InputError:
+        if isinstance(why, BaseException):
+            why = f"{type(why).__name__}: {(str(why).splitlines() or [''])[0][:200]}"
         return InputError(f"checkpoint {path} cannot be read ({why}); it is damaged or was written by another version of "
                           "diskgraph, start a new run directory")
 
     try:
         envelope = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a damaged file fails inside torch's unpickler or zip reader in many ways
-        raise damaged(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+        raise damaged(e) from None
     if not isinstance(envelope, dict) or envelope.get("format") != "diskgraph.checkpoint":
         raise damaged("no diskgraph checkpoint envelope")
     if envelope.get("version") != CHECKPOINT_VERSION:
@@ -150,7 +152,7 @@ def read_checkpoint_file(path: Path) -> dict:
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as e:
-        raise damaged(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+        raise damaged(e) from None
 
 
 _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",

@@ -169,7 +169,8 @@ class AtomicDirectory:
         """Refuse early (before any work) when the destination cannot be written."""
         if os.path.lexists(self.final):
             if not self.overwrite:
-                raise InputError(f"output directory {self.final} already exists; choose another {self.option} or pass "
+                what = _what(self.kind) if self.kind else "output directory"
+                raise InputError(f"{what} {self.final} already exists; choose another {self.option} or pass "
                                  "--overwrite to replace it")
             check_replaceable(self.final, self.kind, self.option)
         check_writable(self.final, self.option)

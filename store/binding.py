@@ -3,17 +3,17 @@
 * a plan records, under ``dataset``, the node and edge counts and the sha256 of the topology arrays and of
   the splits it sampled (:func:`plan_binding`); it is refused for a dataset whose values differ;
 * a pack records, under ``dataset``, the node count and the feature table's sha256, width, dtype and row
-  size, and under ``plan`` the plan manifest's checksum (:func:`pack_binding`); it is refused for another
+  size, and under ``plan`` the plan manifest's checksum (:func:`pack_binding`, :func:`artifact_identity`); it is refused for another
   dataset's features or another plan.
 
 Each check raises :class:`~diskgraph.store.errors.InputError` with one sentence that names the
-artifact, the field that differs and the command that rebuilds it; :func:`binding_problems` returns
-the same sentences (``inspect --verify``) through :func:`plan_problem` and :func:`pack_problem`.
+artifact, the field that differs and the command that rebuilds it; :func:`plan_problem` and
+:func:`pack_problem` return the same sentences (``inspect --verify`` lists them).
 """
 
 from __future__ import annotations
 
-from .checksums import MANIFEST_CHECKSUM_FIELD
+from .checksums import MANIFEST_CHECKSUM_FIELD, manifest_checksum
 from .errors import InputError
 
 
@@ -27,7 +27,7 @@ def plan_binding(ds, splits) -> dict:
 
 def pack_binding(ds) -> dict:
     """The ``dataset`` record of a pack of dataset ``ds``'s features (its ``plan`` record holds the plan's
-    checksum: :func:`plan_identity`)."""
+    checksum: :func:`artifact_identity`)."""
     feats = ds.features
     return {"num_nodes": ds.num_nodes, "feature_sha256": ds.array_records["features"]["sha256"],
             "feature_dim": ds.feature_dim, "feature_dtype": ds.feature_dtype, "row_bytes": feats.row_bytes,
@@ -37,17 +37,13 @@ def pack_binding(ds) -> dict:
 def dataset_identity(ds) -> str:
     """What a training run records of its dataset: ``sha256:<hex>`` over the counts, the class count and every
     array's sha256 (the contents, not where or when the dataset was imported)."""
-    import hashlib
-    import json
-
-    body = {"num_nodes": ds.num_nodes, "num_edges": ds.num_edges, "num_classes": ds.num_classes,
-            "arrays": {k: v.get("sha256") for k, v in sorted(ds.array_records.items())}}
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return manifest_checksum({"num_nodes": ds.num_nodes, "num_edges": ds.num_edges, "num_classes": ds.num_classes,
+                              "arrays": {k: v.get("sha256") for k, v in ds.array_records.items()}})
 
 
-def plan_identity(plan) -> str:
-    """The plan's identity as a pack records it: its manifest checksum."""
-    return plan.manifest[MANIFEST_CHECKSUM_FIELD]
+def artifact_identity(artifact) -> str:
+    """A plan's or pack's identity, as a pack records its plan's and a run its pack's: its manifest checksum."""
+    return artifact.manifest[MANIFEST_CHECKSUM_FIELD]
 
 
 def _first_difference(recorded: dict, actual: dict, prefix: str = "dataset.") -> str | None:
@@ -102,7 +98,7 @@ def pack_problem(pack, ds, plan) -> str | None:
     if field is not None:
         return (f"pack {pack.path} was packed from other features than dataset {ds.path} has (its manifest's "
                 f"{field}); pack them again with `diskgraph preprocess pack {ds.path}`")
-    if plan is not None and (pack.manifest.get("plan") or {}).get("checksum") != plan_identity(plan):
+    if plan is not None and (pack.manifest.get("plan") or {}).get("checksum") != artifact_identity(plan):
         return (f"pack {pack.path} was built from another plan than {plan.path} (its manifest's plan.checksum differs "
                 f"from the plan's); pack this plan again with `diskgraph preprocess pack DATASET --plan "
                 f"{plan.path.name}`")

@@ -114,7 +114,8 @@ class Dataset:
         what it reads from the dataset (labels; the topology and features of in-memory runs) before it starts.
 
         Args:
-            values: the whole array already read into memory (hashed instead of reading the files again).
+            values: the whole array as the caller holds it (in memory or memory-mapped), hashed instead of reading
+                the files a second time.
 
         Raises:
             FormatError: the array's bytes changed since the import (damaged), naming its file.
@@ -194,8 +195,9 @@ class Dataset:
             counts = np.bincount(lab[valid], minlength=classes)
             out["label_counts"] = {str(c): int(k) for c, k in enumerate(counts)}
             out["unlabelled_nodes"] = int((lab < 0).sum())
-            if not valid.sum() + out["unlabelled_nodes"] == lab.size:
-                out["labels_out_of_range"] = int(lab.size - valid.sum() - out["unlabelled_nodes"])
+            out_of_range = int(lab.size - valid.sum()) - out["unlabelled_nodes"]
+            if out_of_range:
+                out["labels_out_of_range"] = out_of_range
         out["splits"] = {name: int(idx.shape[0]) for name, idx in self.splits.items()}
         disk = {name: dir_size(self.path / name) for name in self._arrays}
         manifest_bytes = (self.path / "manifest.json").stat().st_size

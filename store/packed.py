@@ -124,7 +124,7 @@ def read_entry(reader: pa.ipc.RecordBatchFileReader, i: int, path: Path) -> Pack
     Raises:
         FormatError: the row cannot be decoded or does not match its checksum.
     """
-    c = decode_row(reader, i, index_schema(), f"pack index {path}", REPACK)
+    c = decode_row(reader, i, f"pack index {path}", REPACK)
     return PackEntry(*(int(x[0]) for x in c[:6]), tier=c[6], slot=c[7], cold_nodes=c[8])
 
 
@@ -380,9 +380,11 @@ class Pack:
             try:
                 nodes = np.asarray(self.tier_nodes(name))
                 rows = int(self.tier_info.get(name, {}).get("rows", -1))
-                out = np.empty((max(rows, 0), self.feature_dim), self.storage_dtype)
-                for _ in self.read_tier(name, out, max(1, (64 << 20) // self.row_bytes)):
-                    pass
+                step = max(1, min(max(rows, 0), (64 << 20) // self.row_bytes))
+                first = None  # the tier's first rows, for the comparison with the dataset below
+                for start, part in self.read_tier(name, np.empty((step, self.feature_dim), self.storage_dtype), step):
+                    if start == 0:
+                        first = part[:256].copy()
             except (FormatError, ValueError, KeyError) as e:
                 problems.append(f"tiers/{name}: {e}")
                 continue
@@ -392,8 +394,8 @@ class Pack:
                                 "nodes_sha256")
             elif nodes.size and (np.any(np.diff(nodes) <= 0) or nodes[0] < 0 or nodes[-1] >= self.num_nodes):
                 problems.append(f"tiers/{name}/nodes: not sorted, distinct node ids in 0..N-1")
-            else:
-                rows_of[name] = out[:256]  # a sound tier: its first rows are compared with the dataset's below
+            elif first is not None:
+                rows_of[name] = first  # a sound tier: its first rows are compared with the dataset's below
         if len(tiers) == 2 and np.intersect1d(tiers["gpu"], tiers["host"]).size:
             problems.append("tiers: gpu and host share nodes")
 

@@ -76,7 +76,7 @@ import pyarrow as pa
 
 from ..native.packing import gather_pages, gather_runs, index_minibatch, word_dtype
 from .atomic import AtomicDirectory
-from .binding import check_plan, pack_binding, plan_identity
+from .binding import artifact_identity, check_plan, pack_binding
 from .checksums import DATA_CHECKSUM, new_data_hasher
 from .direct_io import ALIGNMENT, O_DIRECT, aligned_empty, round_up
 from .errors import FormatError, InputError
@@ -512,7 +512,8 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         for name in TIERS:
             write_group(tmp / "tiers" / name)
             tier_writers[name] = RowChunkWriter(tmp / "tiers" / name / "features", tier_ids[name].size, (dim,),
-                                                feats.dtype, min(tier_chunk_rows, max(1, tier_ids[name].size)))
+                                                feats.dtype, min(tier_chunk_rows, max(1, tier_ids[name].size)),
+                                                data_checksum=True)
         index_paths = [tmp / "index" / f"{s}.arrow" for s in splits]
         try:
             _pack_slices(feats, tier_ids, tier_writers, cold, index_paths, bounds_mb, id_start, id_end, ext_off,
@@ -543,7 +544,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         rate = written / max(t_pack, 1e-9)
         write_manifest(tmp, PACK_FORMAT, PACK_VERSION, {
             "plan": {"path": _relative_plan_path(pl.path, ds.path, out), "created_at": pl.manifest.get("created_at"),
-                     "checksum": plan_identity(pl),
+                     "checksum": artifact_identity(pl),
                      "counts_sha256": {s: pl.split_info[s].get("counts_sha256") for s in splits},
                      "config": pl.config},
             "dataset": pack_binding(ds),

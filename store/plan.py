@@ -127,7 +127,7 @@ def read_minibatch(reader: pa.ipc.RecordBatchFileReader, i: int, num_hops: int, 
     Raises:
         FormatError: the row cannot be decoded or does not match its checksum.
     """
-    c = decode_row(reader, i, plan_schema(num_hops), f"plan file {path}", "sample the plan again")
+    c = decode_row(reader, i, f"plan file {path}", "sample the plan again")
     return SampledMinibatch(epoch=int(c[0][0]), batch=int(c[1][0]), input_nodes=c[3], layer_sizes=c[4],
                             hop_indptr=c[5::2][:num_hops], hop_indices=c[6::2][:num_hops])
 

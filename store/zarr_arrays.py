@@ -152,12 +152,12 @@ class RowChunkWriter:
     as one file as soon as it is complete; memory is one chunk
     (``chunk_rows * row_bytes``). :meth:`finish` pads the last chunk (the Zarr
     layout requires whole chunks), writes the metadata and returns the sha256
-    of the logical rows in C order; :attr:`checksum` is then their
-    :func:`~diskgraph.store.checksums.data_checksum` (what readers verify as they load the rows).
+    of the logical rows in C order; with ``data_checksum``, :attr:`checksum` is then their
+    :func:`~diskgraph.store.checksums.data_checksum` (what readers verify as they load the rows: the pack's tiers).
     """
 
     def __init__(self, path: str | os.PathLike, num_rows: int, row_shape: tuple[int, ...], dtype: str,
-                 chunk_rows: int):
+                 chunk_rows: int, data_checksum: bool = False):
         self.path = Path(path)
         self.num_rows = int(num_rows)
         self.row_shape = tuple(row_shape)
@@ -169,7 +169,7 @@ class RowChunkWriter:
         self._chunk_index = 0
         self.rows = 0
         self._hash = hashlib.sha256()
-        self._xxh = new_data_hasher()
+        self._xxh = new_data_hasher() if data_checksum else None
         self.checksum: int | None = None
         self.path.mkdir(parents=True, exist_ok=True)
 
@@ -194,7 +194,8 @@ class RowChunkWriter:
             raise ValueError("more rows than declared")
         data = memoryview(np.ascontiguousarray(rows)).cast("B")
         self._hash.update(data)
-        self._xxh.update(data)
+        if self._xxh is not None:
+            self._xxh.update(data)
         pos = 0
         while pos < rows.shape[0]:
             take = min(self.chunk_rows - self._fill, rows.shape[0] - pos)
@@ -214,7 +215,7 @@ class RowChunkWriter:
         shape = (self.num_rows, *self.row_shape)
         write_array_metadata(self.path, shape, (self.chunk_rows, *self.row_shape), self.dtype, attributes)
         self._buf = None
-        self.checksum = self._xxh.intdigest()
+        self.checksum = self._xxh.intdigest() if self._xxh is not None else None
         return shape, self._hash.hexdigest()
 
 
