@@ -5,6 +5,8 @@ Public API (more arrives with the sampler, packer and trainer):
 * :func:`open_dataset` — open a dataset directory (:class:`diskgraph.store.dataset.Dataset`).
 * :func:`import_dataset`, :class:`ImportOptions` — build one from raw inputs.
 * :func:`generate_dataset` — a synthetic power-law graph with a planted signal.
+* :func:`load_model`, :func:`predict`, :func:`embed` — a trained run's model, and its output for the graph's nodes
+  (out of core; :mod:`diskgraph.inference`).
 * :class:`InputError` — bad input, reported as one sentence.
 """
 
@@ -16,8 +18,8 @@ from .store.dataset import Dataset, open_dataset
 from .store.errors import FormatError, InputError
 from .store.importer import ImportOptions, import_dataset
 
-__all__ = ["Dataset", "FormatError", "ImportOptions", "InputError", "generate_dataset", "import_dataset",
-           "open_dataset", "__version__"]
+__all__ = ["Dataset", "FormatError", "ImportOptions", "InputError", "embed", "generate_dataset", "import_dataset",
+           "load_model", "open_dataset", "predict", "__version__"]
 
 
 def generate_dataset(*args, **kwargs):
@@ -25,3 +27,24 @@ def generate_dataset(*args, **kwargs):
     from .generate import generate_dataset as _generate
 
     return _generate(*args, **kwargs)
+
+
+def load_model(*args, **kwargs):
+    """A training run's best model; see :func:`diskgraph.inference.load_model`."""
+    from .inference import load_model as _load
+
+    return _load(*args, **kwargs)
+
+
+def predict(*args, **kwargs):
+    """Logits and predictions for the graph's nodes; see :func:`diskgraph.inference.predict`."""
+    from .inference import predict as _predict
+
+    return _predict(*args, **kwargs)
+
+
+def embed(*args, **kwargs):
+    """One layer's node embeddings; see :func:`diskgraph.inference.embed`."""
+    from .inference import embed as _embed
+
+    return _embed(*args, **kwargs)

@@ -16,7 +16,7 @@ import logging
 import re
 import sys
 
-from . import cli_daemon, cli_generate, cli_inspect, cli_preprocess, cli_train
+from . import cli_daemon, cli_generate, cli_infer, cli_inspect, cli_preprocess, cli_train
 from . import cli_plan
 from .config import apply_config, render_config
 from .cli_common import fanouts
@@ -60,6 +60,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "generate": cli_generate.add_generate(sub),
         "inspect": cli_inspect.add_inspect(sub),
         "train": cli_train.add_train(sub),
+        "predict": cli_infer.add_predict(sub),
+        "embed": cli_infer.add_embed(sub),
         "plan": cli_plan.add_plan(sub),
         "serve": cli_daemon.add_serve(sub),
         "submit": cli_daemon.add_submit(sub),

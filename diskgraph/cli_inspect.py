@@ -1,4 +1,5 @@
-"""``diskgraph inspect``: summarize a dataset directory with its plans and packs; ``--verify`` re-checks it."""
+"""``diskgraph inspect``: summarize a dataset directory with its plans and packs, or an inference output
+(``diskgraph predict`` / ``embed``); ``--verify`` re-checks it."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from .store.progress import format_bytes
 
 def add_inspect(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "inspect", help="summarize a dataset directory; --verify re-checks it",
-        description="Print a dataset's nodes, edges, in-degree statistics, features, labels, splits and sizes on disk. "
+        "inspect", help="summarize a dataset directory or an inference output; --verify re-checks it",
+        description="Print a dataset's nodes, edges, in-degree statistics, features, labels, splits and sizes on disk, "
+                    "or an inference output's kind, rows, arrays, run, model and dataset. "
                     "--verify re-reads every array and checks checksums and invariants (exit status 1 on a problem).")
-    p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory")
+    p.add_argument("dataset", nargs="?", metavar="DATASET",
+                   help="dataset directory, or the output directory of diskgraph predict / embed")
     p.add_argument("--verify", action="store_true", help="re-check checksums and invariants (reads everything)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     add_common(p)
@@ -24,10 +27,14 @@ def add_inspect(sub) -> argparse.ArgumentParser:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from .store.atomic import artifact_format
     from .store.dataset import open_dataset
+    from .store.inference_output import INFERENCE_FORMAT
 
     if not args.dataset:
         raise InputError("no dataset given; pass the dataset directory: diskgraph inspect DIR")
+    if artifact_format(args.dataset) == INFERENCE_FORMAT:
+        return _inspect_inference(args)
     ds = open_dataset(args.dataset)
     info = ds.stats()
     info.update(_artifacts(args.dataset))
@@ -123,3 +130,89 @@ def _render_stats(info: dict) -> str:
     return "\n".join(lines)
 
 
+# -- inference outputs ----------------------------------------------------------------------------------------------
+
+def _inspect_inference(args: argparse.Namespace) -> int:
+    """``inspect OUT`` of a ``diskgraph predict`` / ``embed`` output: its manifest and arrays; ``--verify`` re-reads
+    every array against the manifest's sha256 (exit status 1 on a problem)."""
+    from .store.inference_output import open_output
+
+    out = open_output(args.dataset)
+    m = out.manifest
+    info = {
+        "path": str(out.path),
+        "format": m["format"],
+        "format_version": m["format_version"],
+        "created_at": m.get("created_at"),
+        "kind": out.kind,
+        "mode": m.get("mode"),
+        "num_rows": out.num_rows,
+        "nodes": m.get("nodes"),
+        "arrays": {name: {"shape": list(a.shape), "dtype": a.dtype, "bytes": a.nbytes}
+                   for name, a in ((n, out.array(n)) for n in out.array_names)},
+        "run": m.get("run"),
+        "model": m.get("model"),
+        "dataset": m.get("dataset"),
+        "summary": m.get("summary"),
+        "disk_bytes": out.disk_bytes(),
+    }
+    for key in ("layer", "dtype"):
+        if key in m:
+            info[key] = m[key]
+    problems = None
+    if args.verify:
+        problems = out.verify()
+        info["verify"] = {"ok": not problems, "problems": problems}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(_render_inference(info))
+    return 1 if problems else 0
+
+
+def _scalars(d) -> str:
+    """``key value`` pairs of the scalar (and short list) entries of a dict, for one line of text."""
+    if not isinstance(d, dict):
+        return "" if d is None else str(d)
+    parts = []
+    for k, v in d.items():
+        if isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v):
+            v = ",".join(map(str, v))
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        elif isinstance(v, (dict, list)):
+            continue
+        parts.append(f"{k} {v}")
+    return "  ".join(parts)
+
+
+def _with_path(d) -> str:
+    """A dict that names a ``path`` as ``PATH  (other scalars)``; anything else as text."""
+    if isinstance(d, dict) and "path" in d:
+        rest = _scalars({k: v for k, v in d.items() if k != "path"})
+        return f"{d['path']}  ({rest})" if rest else str(d["path"])
+    return _scalars(d)
+
+
+def _render_inference(info: dict) -> str:
+    lines = [
+        f"output        {info['path']}  (diskgraph {info['kind']} output, format version {info['format_version']})",
+        f"kind          {info['kind']}" + (f"  mode {info['mode']}" if info.get("mode") else "")
+        + (f"  layer {info['layer']}" if info.get("layer") is not None else "")
+        + (f"  dtype {info['dtype']}" if info.get("dtype") else ""),
+        f"rows          {info['num_rows']:,}" + (f"  (nodes {_scalars(info['nodes'])})" if info.get("nodes") else ""),
+    ]
+    for name, a in info["arrays"].items():
+        shape = " x ".join(f"{s:,}" for s in a["shape"])
+        lines.append(f"array {name:<12} {shape} {a['dtype']}  ({format_bytes(a['bytes'])})")
+    for key in ("run", "model", "dataset"):
+        if info.get(key) is not None:
+            lines.append(f"{key:<13} {_with_path(info[key])}")
+    if info.get("summary"):
+        lines.append(f"summary       {_scalars(info['summary'])}")
+    lines.append(f"on disk       {format_bytes(info['disk_bytes'])}")
+    if "verify" in info:
+        v = info["verify"]
+        lines.append("verify        ok: every array matches the manifest's sha256" if v["ok"] else
+                     "verify        FAILED:\n" + "\n".join(f"  - {p}" for p in v["problems"]))
+    return "\n".join(lines)

@@ -30,13 +30,18 @@ def add_plan(sub) -> argparse.ArgumentParser:
                     "bottleneck; and epoch time, blow-up and memory of cache splits from none to the whole table, with "
                     "a recommendation. It samples a small number of minibatches of the real graph (the ones `preprocess "
                     "sample` will write; all of them for a small graph, which makes the sizes exact) and times them "
-                    "against a hardware profile measured by --calibrate (saved, then reused) or given by flags.",
+                    "against a hardware profile measured by --calibrate (saved, then reused) or given by flags. With "
+                    "--inference predict|embed it also estimates exact inference of the trained model: the output's "
+                    "size, the scratch tables, partitions, bytes read and time per layer, and peak memory.",
         epilog="Examples:\n"
                "  diskgraph plan --calibrate                              # measure this machine once\n"
                "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --host-cache 4M\n"
                "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --host-cache 4M --json\n"
                "  diskgraph plan --nodes 100000000 --edges 1600000000 --feature-dim 128 --fanouts 15,10 \\\n"
-               "      --batch-size 1024 --host-cache 8G --disk-read-bw 3GB --plot plan.png\n\n" + EPILOG_SIZES +
+               "      --batch-size 1024 --host-cache 8G --disk-read-bw 3GB --plot plan.png\n"
+               "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --inference predict \\\n"
+               "      --inference-budget 256M\n"
+               "\n" + EPILOG_SIZES +
                " Bandwidths are bytes per second in the same notation (3GB = 3e9 bytes/s).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory (or describe a graph with --nodes …)")
@@ -70,6 +75,19 @@ def add_plan(sub) -> argparse.ArgumentParser:
     m.add_argument("--hidden", type=positive_int, default=256, help="hidden width (default: 256)")
     m.add_argument("--heads", type=positive_int, default=4, help="GAT heads (default: 4)")
     m.add_argument("--queue-depth", type=positive_int, default=2, help="loader queue depth (default: 2)")
+    i = p.add_argument_group("inference after training (diskgraph predict / embed, exact mode)")
+    i.add_argument("--inference", choices=["predict", "embed"],
+                   help="also estimate exact (layer-wise) inference of the trained model: the output's size, the "
+                        "scratch tables, partitions and bytes read per layer, time and memory")
+    i.add_argument("--inference-layer", type=positive_int, metavar="K",
+                   help="embed: the layer written (default: the last hidden layer, as diskgraph embed)")
+    i.add_argument("--inference-dtype", choices=["float32", "float16"], default="float32",
+                   help="embed: the embeddings' dtype (default: float32)")
+    i.add_argument("--inference-nodes", default="all", metavar="SET",
+                   help="the output's nodes: all, train, val, test, unlabelled, FILE.npy (as --nodes of predict) or a "
+                        "count (default: all)")
+    i.add_argument("--inference-budget", type=parse_bytes, metavar="SIZE",
+                   help="--memory-budget of the inference (default: this plan's --memory-budget)")
     h = p.add_argument_group("hardware")
     h.add_argument("--calibrate", action="store_true",
                    help="measure this machine (O_DIRECT disk reads and writes, memory bandwidth, gathers, the loader's "
@@ -125,6 +143,31 @@ def _hardware(args):
                                                                 "host_memory", "gpu_memory", "cores")})
 
 
+def _inference(args, w, hw) -> dict:
+    """The exact inference estimate (:mod:`diskgraph.capacity.inference`) of the model the plan trains."""
+    from .capacity.inference import estimate_inference, estimate_inference_for_dataset
+
+    kw = dict(model=args.model, hidden=args.hidden, heads=args.heads, layers=w.num_hops, kind=args.inference,
+              layer=args.inference_layer, dtype=args.inference_dtype,
+              memory_budget=args.inference_budget or args.memory_budget,
+              budget_flag="--inference-budget" if args.inference_budget else "--memory-budget")
+    spec = str(args.inference_nodes)
+    if args.dataset:
+        return estimate_inference_for_dataset(args.dataset, hw, nodes=spec, **kw)
+    if spec.replace("_", "").isdigit():
+        nodes = int(spec.replace("_", ""))
+    elif spec == "all":
+        nodes = None
+    elif spec in ("train", "val", "test"):
+        nodes = max(1, int(round(args.split[("train", "val", "test").index(spec)] * args.nodes)))
+    else:
+        raise InputError(f"--inference-nodes {spec} needs a dataset directory; for a graph given by a summary use all, "
+                         "train, val, test (from --split) or a count")
+    return estimate_inference(num_nodes=w.num_nodes, num_edges=w.num_edges, feature_dim=w.feature_dim,
+                              feature_row_bytes=w.row_bytes, feature_dtype=w.feature_dtype, num_classes=w.num_classes,
+                              hw=hw, nodes=nodes, **kw)
+
+
 def run_plan(args: argparse.Namespace) -> int:
     import json
 
@@ -171,6 +214,12 @@ def run_plan(args: argparse.Namespace) -> int:
                         host_cache=args.host_cache, queue_depth=args.queue_depth, memory_budget=args.memory_budget,
                         threads=args.threads, alternatives=not args.no_alternatives,
                         time_steps=not args.no_time_steps)
+    if args.inference:
+        est["inference"] = _inference(args, w, hw)
+    elif args.inference_layer is not None or args.inference_dtype != "float32" or args.inference_nodes != "all" \
+            or args.inference_budget is not None:
+        raise InputError("--inference-layer, --inference-dtype, --inference-nodes and --inference-budget describe the "
+                         "inference to plan; add --inference predict or --inference embed")
     if args.plot:
         plot(est, args.plot)
         log.info("plot written to %s", args.plot)

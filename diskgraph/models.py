@@ -66,6 +66,7 @@ agree with the CPU to rounding).
 
 from __future__ import annotations
 
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +221,7 @@ class BlockGNN(nn.Module):
         name: the model name (``sage``, ``gcn`` or ``gat``).
         layers: one layer per block.
         num_layers: how many blocks :meth:`forward` expects.
+        config: the :func:`build_model` arguments that make this model again (``None`` when built directly).
     """
 
     def __init__(self, name: str, layers: list[nn.Module], dropout: float, activation):
@@ -228,6 +230,7 @@ class BlockGNN(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.dropout = dropout
         self.activation = activation
+        self.config: dict | None = None
 
     @property
     def num_layers(self) -> int:
@@ -239,6 +242,11 @@ class BlockGNN(nn.Module):
 
     def forward(self, blocks: list[Block], x: torch.Tensor) -> torch.Tensor:
         """Logits ``[blocks[-1].num_dst, num_classes]`` from input features ``x [blocks[0].num_src, in_dim]``."""
+        return self._run(blocks, x, len(self.layers))
+
+    def _run(self, blocks: list[Block], x: torch.Tensor, upto: int) -> torch.Tensor:
+        """Layers ``1..upto`` on blocks ``0..upto-1``: activation (and dropout in training) after every layer but the
+        model's last; no dropout after layer ``upto`` (its output is returned)."""
         if len(blocks) != len(self.layers):
             raise ValueError(f"this {self.name} model has {len(self.layers)} layers but got {len(blocks)} blocks; "
                              f"sample with as many hops as layers")
@@ -247,16 +255,36 @@ class BlockGNN(nn.Module):
                              f"nodes; x must be [num_src, in_dim]")
         h = x
         last = len(self.layers) - 1
-        for i, (layer, block) in enumerate(zip(self.layers, blocks)):
+        for i in range(upto):
+            block = blocks[i]
             if h.shape[0] != block.num_src:
                 raise ValueError(f"block {i} has {block.num_src} source nodes but the previous block has "
                                  f"{h.shape[0]} destinations; the blocks must chain")
             _check_device(block, h)
-            h = layer(block, h)
+            h = self.layers[i](block, h)
             if i != last:
                 h = self.activation(h)
-                h = dropout(h, self.dropout, self.training)
+                if i != upto - 1:
+                    h = dropout(h, self.dropout, self.training)
         return h
+
+    def embed(self, blocks: list[Block], x: torch.Tensor, layer: int) -> torch.Tensor:
+        """The output of GNN layer ``layer`` (1-based) for the seeds: ``[blocks[-1].num_dst, width of that layer]``.
+
+        Layers ``1..layer`` run on blocks ``0..layer-1`` as in :meth:`forward` (dropout only in training); the
+        result is after the layer's activation when ``layer < num_layers`` (a hidden representation), the logits
+        when ``layer == num_layers`` (then it equals :meth:`forward`). The seeds are the first
+        ``blocks[-1].num_dst`` destinations of every block, so their rows are the first ones of layer ``layer``'s
+        output.
+        """
+        n = len(self.layers)
+        try:
+            k = -1 if isinstance(layer, bool) else operator.index(layer)
+        except TypeError:
+            k = -1
+        if not 1 <= k <= n:
+            raise ValueError(f"layer {layer!r} is outside 1..{n} of this {self.name} model; pick one of its layers")
+        return self._run(blocks, x, k)[: blocks[-1].num_dst]
 
 
 def build_model(name: str, in_dim: int, hidden: int, num_classes: int, num_layers: int, dropout: float = 0.5,
@@ -300,7 +328,10 @@ def build_model(name: str, in_dim: int, hidden: int, num_classes: int, num_layer
             layers.append(GATConv(dims[i], num_classes if out_layer else hidden // heads, heads,
                                   concat=not out_layer, attn_dropout=dropout))
         act = F.elu
-    return BlockGNN(key, layers, float(dropout), act)
+    model = BlockGNN(key, layers, float(dropout), act)
+    model.config = {"name": key, "in_dim": int(in_dim), "hidden": int(hidden), "num_classes": int(num_classes),
+                    "num_layers": int(num_layers), "dropout": float(dropout), "heads": int(heads)}
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

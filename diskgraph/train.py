@@ -277,7 +277,7 @@ def _check_shares(plan, presplit: bool, ctx) -> None:
                          "sample every share with the same options (--shard R/W of one plan)")
 
 
-RUN_FILES = ("run.json", "checkpoint.pt", "checkpoint.json", "best_model.pt", "metrics.jsonl")
+RUN_FILES = ("run.json", "checkpoint.pt", "checkpoint.json", "best_model.pt", "best_model.json", "metrics.jsonl")
 """The files a run writes into its run directory (``--overwrite`` removes these, and only these)."""
 
 

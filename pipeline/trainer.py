@@ -46,6 +46,9 @@ from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_byte
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_INFO_NAME = "checkpoint.json"
 BEST_MODEL_NAME = "best_model.pt"
+MODEL_CARD_NAME = "best_model.json"
+"""Beside ``best_model.pt``: what makes the model again and what it was trained on (:func:`write_model_card`)."""
+MODEL_CARD_FORMAT, MODEL_CARD_VERSION = "diskgraph.model", 1
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_VERSION = 2
 """2: checkpoints record the run's identity (what it trains on and the model's options), resumes compare it, and the
@@ -153,6 +156,23 @@ def read_checkpoint_file(path: Path) -> dict:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as e:
         raise damaged(e) from None
+
+
+def write_model_card(run_dir: Path, model: torch.nn.Module, identity: dict, info: dict, epoch: int,
+                     val_acc: float) -> None:
+    """Write ``RUN_DIR/best_model.json`` for the ``best_model.pt`` just saved: the model's :func:`build_model` arguments
+    (``model.config``), the run's identity (dataset contents, pack, options), the epoch and validation accuracy it
+    scored, and the XXH3 of the weights file, so inference rebuilds the model and refuses other weights or another
+    dataset. The card carries a checksum of its own fields (as manifests do)."""
+    from ..store.checksums import MANIFEST_CHECKSUM_FIELD, manifest_checksum
+
+    weights = (run_dir / BEST_MODEL_NAME).read_bytes()
+    card = {"format": MODEL_CARD_FORMAT, "format_version": MODEL_CARD_VERSION,
+            "model": getattr(model, "config", None), "identity": _json_value(identity), "info": _json_value(info),
+            "epoch": int(epoch), "val_acc": float(val_acc),
+            "weights": {"file": BEST_MODEL_NAME, "bytes": len(weights), DATA_CHECKSUM: data_checksum(weights)}}
+    card[MANIFEST_CHECKSUM_FIELD] = manifest_checksum(card)
+    write_atomic(run_dir / MODEL_CARD_NAME, lambda f: json.dump(card, f, indent=2), binary=False)
 
 
 _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",
@@ -523,6 +543,7 @@ class Trainer:
                 self.best = {"val": val, "epoch": self.epoch}
                 if self.main:
                     _atomic_torch_save(self.model.state_dict(), self.run_dir / BEST_MODEL_NAME)
+                    write_model_card(self.run_dir, self.model, self.identity, self.info, self.epoch, val)
             if self.main:
                 self._log_epoch(rec)
             self.epoch += 1

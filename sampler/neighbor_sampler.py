@@ -114,6 +114,27 @@ def _check_positive(value, flag: str) -> int:
     return int(value)
 
 
+SEED_NODES_SPLIT = "nodes"
+"""The split of a plan sampled from given seed nodes (``sample_plan(..., seed_nodes=ids)``)."""
+
+
+def _check_seed_nodes(ids, num_nodes: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InputError(f"seed nodes must be a 1-D array of integer node ids, got shape {arr.shape} dtype {arr.dtype}")
+    if arr.size == 0:
+        raise InputError("no seed nodes were given; pass at least one node id")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= num_nodes:
+        raise InputError(f"seed node {lo if lo < 0 else hi} is outside the graph's 0..{num_nodes - 1}; pass ids of "
+                         "this dataset's nodes")
+    ascending = arr.size < 2 or bool((arr[1:] > arr[:-1]).all())  # (sorted ids need no copy to be checked)
+    if not ascending and np.unique(arr).size != arr.size:
+        raise InputError("the seed nodes repeat an id; pass distinct node ids")
+    return arr
+
+
 def _choose_splits(ds: Dataset, splits: Sequence[str] | None) -> list[str]:
     present = ds.splits
     if splits is None:
@@ -251,7 +272,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
                 batch_size: int, seed: int = 0, epochs: int = 1, eval_fanouts: Sequence[int] | None = None,
                 eval_batch_size: int | None = None, splits: Sequence[str] | None = None,
                 threads: int | None = None, overwrite: bool = False,
-                shard: tuple[int, int] | None = None) -> Path:
+                shard: tuple[int, int] | None = None, seed_nodes: np.ndarray | None = None) -> Path:
     """Sample every minibatch of the dataset's splits into a plan directory at ``out_dir``.
 
     Args:
@@ -271,6 +292,11 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
             (:func:`shard_batches`; data-parallel training with one plan per rank). Rows keep their global batch
             numbers and random keys, so they equal the same rows of the whole plan; the manifest's
             ``config.shard`` records ``{"rank", "world_size"}``.
+        seed_nodes: sample these distinct node ids instead of the dataset's splits (inference): one split named
+            :data:`SEED_NODES_SPLIT`, one epoch, cut into minibatches of ``batch_size`` in the given order (each
+            minibatch's seeds in that order too), with ``fanouts``; not with ``splits`` or ``shard``. The manifest
+            binds the plan to the graph and records the ids' sha256 (``dataset.seeds_sha256``) and
+            ``config.seed_nodes`` (their count).
 
     Returns:
         The plan directory.
@@ -282,6 +308,9 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     fanouts = _check_fanouts(fanouts, "--fanouts")
     batch_size = _check_positive(batch_size, "--batch-size")
     epochs = _check_positive(epochs, "--epochs")
+    if seed_nodes is not None and (eval_fanouts is not None or eval_batch_size is not None):
+        raise InputError("seed nodes are sampled with --fanouts and --batch-size; do not give --eval-fanouts or "
+                         "--eval-batch-size with them")
     eval_fanouts = fanouts if eval_fanouts is None else _check_fanouts(eval_fanouts, "--eval-fanouts")
     if len(eval_fanouts) != len(fanouts):
         raise InputError(f"--eval-fanouts {eval_fanouts} has {len(eval_fanouts)} hops but --fanouts {fanouts} has "
@@ -293,7 +322,14 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     seed = int(seed)
 
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-    chosen = _choose_splits(ds, splits)
+    if seed_nodes is not None:
+        if splits is not None or shard is not None or epochs != 1:
+            raise InputError("seed nodes are sampled as a split of their own, once; do not give --splits, --shard or "
+                             "--epochs with them")
+        seed_nodes = _check_seed_nodes(seed_nodes, ds.num_nodes)
+        chosen = [SEED_NODES_SPLIT]
+    else:
+        chosen = _choose_splits(ds, splits)
     atomic = AtomicDirectory(out_dir, overwrite=overwrite, option="--name", kind=PLAN_FORMAT)
     atomic.check()
 
@@ -310,7 +346,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     split_epochs: dict[str, int] = {}
     jobs = []
     for s in chosen:
-        nodes = ds.splits[s]
+        nodes = seed_nodes if seed_nodes is not None else ds.splits[s]
         bs, ep = (batch_size, epochs) if s == "train" else (eval_batch_size, 1)
         per_epoch[s] = -(-len(nodes) // bs)
         keep = None
@@ -368,7 +404,12 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
                   "sampler": SAMPLER}
         if shard is not None:
             config["shard"] = {"rank": int(shard[0]), "world_size": int(shard[1])}
-        dataset_info = {**plan_binding(ds, chosen), "path": str(Path(ds.path).absolute())}
+        if seed_nodes is not None:
+            config["seed_nodes"] = int(len(seed_nodes))
+            binding = plan_binding(ds, [], {SEED_NODES_SPLIT: seed_nodes})
+        else:
+            binding = plan_binding(ds, chosen)
+        dataset_info = {**binding, "path": str(Path(ds.path).absolute())}
         write_plan_manifest(tmp, writers, config, dataset_info, seconds, per_epoch, split_epochs)
     minibatches = sum(w.minibatches for w in writers.values())
     nodes = sum(w.input_nodes for w in writers.values())

@@ -1,7 +1,8 @@
 """What binds derived artifacts to what they were made from, and the checks that refuse a mismatch.
 
 * a plan records, under ``dataset``, the node and edge counts and the sha256 of the topology arrays and of
-  the splits it sampled (:func:`plan_binding`); it is refused for a dataset whose values differ;
+  the splits it sampled (:func:`plan_binding`; a plan of given seed nodes records their sha256 instead, under
+  ``seeds_sha256``); it is refused for a dataset whose values differ;
 * a pack records, under ``dataset``, the node count and the feature table's sha256, width, dtype and row
   size, and under ``plan`` the plan manifest's checksum (:func:`pack_binding`, :func:`artifact_identity`); it is refused for another
   dataset's features or another plan.
@@ -13,16 +14,23 @@ artifact, the field that differs and the command that rebuilds it; :func:`plan_p
 
 from __future__ import annotations
 
-from .checksums import MANIFEST_CHECKSUM_FIELD, manifest_checksum
+import numpy as np
+
+from .checksums import MANIFEST_CHECKSUM_FIELD, array_sha256, manifest_checksum
 from .errors import InputError
 
 
-def plan_binding(ds, splits) -> dict:
-    """The ``dataset`` record of a plan sampled from dataset ``ds`` over ``splits`` (names)."""
+def plan_binding(ds, splits, seeds: dict | None = None) -> dict:
+    """The ``dataset`` record of a plan sampled from dataset ``ds`` over ``splits`` (names), and over ``seeds``
+    (``{split name: int64 node ids}``: splits of given nodes that are not the dataset's, recorded as
+    ``seeds_sha256``; only the graph binds those)."""
     rec = ds.array_records
-    return {"num_nodes": ds.num_nodes, "num_edges": ds.num_edges,
-            "indptr_sha256": rec["topology/indptr"]["sha256"], "indices_sha256": rec["topology/indices"]["sha256"],
-            "splits_sha256": {s: rec[f"splits/{s}"]["sha256"] for s in splits}}
+    out = {"num_nodes": ds.num_nodes, "num_edges": ds.num_edges,
+           "indptr_sha256": rec["topology/indptr"]["sha256"], "indices_sha256": rec["topology/indices"]["sha256"],
+           "splits_sha256": {s: rec[f"splits/{s}"]["sha256"] for s in splits}}
+    if seeds:
+        out["seeds_sha256"] = {s: array_sha256(np.asarray(ids, dtype=np.int64)) for s, ids in seeds.items()}
+    return out
 
 
 def pack_binding(ds) -> dict:
@@ -73,8 +81,10 @@ def check_plan(plan, ds) -> None:
 def plan_problem(plan, ds) -> str | None:
     """The sentence :func:`check_plan` raises, or None."""
     recorded = plan.manifest.get("dataset") or {}
-    actual = plan_binding(ds, [s for s in plan.splits if f"splits/{s}" in ds.array_records])
-    missing = [s for s in plan.splits if f"splits/{s}" not in ds.array_records]
+    given = recorded.get("seeds_sha256") or {}  # splits of given seed nodes: bound by the graph alone
+    named = [s for s in plan.splits if s not in given]
+    actual = plan_binding(ds, [s for s in named if f"splits/{s}" in ds.array_records])
+    missing = [s for s in named if f"splits/{s}" not in ds.array_records]
     field = f"dataset.splits_sha256.{missing[0]} names a split the dataset lacks" if missing else (
         _first_difference(recorded, actual))
     if field is None:

@@ -31,6 +31,7 @@ FORMATS = {
     "diskgraph.plan": ("a diskgraph plan", "diskgraph preprocess sample"),
     "diskgraph.pack": ("a diskgraph pack", "diskgraph preprocess pack"),
     "diskgraph.raw-inputs": ("diskgraph generate's raw inputs", "diskgraph generate --format raw"),
+    "diskgraph.inference": ("a diskgraph inference output", "diskgraph predict or diskgraph embed"),
 }
 """Each directory format diskgraph writes: what messages call it, and the command that makes it."""
 

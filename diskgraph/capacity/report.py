@@ -88,11 +88,52 @@ def render_table(est: dict) -> str:
         else:
             lines.append("  * recommended: the shortest epoch that fits (the smallest memory within 2 % of it), compared "
                          "with the profile's compute fit so identical runs recommend the same split")
+    if est.get("inference"):
+        lines.append("")
+        lines += render_inference(est["inference"])
     lines.append("")
     lines.append("how")
     for k, v in est["how"].items():
         lines.append(f"  {k}: {v}")
+    for k, v in (est.get("inference") or {}).get("how", {}).items():
+        lines.append(f"  inference {k}: {v}")
     return "\n".join(lines) + "\n"
+
+
+def render_inference(inf: dict) -> list[str]:
+    """The section "inference (exact, layer-wise)": footprint, scratch, per-layer partitions, bytes and time."""
+    lines = []
+
+    def row(k, v, how=""):
+        lines.append(f"  {k:<30} {v:<22} {how}".rstrip())
+
+    what = f"layer {inf['layer']} of {inf['num_layers']}" + (f", {inf['dtype']}" if inf["kind"] == "embed" else "")
+    lines.append(f"inference (exact, layer-wise): {inf['kind']} {inf['nodes']:,} nodes, {what}, width {inf['width']}, "
+                 f"--memory-budget {format_bytes(inf['memory_budget'])}")
+    out = inf["output"]
+    row("output", format_bytes(inf["output_bytes"]),
+        ", ".join(f"{k} {format_bytes(v['bytes'])}" for k, v in out["arrays"].items()) + " + manifest")
+    sc = inf["scratch"]
+    row("scratch (peak)", format_bytes(inf["scratch_bytes"]),
+        (", ".join(f"{k.replace('layer', 'layer ')} tables {format_bytes(sum(t['bytes'] for t in v.values()))}"
+                   for k, v in sc["tables"].items())
+         + "; removed when the output is written") if sc["tables"] else "none (no intermediate layer)")
+    row("disk at peak", format_bytes(inf["disk_peak_bytes"]), "output + scratch")
+    for p in inf["passes"]:
+        if p["pass"] == "inputs":
+            how = (f"features -> layer 1 tables: read {format_bytes(p['read_bytes'])}, write "
+                   f"{format_bytes(p['written_bytes'])}")
+        else:
+            how = (f"{p['partitions']} partition(s), {p['slices_read']} slice reads ({p['slices']} slices, "
+                   f"{p['resident_slices']} resident), read {format_bytes(p['read_bytes'])}, write "
+                   f"{format_bytes(p['written_bytes'])}")
+        row(p["pass"], _s(p["seconds"]), how)
+    row("inference total", _s(inf["seconds"]), f"read {format_bytes(inf['read_bytes'])}")
+    mem = inf["memory"]
+    row("peak memory", format_bytes(inf["peak_host_bytes"]),
+        f"process {format_bytes(mem['process'])} + engine {format_bytes(mem['engine'])} + parameters "
+        f"{format_bytes(mem['parameters'])}")
+    return lines
 
 
 def plot(est: dict, path: str | os.PathLike) -> None:

@@ -1,4 +1,4 @@
-"""The training daemon: ``diskgraph serve`` runs preprocessing and training jobs that survive crashes.
+"""The training daemon: ``diskgraph serve`` runs preprocessing, training and inference jobs that survive crashes.
 
 One concept per module:
 

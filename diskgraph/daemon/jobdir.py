@@ -6,6 +6,9 @@
 ``progress.json``  the stage running now and the stages finished (written by the runner)
 ``steps.jsonl``    one line per training minibatch (the trainer's step log)
 ``run/``           the training run: ``checkpoint.pt``, ``checkpoint.json``, ``metrics.jsonl``, ``best_model.pt``
+``predict/``       the predict stage's output (a Zarr v3 group), unless the spec's ``predict.out`` names another place
+``embed/``         the embed stage's output, likewise
+``predict.json``   the predict stage's summary once it finished (``embed.json`` likewise)
 ``outcome.json``   how the last attempt ended: succeeded / failed / stopped, the reason, the summary
 ``cancel``         made by the scheduler before it stops a job it cancels (so the job's log says it ends)
 =================  =========================================================================
@@ -65,6 +68,10 @@ class JobDir:
     outcome_json = property(lambda self: self.path / "outcome.json")
     cancel_flag = property(lambda self: self.path / "cancel")
 
+    def inference_json(self, kind: str) -> Path:
+        """The summary of the ``predict`` / ``embed`` stage, written when it finishes."""
+        return self.path / f"{kind}.json"
+
     # -- written by the scheduler and the runner ---------------------------------------------------
 
     def prepare(self, job_id: int, spec: dict, attempt: int, recovering: bool, allowed_roots: list) -> None:
@@ -82,8 +89,10 @@ class JobDir:
         """The log, opened for appending; a symbolic link in its place is refused (OSError), not followed."""
         return open(os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), mode)
 
-    def write_progress(self, stage: str | None, done: list[str]) -> None:
-        write_json_atomic(self.progress_json, {"stage": stage, "done": done, "updated_at": time.time()})
+    def write_progress(self, stage: str | None, done: list[str], **detail) -> None:
+        """The running stage (None between stages), the finished ones, and what the stage says of itself (an
+        inference stage: its ``out`` directory and the ``state`` file of its finished layers)."""
+        write_json_atomic(self.progress_json, {"stage": stage, "done": done, "updated_at": time.time(), **detail})
 
     def write_outcome(self, status: str, reason: str | None = None, summary: dict | None = None) -> None:
         write_json_atomic(self.outcome_json, {"status": status, "reason": reason, "summary": summary})
@@ -140,6 +149,24 @@ class JobDir:
                 continue
         return out
 
+    def training_summary(self) -> dict | None:
+        """The training run's summary when it finished (the last line of ``metrics.jsonl``), else None."""
+        lines = tail_lines(self.run / "metrics.jsonl", 1)
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return None
+        return last if isinstance(last, dict) and last.get("summary") is True else None
+
+    def inference(self) -> dict:
+        """The finished inference stages' summaries (``predict`` / ``embed`` → the summary and ``out``)."""
+        out = {}
+        for kind in ("predict", "embed"):
+            summary = read_json(self.inference_json(kind))
+            if summary is not None:
+                out[kind] = summary
+        return out
+
     def checkpoint(self) -> dict | None:
         """The latest checkpoint: path, size, epoch and position (None before the first)."""
         path = self.run / "checkpoint.pt"
@@ -151,13 +178,23 @@ class JobDir:
         return {"path": str(path), "bytes": st.st_size, "saved_at": st.st_mtime,
                 "epoch": info.get("epoch"), "position": info.get("position")}
 
+    def progress_stage(self) -> str | None:
+        """The stage running now (None between stages and before the first)."""
+        return (read_json(self.progress_json) or {}).get("stage")
+
     def progress(self) -> dict:
-        """Stage, finished stages and the training position (epoch, minibatch of the epoch's total)."""
+        """Stage, finished stages, the training position (epoch, minibatch of the epoch's total) and, while an
+        inference stage runs, its output and layers (the finished ones of the layers it computes)."""
         p = read_json(self.progress_json) or {}
         out = {"stage": p.get("stage"), "stages_done": p.get("done", [])}
         step = self.last_step()
         if step:
             out.update(epoch=step["epoch"], minibatch=step["position"], minibatches=step["of"])
+        if p.get("out"):  # an inference stage runs: where it writes, and (exact mode) the layers finished so far
+            out["output"] = p["out"]
+            state = read_json(Path(p["state"])) if p.get("state") else None
+            if isinstance(state, dict) and isinstance(state.get("identity"), dict):
+                out.update(layers_done=state.get("done"), layers=state["identity"].get("final_layer"))
         job = read_json(self.job_json) or {}
         epochs = ((job.get("spec") or {}).get("train") or {}).get("epochs")
         if epochs is None:

@@ -29,20 +29,26 @@ _SCHEMAS = {
                                                                               "description": "one sentence"}}},
     "Spec": {
         "type": "object", "required": ["dataset"], "additionalProperties": False,
-        "description": "A job: preprocess and/or train. Section keys are the options of `diskgraph preprocess all` and "
-                       "`diskgraph train` (dashes or underscores); see docs/daemon.md.",
+        "description": "A job: preprocess and/or train, then predict and/or embed with the trained model. Section keys "
+                       "are the options of `diskgraph preprocess all`, `diskgraph train`, `diskgraph predict` and "
+                       "`diskgraph embed` (dashes or underscores); see docs/daemon.md.",
         "properties": {
             "dataset": {"type": "string", "description": "dataset directory, relative to the first allowed root or absolute inside one"},
             "name": {"type": "string", "maxLength": 200},
             "preprocess": {"type": "object", "description": "options of `diskgraph preprocess all` (without out/overwrite)"},
             "train": {"type": "object", "description": "options of `diskgraph train` (without run_dir/resume/overwrite/log_json/step_log)"},
+            "predict": {"type": "object", "description": "options of `diskgraph predict` (without run/overwrite/log_json; "
+                                                         "out defaults to the job's directory); needs train"},
+            "embed": {"type": "object", "description": "options of `diskgraph embed` (without run/overwrite/log_json; "
+                                                       "out defaults to the job's directory); needs train"},
         },
     },
     "Submitted": {"type": "object", "required": ["id", "state"],
                   "properties": {"id": {"type": "integer"}, "state": {"type": "string", "enum": ["queued"]}}},
     "JobSummary": {
         "type": "object",
-        "required": ["id", "name", "state", "submitted_at", "started_at", "finished_at", "attempts", "retries", "reason"],
+        "required": ["id", "name", "state", "submitted_at", "started_at", "finished_at", "attempts", "retries", "reason",
+                     "stage"],
         "properties": {
             "id": {"type": "integer"}, "name": {"type": ["string", "null"]},
             "state": {"type": "string", "enum": list(STATES)},
@@ -51,6 +57,8 @@ _SCHEMAS = {
             "attempts": {"type": "integer", "description": "processes started for the job"},
             "retries": {"type": "integer", "description": "restarts after its process was killed by a signal"},
             "reason": {"type": ["string", "null"], "description": "why it is in its state"},
+            "stage": {"type": ["string", "null"], "description": "the stage a running job is in: import, sample, pack, "
+                                                                 "train, predict or embed (null otherwise)"},
         },
     },
     "JobList": {"type": "object", "required": ["jobs"],
@@ -58,16 +66,23 @@ _SCHEMAS = {
     "Job": {
         "allOf": [_ref("JobSummary"), {
             "type": "object",
-            "required": ["spec", "pid", "cancel_requested", "progress", "metrics", "summary", "checkpoint", "run_dir",
-                         "transitions"],
+            "required": ["spec", "pid", "cancel_requested", "progress", "metrics", "summary", "inference", "checkpoint",
+                         "run_dir", "transitions"],
             "properties": {
                 "spec": _ref("Spec"), "pid": {"type": ["integer", "null"]}, "cancel_requested": {"type": "boolean"},
                 "progress": {"type": "object", "required": ["stage", "stages_done"], "properties": {
                     "stage": {"type": ["string", "null"]}, "stages_done": {"type": "array", "items": {"type": "string"}},
                     "epoch": {"type": "integer"}, "minibatch": {"type": "integer"}, "minibatches": {"type": ["integer", "null"]},
-                    "epochs": {"type": "integer"}}},
+                    "epochs": {"type": "integer"},
+                    "output": {"type": "string", "description": "the output a running predict/embed stage writes"},
+                    "layers_done": {"type": "integer", "description": "exact mode: layers finished (kept across attempts)"},
+                    "layers": {"type": "integer", "description": "exact mode: the layers the stage computes"}}},
                 "metrics": {"type": ["object", "null"], "description": "the latest finished epoch's record (metrics.jsonl)"},
                 "summary": {"type": ["object", "null"], "description": "the training summary, once it finished"},
+                "inference": {"type": "object", "description": "the finished predict/embed stages' summaries (out, nodes, "
+                                                               "seconds, read bytes, read amplification, peak memory)",
+                              "properties": {"predict": {"type": "object", "required": ["out"]},
+                                             "embed": {"type": "object", "required": ["out"]}}},
                 "checkpoint": {"type": ["object", "null"], "properties": {
                     "path": {"type": "string"}, "bytes": {"type": "integer"}, "saved_at": {"type": "number"},
                     "epoch": {"type": ["integer", "null"]}, "position": {"type": ["integer", "null"]}}},
@@ -96,7 +111,7 @@ def document() -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "diskgraph daemon", "version": __version__,
-                 "description": "Submit, watch and cancel diskgraph preprocessing and training jobs."},
+                 "description": "Submit, watch and cancel diskgraph preprocessing, training and inference jobs."},
         "security": [{"bearer": []}],
         "paths": {
             "/jobs": {

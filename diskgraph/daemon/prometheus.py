@@ -1,9 +1,11 @@
 """``GET /metrics``: the daemon and its running jobs in the Prometheus text format (0.0.4).
 
 Daemon-wide: jobs by state, queue depth, running jobs, the concurrency limit, retries. Per running
-job (label ``job``): finished epochs, minibatches per second (over the latest steps), bytes read
-from disk (the finished epochs' training and evaluation reads), and hit rates per cache tier of the
-latest epoch, all read from the job's run directory. A family is declared only with at least one
+job (label ``job``): the stage it is in (``stage`` label: import, sample, pack, train, predict,
+embed), the layers a predict/embed stage has finished (exact mode), finished epochs, minibatches
+per second (over the latest steps), bytes read from disk (the finished epochs' training and
+evaluation reads), and hit rates per cache tier of the latest epoch, all read from the job's
+directory. A family is declared only with at least one
 sample: the per-job ones appear while a job runs (the rate once it has trained two minibatches).
 """
 
@@ -32,9 +34,14 @@ def render(daemon) -> str:
     _family(lines, "diskgraph_max_concurrent", "gauge", "Jobs allowed to run at once.", [({}, daemon.max_concurrent)])
     _family(lines, "diskgraph_job_retries_total", "counter", "Restarts of jobs whose process was killed by a signal.",
             [({}, daemon.store.total_retries())])
-    epochs, rates, read, hits = [], [], [], []
+    stages, layers, epochs, rates, read, hits = [], [], [], [], [], []
     for job in daemon.store.list(state="running"):
         jd, label = JobDir(daemon.root.job_path(job["id"])), {"job": str(job["id"])}
+        progress = jd.progress()
+        if progress["stage"]:
+            stages.append(({**label, "stage": progress["stage"]}, 1))
+            if progress.get("layers_done") is not None:
+                layers.append(({**label, "stage": progress["stage"]}, progress["layers_done"]))
         records = [r for r in jd.epochs() if not r.get("summary")]
         epochs.append((label, len(records)))
         rate = jd.step_rate()
@@ -44,6 +51,9 @@ def render(daemon) -> str:
         latest = records[-1].get("hit_rate") if records else None
         for tier, value in (latest or {}).items():
             hits.append(({**label, "tier": tier}, value))
+    _family(lines, "diskgraph_job_stage", "gauge", "The stage a running job is in (1; label stage).", stages)
+    _family(lines, "diskgraph_job_inference_layers_done", "gauge",
+            "Layers a running job's predict or embed stage has finished (exact mode; kept across attempts).", layers)
     _family(lines, "diskgraph_job_epochs", "gauge", "Finished training epochs of a running job.", epochs)
     _family(lines, "diskgraph_job_minibatches_per_second", "gauge", "Training minibatches per second of a running job.",
             rates)

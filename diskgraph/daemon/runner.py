@@ -1,17 +1,23 @@
 """The child process that runs one job: ``python -m diskgraph.daemon.runner JOBDIR``.
 
 It reads ``JOBDIR/job.json`` and runs the job's stages in order: import (when the preprocess spec
-has raw inputs), sample, pack, train. Before each stage it resolves every path the job uses again:
-one that a symbolic link made after submission leads outside the daemon's allowed roots (or out of
-the job's directory) stops the job with one sentence, before the stage touches it.
+has raw inputs), sample, pack, train, predict, embed (inference with the trained model, when the spec
+has those tables; their output goes to the table's ``out``, else ``JOBDIR/predict`` /
+``JOBDIR/embed``). Before each stage it resolves every path the job uses again: one that a symbolic
+link made after submission leads outside the daemon's allowed roots (or out of the job's directory)
+stops the job with one sentence, before the stage touches it.
 
 ``progress.json`` records each finished stage, so a later attempt skips it; an artifact already at
 its final name on a later attempt was finished by an attempt that died before recording it (every
-artifact is renamed into place only when complete), so it is kept too. Training resumes from ``run/checkpoint.pt`` when there is one.
+artifact is renamed into place only when complete), so it is kept too (an inference output only when
+it is this job's run's output of its kind). Training resumes from ``run/checkpoint.pt`` when there is
+one; a run whose training finished (its ``metrics.jsonl`` ends with the summary) goes straight on to
+inference. Inference resumes by itself after its last finished layer (exact mode: the engine keeps
+the finished layers' tables and a state file next to the output).
 
-SIGTERM stops the job resumably: training saves a checkpoint after the current minibatch; a
-preprocessing stage is interrupted (its temporary directory is removed) and starts again on the
-next attempt. The child asks Linux to send it SIGTERM when the daemon dies (``PR_SET_PDEATHSIG``),
+SIGTERM stops the job resumably: training saves a checkpoint after the current minibatch, inference
+stops after its current unit of work (both raise ``StopRequested``); a preprocessing stage is
+interrupted (its temporary directory is removed) and starts again on the next attempt. The child asks Linux to send it SIGTERM when the daemon dies (``PR_SET_PDEATHSIG``),
 so a daemon killed with ``kill -9`` leaves no job running unsupervised.
 
 Exit status: 0 succeeded, 2 refused input (no retry), 75 stopped on SIGTERM (resumable), 1 anything else.
@@ -31,8 +37,8 @@ from pathlib import Path
 import psutil
 
 from ..store.errors import InputError
-from .jobdir import JobDir, read_json
-from .spec import RAW_INPUTS, leaves, path_options, root_of, section_argv
+from .jobdir import JobDir, read_json, write_json_atomic
+from .spec import INFERENCE, RAW_INPUTS, inference_options, leaves, path_options, root_of, section_argv
 
 EXIT_STOPPED = 75
 ENV_DAEMON_PID = "DISKGRAPH_DAEMON_PID"
@@ -76,9 +82,23 @@ def _used_paths(job: dict, jobdir: JobDir, parsers: dict) -> list[tuple[str, Pat
     if spec.get("train") is not None:
         paths.append(("pack", dataset / "packs" / spec["train"].get("pack", "default")))
     home = Path(os.path.realpath(jobdir.path))
+    own = [("run directory", "run"), ("step log", "steps.jsonl")]
+    for kind in INFERENCE:
+        section = spec.get(kind)
+        if section is None:
+            continue
+        paths += [(f"{kind}.{key}", Path(section[key])) for key in ("out", "parquet", "nodes")
+                  if key in section and (key != "nodes" or os.path.isabs(section[key]))]
+        if "out" not in section:
+            own.append((f"{kind} output", kind))
     return ([(what, path, allowed, "the daemon's allowed roots") for what, path in paths] +
-            [(what, home / name, [home], "the job's directory") for what, name in (("run directory", "run"),
-                                                                                   ("step log", "steps.jsonl"))])
+            [(what, home / name, [home], "the job's directory") for what, name in own])
+
+
+def inference_out(spec: dict, kind: str, jobdir: JobDir) -> Path:
+    """Where the job's ``kind`` stage writes: the table's ``out``, else ``JOBDIR/KIND`` (next to ``run/``)."""
+    out = spec[kind].get("out")
+    return Path(out) if out is not None else Path(os.path.realpath(jobdir.path)) / kind
 
 
 def check_paths(paths: list[tuple[str, Path, list[Path], str]]) -> None:
@@ -96,7 +116,8 @@ def check_paths(paths: list[tuple[str, Path, list[Path], str]]) -> None:
                              "the job again")
 
 
-def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict, parsers: dict) -> list[tuple]:
+def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict, parsers: dict,
+            attempt: int = 1) -> list[tuple]:
     """(name, artifact path or None, function) for each stage of the job, in order."""
     from ..cli_preprocess import import_from_args, pack_from_args, sample_from_args
 
@@ -121,6 +142,11 @@ def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict, p
             opts = options_from_args(args)
             opts.run_dir, opts.step_log, opts.stop = str(jobdir.run), str(jobdir.steps), stop
             opts.resume = (jobdir.run / "checkpoint.pt").exists()
+            finished = jobdir.training_summary() if opts.resume else None
+            if finished is not None:  # an earlier attempt finished training and died before recording it
+                log.info("stage train: training finished in an earlier attempt (%s epochs), not run again",
+                         finished.get("epochs"))
+                return finished
             _remove_stale_temporaries(jobdir.run)
             training["on"] = True
             try:
@@ -129,11 +155,62 @@ def _stages(spec: dict, jobdir: JobDir, stop: threading.Event, training: dict, p
                 training["on"] = False
 
         out.append(("train", None, train))
+    for kind in INFERENCE:
+        if spec.get(kind) is None:
+            continue
+
+        def infer(kind=kind, out_dir=inference_out(spec, kind, jobdir)):
+            from ..inference import run_inference, scratch_dir
+            from ..pipeline.layerwise import STATE_NAME
+
+            # where the API finds the layers finished so far (exact mode's state file)
+            jobdir.write_progress(kind, jobdir.stages_done(), out=str(out_dir),
+                                  state=str(scratch_dir(out_dir) / STATE_NAME))
+            # a first attempt replaces nothing (the engine refuses an existing OUT or Parquet file); a later one may
+            # find the Parquet table of an attempt that died after writing it (a finished OUT is kept without
+            # running, by run_job), and the engine replaces only files and outputs of its own kind
+            opts = inference_options(kind, spec[kind], run=str(jobdir.run), out=str(out_dir), overwrite=attempt > 1,
+                                     stop=stop)
+            training["on"] = True
+            try:
+                summary = run_inference(dataset, opts)
+            finally:
+                training["on"] = False
+            write_json_atomic(jobdir.inference_json(kind), {"out": str(out_dir), **(summary or {})})
+            return summary
+
+        out.append((kind, inference_out(spec, kind, jobdir), infer))
     return out
 
 
+def _keep_inference_output(kind: str, section: dict, out: Path, jobdir: JobDir) -> None:
+    """An inference output found at its final name on a later attempt: it must be a finished ``kind`` output of this
+    job's run (else the job stops without touching it); the Parquet table an attempt that died just after renaming
+    the output into place did not write yet is written from it."""
+    from ..store.errors import FormatError
+    from ..store.inference_output import open_output, write_parquet
+
+    try:
+        output = open_output(out)
+    except FormatError as e:
+        raise InputError(f"{out} exists but is not a finished inference output ({e}); the job does not replace it, "
+                         "so move it away and submit the job again") from None
+    made_by = ((output.manifest.get("run") or {}).get("path"))
+    if output.kind != kind or made_by is None or os.path.realpath(made_by) != os.path.realpath(jobdir.run):
+        raise InputError(f"{out} is a {output.kind} output of run {made_by}, not this job's {kind} output; the job does "
+                         "not replace it, so move it away and submit the job again")
+    parquet = section.get("parquet")
+    if parquet is not None and not Path(parquet).exists():
+        log.info("stage %s: writing %s from %s", kind, parquet, out)
+        write_parquet(output, parquet)
+    if not jobdir.inference_json(kind).exists():
+        summary = output.manifest.get("summary") or {}
+        write_json_atomic(jobdir.inference_json(kind), {"out": str(out), "summary": True, **summary})
+
+
 def run_job(job: dict, jobdir: JobDir, stop: threading.Event, training: dict) -> dict | None:
-    """Run the stages not finished yet; returns the training summary (None for preprocessing only).
+    """Run the stages not finished yet; returns the training summary (None for preprocessing only; inference
+    summaries go to ``JOBDIR/predict.json`` / ``embed.json``).
 
     Before each stage, and after it before it counts as finished, every path the job uses is resolved again
     (:func:`check_paths`): the spec was checked when it was submitted, and the job may have waited since.
@@ -142,15 +219,20 @@ def run_job(job: dict, jobdir: JobDir, stop: threading.Event, training: dict) ->
     paths = _used_paths(job, jobdir, parsers)
     done = jobdir.stages_done()
     summary = None
-    for name, artifact, fn in _stages(job["spec"], jobdir, stop, training, parsers):
+    for name, artifact, fn in _stages(job["spec"], jobdir, stop, training, parsers, job["attempt"]):
         if name in done:
             log.info("stage %s: finished by an earlier attempt, skipped", name)
             continue
         check_paths(paths)
         if artifact is not None and artifact.exists():
+            if job["attempt"] <= 1 and name in INFERENCE:
+                raise InputError(f"{artifact} already exists; a job never replaces outputs it did not make, so move it "
+                                 f"away or submit the job with another {name}.out")
             if job["attempt"] <= 1:
                 raise InputError(f"{artifact} already exists; a job never replaces artifacts, so submit it with another "
                                  "dataset path or preprocess.name")
+            if name in INFERENCE:
+                _keep_inference_output(name, job["spec"][name], artifact, jobdir)
             log.info("stage %s: %s was completed by an earlier attempt, kept", name, artifact)
         else:
             jobdir.write_progress(name, done)
@@ -161,6 +243,8 @@ def run_job(job: dict, jobdir: JobDir, stop: threading.Event, training: dict) ->
                 summary = result
         done.append(name)
         jobdir.write_progress(None, done)
+    if summary is None and "train" in done:  # trained by an earlier attempt: the job's summary is still training's
+        summary = jobdir.training_summary()
     return summary
 
 

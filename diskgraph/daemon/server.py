@@ -56,9 +56,10 @@ def _int_param(query: dict, name: str, default: int, lo: int = 0, hi: int = 1 <<
     return value
 
 
-def job_summary(job: dict) -> dict:
+def job_summary(job: dict, stage: str | None = None) -> dict:
+    """A job's row in ``GET /jobs``: ``stage`` is the stage a running job is in (import … train, predict, embed)."""
     keys = ("id", "name", "state", "submitted_at", "started_at", "finished_at", "attempts", "retries", "reason")
-    return {k: job[k] for k in keys}
+    return {**{k: job[k] for k in keys}, "stage": stage}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -186,7 +187,13 @@ class Handler(BaseHTTPRequestHandler):
             raise ApiError(400, f"query parameter state={state!r} is not one of {', '.join(STATES)}")
         jobs = self.daemon.store.list(state=state, after=_int_param(query, "after", 0),
                                       limit=_int_param(query, "limit", 1000, 1, 10000))
-        return 200, {"jobs": [job_summary(j) for j in jobs]}, "application/json"
+        return 200, {"jobs": [job_summary(j, self._stage(j)) for j in jobs]}, "application/json"
+
+    def _stage(self, job: dict) -> str | None:
+        """The stage of a running job (None for the others, and between stages)."""
+        if job["state"] != "running":
+            return None
+        return JobDir(self.daemon.root.job_path(job["id"])).progress_stage()
 
     def submit(self, query):
         body = self._read_body()
@@ -203,9 +210,12 @@ class Handler(BaseHTTPRequestHandler):
         jd = JobDir(self.daemon.root.job_path(job_id))
         epochs = jd.epochs()
         records = [e for e in epochs if not e.get("summary")]
-        out = {**job_summary(job), "spec": job["spec"], "pid": job["pid"], "cancel_requested": job["cancel_requested"],
-               "progress": jd.progress(), "metrics": records[-1] if records else None,
+        progress = jd.progress()
+        out = {**job_summary(job, progress["stage"] if job["state"] == "running" else None), "spec": job["spec"],
+               "pid": job["pid"], "cancel_requested": job["cancel_requested"],
+               "progress": progress, "metrics": records[-1] if records else None,
                "summary": epochs[-1] if epochs and epochs[-1].get("summary") else None,
+               "inference": jd.inference(),
                "checkpoint": jd.checkpoint(), "run_dir": str(jd.run), "transitions": self.daemon.store.transitions(job_id)}
         return 200, out, "application/json"
 

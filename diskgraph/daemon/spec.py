@@ -5,10 +5,14 @@ A spec is::
     {"dataset": "data/cora",                                   # where the dataset is, or is made
      "preprocess": {"npz": "raw/cora.npz", "fanouts": "10,5"},  # options of `diskgraph preprocess all`
      "train": {"model": "sage", "epochs": 2},                   # options of `diskgraph train`
+     "predict": {"nodes": "test"},                              # options of `diskgraph predict` (after train)
+     "embed": {"layer": 1, "dtype": "float16"},                 # options of `diskgraph embed` (after train)
      "name": "cora-sage"}                                       # optional label
 
-with ``preprocess``, ``train`` or both. Keys are the commands' option names (dashes or underscores);
-values have the JSON type of the option (true/false for flags, numbers for counts, strings for
+with ``preprocess``, ``train`` or both, and ``predict`` and/or ``embed`` (inference with the model the
+job's train stage makes; their keys are the fields of
+:class:`~diskgraph.inference_options.InferenceOptions`, checked by :func:`inference_options`). Keys
+are the commands' option names (dashes or underscores); values have the JSON type of the option (true/false for flags, numbers for counts, strings for
 names and paths; a fanout list may be an array). The values are then parsed by the commands' own
 parsers, so a spec accepts exactly what the command line accepts. Options the daemon sets itself
 (the output, the run directory, resume, overwrite, log files) are refused.
@@ -23,14 +27,16 @@ The checked spec holds real paths, and the job's process resolves them again bef
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import re
 import sys
 import threading
 from pathlib import Path
 
 from ..cli_common import fanouts as _fanouts_type
-from ..cli_common import positive_int
+from ..cli_common import parse_fanouts, positive_int
 from ..units import parse_bytes
 
 if sys.version_info >= (3, 11):
@@ -42,7 +48,10 @@ SECTIONS = {"preprocess": "all", "train": "train"}
 """Spec section → the CLI leaf whose options it takes."""
 COMMANDS = {"preprocess": "diskgraph preprocess all", "train": "diskgraph train"}
 
-TOP_KEYS = {"dataset", "preprocess", "train", "name"}
+INFERENCE = ("predict", "embed")
+"""Inference sections, run in this order after ``train`` (each a stage of the same name)."""
+
+TOP_KEYS = {"dataset", "preprocess", "train", *INFERENCE, "name"}
 
 DAEMON_SET = {
     "preprocess": {"dataset": "the spec's top-level dataset names it", "out": "the spec's top-level dataset names it",
@@ -50,6 +59,10 @@ DAEMON_SET = {
     "train": {"dataset": "the spec's top-level dataset names it", "run_dir": "each job has its own run directory",
               "resume": "the daemon resumes from checkpoints itself", "overwrite": "each job has its own run directory",
               "log_json": "the job's metrics are in its run directory", "step_log": "the job's step log is in its directory"},
+    **{kind: {"kind": "the table's name says it", "run": "the model is the one the job's train stage makes",
+              "overwrite": "a daemon job never replaces outputs it did not make",
+              "log_json": "the summary is in the job's directory and its record",
+              "stop": "the daemon stops a job itself"} for kind in INFERENCE},
 }
 """Options the daemon sets itself, with the reason given when a spec sets them."""
 
@@ -58,6 +71,11 @@ NAME_OPTIONS = {"pack", "name", "plan"}
 """Options that take an artifact name (a bare name in specs: artifacts live inside the dataset)."""
 PATH_METAVARS = {"PATH", "DIR", "FILE"}
 RAW_INPUTS = ("npz", "edges", "features", "labels", "train", "val", "test")
+
+INFERENCE_PATHS = {"out", "parquet"}
+"""Inference options that name an output (a new path inside the allowed roots); ``nodes`` may name an input file."""
+INFERENCE_ONLY = {"layer": "embed", "dtype": "embed"}
+"""Inference options of one kind only."""
 
 DEFAULT_CHECKPOINT_EVERY = 50
 """Minibatches between checkpoints of a daemon job that does not set ``checkpoint_every``."""
@@ -188,6 +206,86 @@ def section_argv(section: str, values: dict, parser: argparse.ArgumentParser) ->
     return argv
 
 
+def _fanouts_text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _whole(where: str, value, least: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise SpecError(f"{where} must be a whole number of at least {least}, not {_show(value)}")
+    return value
+
+
+def _choice(where: str, value, choices) -> str:
+    if value not in choices:
+        raise SpecError(f"{where} must be one of {', '.join(map(json.dumps, choices))}, not {_show(value)}")
+    return value
+
+
+def inference_options(kind: str, values: dict, **fixed):
+    """A ``predict`` / ``embed`` section (underscore keys, paths already checked) → its
+    :class:`~diskgraph.inference_options.InferenceOptions`, with the fields the daemon sets in ``fixed`` (which win).
+
+    The section's keys are the option fields (see :data:`DAEMON_SET` for those it may not set); values have their
+    JSON type (a size may be text like ``"512M"``, fanouts an array or ``"10,5"``). Raises :class:`SpecError`.
+    """
+    from ..inference_options import EMBED_DTYPES, MODES, STORAGES, InferenceOptions
+
+    opts = {}
+    for key, value in values.items():
+        where = f"{kind}.{key}"
+        if key == "memory_budget":
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise SpecError(f"{where} must be a size (bytes or text like \"512M\"), not {_show(value)}")
+            try:
+                value = parse_bytes(value)
+            except argparse.ArgumentTypeError as e:
+                raise SpecError(f"{where}: {e}") from None
+            if value <= 0:
+                raise SpecError(f"{where} must be a positive size, not {_show(values[key])}")
+        elif key in ("layer", "batch_size"):
+            value = _whole(where, value, 1)
+        elif key == "seed":
+            value = _whole(where, value, 0)
+        elif key == "fanouts":
+            if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                value = ",".join(map(str, value))
+            if not isinstance(value, str):
+                raise SpecError(f"{where} must be an array of whole numbers or text like \"10,5\", not {_show(value)}")
+            try:
+                value = parse_fanouts(value)
+            except argparse.ArgumentTypeError as e:
+                raise SpecError(f"{where}: {e}") from None
+        elif key == "mode":
+            value = _choice(where, value, MODES)
+        elif key == "storage":
+            value = _choice(where, value, STORAGES)
+        elif key == "dtype":
+            value = _choice(where, value, EMBED_DTYPES)
+        elif key == "device":
+            if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+                raise SpecError(f"{where} must be \"auto\", \"cpu\" or \"cuda[:N]\", not {_show(value)}")
+        elif key == "direct":
+            if not isinstance(value, bool):
+                raise SpecError(f"{where} must be true or false, not {_show(value)}")
+        elif key in ("nodes", "out", "parquet"):
+            if not isinstance(value, str) or not value:
+                raise SpecError(f"{where} must be a non-empty string, not {_show(value)}")
+        else:  # pragma: no cover — the checker refuses unknown keys first
+            raise SpecError(f"{kind} spec has unknown option {key!r}")
+        opts[key] = value
+    return InferenceOptions(kind=kind, **{**opts, **fixed})
+
+
+def inference_keys() -> list[str]:
+    """The keys a ``predict`` / ``embed`` section may have: the option fields the daemon does not set."""
+    from ..inference_options import InferenceOptions
+
+    return [f.name for f in dataclasses.fields(InferenceOptions) if f.name not in DAEMON_SET["predict"]]
+
+
 class SpecChecker:
     """Checks specs against the CLI's options and the daemon's allowed roots.
 
@@ -240,6 +338,10 @@ class SpecChecker:
         unknown = sorted(set(spec) - TOP_KEYS)
         if unknown:
             raise SpecError(f"unknown spec key {unknown[0]!r}; a spec has {', '.join(sorted(TOP_KEYS))}")
+        for kind in INFERENCE:
+            if kind in spec and "train" not in spec:
+                raise SpecError(f"the spec has a {kind} table but no train table; {kind} runs the model the job's "
+                                "train stage makes, so add a train table")
         if "preprocess" not in spec and "train" not in spec:
             raise SpecError("the spec has neither preprocess nor train; give at least one of them")
         name = spec.get("name")
@@ -252,7 +354,11 @@ class SpecChecker:
         for section in ("preprocess", "train"):
             if section in spec:
                 out[section] = self._section(section, spec[section])
+        for kind in INFERENCE:
+            if kind in spec:
+                out[kind] = self._inference(kind, spec[kind])
         self._check_artifacts(out, dataset)
+        self._check_inference(out, dataset)
         if "train" in out:
             out["train"].setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
         return out
@@ -284,6 +390,97 @@ class SpecChecker:
         with self._lock:
             parser.parse_args(["DATASET", *section_argv(section, checked, parser)])
         return checked
+
+    def _inference(self, kind: str, values) -> dict:
+        """Check a ``predict`` / ``embed`` section: known keys, value types and choices, paths inside the roots."""
+        from ..inference_options import NODE_SETS
+
+        if not isinstance(values, dict):
+            raise SpecError(f"{kind} must be a table of `diskgraph {kind}` options, not {_show(values)}")
+        known = inference_keys()
+        checked = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key in DAEMON_SET[kind]:
+                raise SpecError(f"{kind}.{raw_key} is set by the daemon ({DAEMON_SET[kind][key]}); remove it")
+            if key not in known:
+                raise SpecError(f"{kind} spec has unknown option {raw_key!r}; the options are {', '.join(known)} "
+                                f"(those of `diskgraph {kind} --help`)")
+            if INFERENCE_ONLY.get(key, kind) != kind:
+                raise SpecError(f"{kind}.{raw_key} is an option of {INFERENCE_ONLY[key]} only; remove it or move it to "
+                                f"an {INFERENCE_ONLY[key]} table")
+            checked[key] = value
+        opts = inference_options(kind, checked)  # types, sizes, choices
+        if "fanouts" in checked and opts.mode != "sampled":
+            raise SpecError(f"{kind}.fanouts applies to mode \"sampled\" only (exact mode uses every in-neighbor); "
+                            "remove it or set mode = \"sampled\"")
+        if opts.mode == "sampled" and opts.storage != "disk":
+            raise SpecError(f"{kind}.storage applies to mode \"exact\" only; remove it")
+        for key in INFERENCE_PATHS & set(checked):
+            real = self.resolve(checked[key], f"{kind}.{key}")
+            if real.exists() or real.is_symlink():
+                raise SpecError(f"{kind}.{key} {checked[key]!r} already exists and a job never replaces it; choose a "
+                                "new path")
+            if not real.parent.is_dir():
+                raise SpecError(f"{kind}.{key} {checked[key]!r} cannot be created: its parent directory does not exist")
+            checked[key] = str(real)
+        nodes = checked.get("nodes")
+        if nodes is not None and nodes not in NODE_SETS:
+            real = self.resolve(nodes, f"{kind}.nodes")
+            if not real.is_file():
+                raise SpecError(f"{kind}.nodes {nodes!r} is neither {', '.join(NODE_SETS)} nor an existing .npy file "
+                                "of node ids; check the path")
+            checked["nodes"] = str(real)
+        return checked
+
+    def _check_inference(self, spec: dict, dataset: Path) -> None:
+        """Outputs distinct from each other and from the dataset; ``layer`` and sampled fanouts fit the model."""
+        seen: dict[Path, str] = {}
+        for kind in INFERENCE:
+            for key in ("out", "parquet"):
+                path = (spec.get(kind) or {}).get(key)
+                if path is None:
+                    continue
+                path = Path(path)
+                if path == dataset:
+                    raise SpecError(f"{kind}.{key} {path} is the dataset; give the output its own new path")
+                for other, what in seen.items():
+                    if other == path or other in path.parents or path in other.parents:
+                        raise SpecError(f"{kind}.{key} {path} and {what} {other} overlap (the same path, or one "
+                                        "inside the other); give each output its own new path")
+                seen[path] = f"{kind}.{key}"
+        layers = self._model_layers(spec, dataset)
+        if layers is None:
+            return
+        for kind in INFERENCE:
+            section = spec.get(kind) or {}
+            layer = section.get("layer")
+            if layer is not None and layer > layers:
+                raise SpecError(f"{kind}.layer {layer} is out of range: the model the job trains has {layers} layers "
+                                f"(1..{layers}; {layers} is the logits)")
+            fanouts = section.get("fanouts")
+            if fanouts is not None and len(parse_fanouts(_fanouts_text(fanouts))) != layers:
+                raise SpecError(f"{kind}.fanouts {_show(fanouts)} has {len(parse_fanouts(_fanouts_text(fanouts)))} "
+                                f"hops but the model the job trains has {layers} layers; give {layers} fanouts")
+
+    def _model_layers(self, spec: dict, dataset: Path) -> int | None:
+        """The number of layers of the model the spec's train stage makes, when it can be told before it runs."""
+        train, pre = spec.get("train") or {}, spec.get("preprocess")
+        if train.get("layers"):
+            return int(train["layers"])
+        if train.get("reference") and train.get("fanouts"):
+            return len(parse_fanouts(_fanouts_text(train["fanouts"])))
+        pack = train.get("pack", "default")
+        if pre is not None and pack == pre.get("name", "default"):
+            parser = self.parsers["preprocess"]
+            with self._lock:
+                args = parser.parse_args(["DATASET", *section_argv("preprocess", pre, parser)])
+            return len(parse_fanouts(args.fanouts))
+        try:
+            manifest = json.loads((dataset / "packs" / pack / "manifest.json").read_text())
+            return len(manifest["plan"]["config"]["fanouts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # the train stage names the problem
 
     def _check_artifacts(self, spec: dict, dataset: Path) -> None:
         pre, train = spec.get("preprocess"), spec.get("train")

@@ -1,0 +1,126 @@
+"""``diskgraph predict`` and ``diskgraph embed``: a trained model's output for the graph's nodes, out of core.
+
+SIGINT (Ctrl-C) and SIGTERM stop the run between slices; the layers already finished stay in the scratch
+directory beside OUT and the same command continues after them (exit status 130 / 143). Nothing opens as a
+finished output until the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+
+from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int
+from .cli_train import EXIT_STATUS, _Stopper
+from .inference_options import EMBED_DTYPES, MODES, NODE_SETS, STORAGES, InferenceOptions
+from .units import parse_bytes
+
+_WHAT = {
+    "predict": ("write a trained model's logits and predicted classes for every node (out of core)",
+                "Write the logits [M, C] float32 and the predicted classes [M] int64 of the nodes --nodes names, from "
+                "the best model of a `diskgraph train` run, into OUT: a Zarr v3 group with a manifest (open it with "
+                "zarr.open_group(OUT)), rows in ascending node id order beside node_ids [M]. Exact mode (the default) "
+                "runs layer-wise inference over every in-neighbor with the node tables on disk, reading them in large "
+                "sequential slices within --memory-budget; --mode sampled uses the training fanouts instead."),
+    "embed": ("write a trained model's node embeddings of one layer (out of core)",
+              "Write the output of GNN layer --layer (after its activation; the last layer's are the logits) for the "
+              "nodes --nodes names into OUT: embeddings [M, H] float32 or float16 beside node_ids [M], a Zarr v3 group "
+              "with a manifest. Modes as for predict."),
+}
+
+
+def _add(sub, kind: str) -> argparse.ArgumentParser:
+    short, long = _WHAT[kind]
+    example = (f"  diskgraph train data/cora --run-dir runs/cora\n  diskgraph {kind} data/cora --run runs/cora "
+               f"--out cora-{kind}" + (" --layer 1" if kind == "embed" else "") +
+               "\n  python -c \"import zarr; g = zarr.open_group('cora-" + kind + "'); print(g['node_ids'][:5])\"\n\n")
+    p = sub.add_parser(kind, help=short, description=long, epilog="Example:\n" + example + EPILOG_SIZES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", nargs="?", metavar="DATASET", help="the dataset directory the run was trained on")
+    p.add_argument("--run", metavar="RUN_DIR", help="the training run directory (its best_model.pt and best_model.json)")
+    p.add_argument("--out", metavar="OUT", help="output directory (a Zarr v3 group; written atomically)")
+    p.add_argument("--nodes", default="all", metavar="SET",
+                   help=f"which nodes: {', '.join(NODE_SETS)} or FILE.npy of node ids (default: all); rows come in "
+                        "ascending id order, each node once")
+    if kind == "embed":
+        p.add_argument("--layer", type=positive_int, metavar="K",
+                       help="GNN layer 1..L whose output to write (default: L-1, the last hidden layer; L = the logits)")
+        p.add_argument("--dtype", choices=EMBED_DTYPES, default="float32", help="embedding dtype (default: float32)")
+    m = p.add_argument_group("mode")
+    m.add_argument("--mode", choices=MODES, default="exact",
+                   help="exact: every in-neighbor, layer by layer (default); sampled: the training fanouts")
+    m.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="memory the inference may hold (default: half the available memory, at most 4 GiB)")
+    m.add_argument("--storage", choices=STORAGES, default="disk",
+                   help="exact mode's node tables: disk (out of core, default), ram (load everything: the in-memory "
+                        "reference) or mmap (features through np.memmap, rows gathered at random: the baseline)")
+    m.add_argument("--fanouts", type=fanouts, help="sampled mode: fanouts per hop (default: the run's)")
+    m.add_argument("--batch-size", type=positive_int, help="sampled mode: seeds per minibatch (default: the run's)")
+    m.add_argument("--seed", type=int, default=0, help="sampled mode: sampling seed (default: 0)")
+    m.add_argument("--device", default="auto", help="sampled mode: auto, cpu or cuda[:N] (default: auto)")
+    m.add_argument("--no-direct", dest="direct", action="store_false", help="sampled mode: buffered reads, not O_DIRECT")
+    o = p.add_argument_group("output")
+    o.add_argument("--parquet", metavar="FILE", help="also write the output as a Parquet table")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing output of the same kind")
+    o.add_argument("--log-json", metavar="FILE", help="append the JSON summary line (nodes, seconds, bytes read, "
+                                                      "read amplification, peak memory) to FILE")
+    add_common(p)
+    p.set_defaults(func=run_infer, section=kind, kind=kind, output=lambda a: (a.out, "--out"),
+                   interrupted=_interrupted)
+    return p
+
+
+def add_predict(sub) -> argparse.ArgumentParser:
+    return _add(sub, "predict")
+
+
+def add_embed(sub) -> argparse.ArgumentParser:
+    return _add(sub, "embed")
+
+
+def options_from_args(args: argparse.Namespace) -> InferenceOptions:
+    """The :class:`~diskgraph.inference_options.InferenceOptions` the parsed flags describe."""
+    return InferenceOptions(kind=args.kind, run=args.run, out=args.out, nodes=args.nodes,
+                            layer=getattr(args, "layer", None), dtype=getattr(args, "dtype", "float32"),
+                            mode=args.mode, memory_budget=args.memory_budget, storage=args.storage,
+                            fanouts=parse_fanouts(args.fanouts) if args.fanouts else None,
+                            batch_size=args.batch_size or None, parquet=args.parquet, device=args.device,
+                            overwrite=args.overwrite, log_json=args.log_json, seed=args.seed, direct=args.direct)
+
+
+def _command(args: argparse.Namespace) -> str:
+    return shlex.join(["diskgraph", *(getattr(args, "argv", None) or [args.kind])])
+
+
+def _interrupted(args: argparse.Namespace, _out) -> str:
+    return (f"interrupted; {args.out or 'the output'} was not written; the layers finished so far stay beside it and "
+            f"`{_command(args)}` continues after them")
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from .inference import run_inference
+    from .pipeline.trainer import StopRequested
+    from .store.errors import InputError
+
+    if not args.dataset:
+        raise InputError(f"no dataset given; pass the dataset directory: diskgraph {args.kind} DIR --run RUN --out OUT")
+    if args.mode == "exact" and args.fanouts:
+        raise InputError("--fanouts applies to --mode sampled only (exact mode uses every in-neighbor); drop it")
+    stopper = _Stopper()
+    try:
+        opts = options_from_args(args)
+        opts.stop = stopper.event
+        try:
+            summary = run_inference(args.dataset, opts)
+        except StopRequested:
+            import sys
+
+            name = signal.Signals(stopper.signum or signal.SIGINT).name
+            print(f"diskgraph: stopped by {name}; {args.out} was not written, the layers finished so far stay beside "
+                  f"it and `{_command(args)}` continues after them", file=sys.stderr)
+            return EXIT_STATUS.get(stopper.signum or signal.SIGINT, 130)
+    finally:
+        stopper.restore()
+    print(f"{args.kind}: {summary['nodes']} nodes -> {args.out} ({summary['seconds']:.2f} s)")
+    return 0

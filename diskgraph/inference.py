@@ -1,0 +1,393 @@
+"""Use what you trained: the model's output for the graph's nodes, out of core (`diskgraph predict` / `embed`).
+
+>>> import diskgraph
+>>> model = diskgraph.load_model("data/cora/runs/default-sage-seed0")      # BlockGNN, eval mode, .card
+>>> out = diskgraph.predict("data/cora", run="data/cora/runs/default-sage-seed0", out="cora-pred")
+>>> import zarr; g = zarr.open_group(out); g["predictions"][:], g["logits"][:], g["node_ids"][:]
+>>> diskgraph.embed("data/cora", run=..., out="cora-emb", layer=1, dtype="float16")
+
+Two modes (docs/inference.md):
+
+* ``exact`` (default): layer-wise inference over every in-neighbor (:mod:`diskgraph.pipeline.layerwise` with the
+  model's layers split by :mod:`diskgraph.layer_programs`): layers before the requested one run over every node
+  and write the next layer's tables to a scratch directory beside the output, ``.OUT.diskgraph-inference``; a run
+  stopped or killed and started again with the same request continues after the last finished layer;
+* ``sampled``: the training fanouts, through the offline sampler, the packer and the pipelined loader
+  (:mod:`diskgraph.inference_sampled`).
+
+The output is written atomically (:mod:`diskgraph.store.inference_output`): an interrupted run leaves nothing that
+opens as a finished output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .inference_options import EMBED_DTYPES, KINDS, MODES, NODE_SETS, STORAGES, InferenceOptions
+from .store.errors import FormatError, InputError
+from .store.progress import format_bytes, format_count, log
+
+SCRATCH_TAG = ".diskgraph-inference"
+"""The scratch directory of an output ``OUT`` is its hidden sibling ``.OUT.diskgraph-inference``."""
+
+
+# -- the trained model ----------------------------------------------------------------------------
+
+def read_model_card(run_dir: str | os.PathLike) -> dict:
+    """The checked ``best_model.json`` of a run directory (see :func:`diskgraph.pipeline.trainer.write_model_card`).
+
+    Raises:
+        InputError: no trained model there, or a card or weights file that does not match its checksum.
+    """
+    from .pipeline.trainer import BEST_MODEL_NAME, MODEL_CARD_FORMAT, MODEL_CARD_NAME, MODEL_CARD_VERSION
+    from .store.checksums import DATA_CHECKSUM, MANIFEST_CHECKSUM_FIELD, data_checksum, manifest_checksum
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist; pass the --run-dir a `diskgraph train` wrote")
+    card_path, weights = run_dir / MODEL_CARD_NAME, run_dir / BEST_MODEL_NAME
+    if not weights.is_file():
+        raise InputError(f"run directory {run_dir} has no trained model ({BEST_MODEL_NAME}); train it with "
+                         "`diskgraph train` (or --resume it) until an epoch ends")
+    if not card_path.is_file():
+        raise InputError(f"run directory {run_dir} has {BEST_MODEL_NAME} but no {MODEL_CARD_NAME} (what makes the model "
+                         "and what it was trained on); it was trained by an older diskgraph, train it again")
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{card_path} is not valid JSON; the run directory is damaged, train again") from None
+    if not isinstance(card, dict) or card.get("format") != MODEL_CARD_FORMAT:
+        raise InputError(f"{card_path} is not a diskgraph model card; pass a run directory `diskgraph train` wrote")
+    if card.get("format_version") != MODEL_CARD_VERSION:
+        raise InputError(f"{card_path} has format_version {card.get('format_version')}, this diskgraph reads "
+                         f"{MODEL_CARD_VERSION}; use the diskgraph that trained it or train again")
+    if card.get(MANIFEST_CHECKSUM_FIELD) != manifest_checksum(card):
+        raise InputError(f"{card_path} does not match its {MANIFEST_CHECKSUM_FIELD!r} field (it was edited or is "
+                         "damaged); train again")
+    if not isinstance(card.get("model"), dict):
+        raise InputError(f"{card_path} has no model configuration; train again")
+    data = weights.read_bytes()
+    if data_checksum(data) != card["weights"].get(DATA_CHECKSUM):
+        raise InputError(f"{weights} does not match {MODEL_CARD_NAME}'s weights.{DATA_CHECKSUM} (the weights changed or "
+                         "are damaged); train again")
+    return card
+
+
+def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The best-validation model of a training run, in eval mode on ``device``.
+
+    Returns:
+        A :class:`~diskgraph.models.BlockGNN`; its ``card`` attribute is the run's ``best_model.json`` (model
+        configuration, the run's identity: dataset checksum, options; epoch and validation accuracy).
+
+    Raises:
+        InputError: no trained model, or damaged files (:func:`read_model_card`).
+    """
+    from .models import build_model
+    from .pipeline.trainer import BEST_MODEL_NAME
+
+    card = read_model_card(run_dir)
+    cfg = card["model"]
+    try:
+        model = build_model(cfg["name"], cfg["in_dim"], cfg["hidden"], cfg["num_classes"], cfg["num_layers"],
+                            dropout=cfg["dropout"], heads=cfg["heads"])
+        model.load_state_dict(torch.load(Path(run_dir) / BEST_MODEL_NAME, map_location="cpu", weights_only=True))
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise InputError(f"{Path(run_dir) / BEST_MODEL_NAME} does not fit the model its card describes "
+                         f"({str(e).splitlines()[0][:200]}); train again") from None
+    model.card = card
+    return model.to(device).eval()
+
+
+# -- what to infer --------------------------------------------------------------------------------
+
+def select_nodes(ds, spec: str) -> np.ndarray | None:
+    """The sorted, unique int64 node ids ``--nodes spec`` names (see :data:`~diskgraph.inference_options.NODE_SETS`);
+    None for ``all`` (every node, without an array of N ids).
+
+    Raises:
+        InputError: an unknown split, no labels for ``unlabelled``, or a node file that is not a 1-D integer
+            ``.npy`` array of ids in ``0..N-1``.
+    """
+    n = ds.num_nodes
+    if spec == "all":
+        return None
+    if spec == "unlabelled":
+        labels = ds.verified_labels() if ds.labels is not None else None
+        if labels is None:
+            raise InputError(f"--nodes unlabelled needs labels, and dataset {ds.path} has none; use --nodes all")
+        out = []
+        for s in range(0, n, 1 << 24):
+            out.append(s + np.flatnonzero(np.asarray(labels[s:s + (1 << 24)]) < 0))
+        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
+    if spec in NODE_SETS:
+        if spec not in ds.splits:
+            have = ", ".join(sorted(ds.splits)) or "none"
+            raise InputError(f"--nodes {spec}: dataset {ds.path} has no {spec} split (it has: {have}); name another or "
+                             "pass a .npy file of node ids")
+        ds.check_array(f"splits/{spec}")
+        return np.unique(np.asarray(ds.splits[spec], dtype=np.int64))
+    path = Path(spec)
+    if path.suffix != ".npy":
+        raise InputError(f"--nodes {spec!r} is neither one of {', '.join(NODE_SETS)} nor a .npy file of node ids")
+    try:
+        ids = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"--nodes file {path} does not exist; check the path") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"--nodes file {path} is not a readable .npy array ({str(e).splitlines()[0][:120]}); save the "
+                         "ids with numpy.save") from None
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise InputError(f"--nodes file {path} holds a {ids.dtype} array of shape {ids.shape}; it must be a 1-D "
+                         "integer array of node ids")
+    if len(ids) == 0:
+        raise InputError(f"--nodes file {path} is empty; give at least one node id")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= n:
+        bad = lo if lo < 0 else hi
+        raise InputError(f"--nodes file {path} holds node id {bad} outside 0..{n - 1} (dataset {ds.path} has {n} "
+                         "nodes); pass ids of this dataset")
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def _check_options(opts: InferenceOptions) -> None:
+    if opts.kind not in KINDS:
+        raise InputError(f"unknown inference kind {opts.kind!r}; choose {' or '.join(KINDS)}")
+    if not opts.run:
+        raise InputError("no run directory given; pass --run RUN_DIR (the --run-dir of `diskgraph train`)")
+    if not opts.out:
+        raise InputError("no output directory given; pass --out OUT")
+    if opts.mode not in MODES:
+        raise InputError(f"--mode {opts.mode} is unknown; choose {' or '.join(MODES)}")
+    if opts.storage not in STORAGES:
+        raise InputError(f"--storage {opts.storage} is unknown; choose one of {', '.join(STORAGES)}")
+    if opts.dtype not in EMBED_DTYPES:
+        raise InputError(f"--dtype {opts.dtype} is unknown; choose {' or '.join(EMBED_DTYPES)}")
+    if opts.kind == "predict" and opts.dtype != "float32":
+        raise InputError("--dtype applies to embed only (predict writes float32 logits); drop it")
+    if opts.kind == "predict" and opts.layer is not None:
+        raise InputError("--layer applies to embed only (predict writes the last layer's logits); drop it or use embed")
+    if opts.mode == "exact" and (opts.fanouts is not None):
+        raise InputError("--fanouts applies to --mode sampled only (exact mode uses every in-neighbor); drop it")
+    if opts.mode == "sampled" and opts.storage != "disk":
+        raise InputError("--storage applies to --mode exact only; drop it")
+    if opts.memory_budget is not None and opts.memory_budget <= 0:
+        raise InputError("--memory-budget must be positive")
+
+
+def _check_binding(ds, card: dict, run: Path) -> None:
+    from .store.binding import dataset_identity
+
+    recorded = (card.get("identity") or {}).get("dataset")
+    actual = dataset_identity(ds)
+    if recorded != actual:
+        raise InputError(f"run {run} was trained on another dataset: best_model.json identity.dataset is {recorded}, "
+                         f"but {ds.path} is {actual}; pass the dataset it was trained on, or train on this one")
+    cfg = card["model"]
+    if cfg.get("in_dim") != ds.feature_dim:
+        raise InputError(f"run {run}'s model reads {cfg.get('in_dim')}-wide features but {ds.path} has "
+                         f"{ds.feature_dim}; pass the dataset it was trained on")
+
+
+def scratch_dir(out: str | os.PathLike) -> Path:
+    """Where a run writing ``out`` keeps its intermediate tables (removed when it finishes)."""
+    out = Path(out).absolute()
+    return out.parent / f".{out.name}{SCRATCH_TAG}"
+
+
+# -- running it -----------------------------------------------------------------------------------
+
+def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
+    """Run one inference request and write its output; returns the summary (also the ``--log-json`` line).
+
+    Raises:
+        InputError: bad input (one sentence; see docs/inference.md for each).
+        diskgraph.pipeline.trainer.StopRequested: ``opts.stop`` was set; completed layers stay in the scratch
+            directory and the same request continues from them.
+    """
+    from .store.atomic import AtomicDirectory
+    from .store.dataset import open_dataset
+    from .store.importer import default_memory_budget
+    from .store.inference_output import INFERENCE_FORMAT, OutputWriter, open_output, write_parquet
+
+    _check_options(opts)
+    t0 = time.perf_counter()
+    ds = open_dataset(dataset)
+    if ds.features is None:
+        raise InputError(f"dataset {ds.path} has no features; a model needs them")
+    run = Path(opts.run)
+    model = load_model(run)
+    card = model.card
+    _check_binding(ds, card, run)
+    num_layers = model.num_layers
+    layer = num_layers if opts.kind == "predict" else (opts.layer if opts.layer is not None else max(1, num_layers - 1))
+    if not 1 <= layer <= num_layers:
+        raise InputError(f"--layer {layer} is out of range: the model of {run} has {num_layers} layer(s); give 1.."
+                         f"{num_layers} ({num_layers} = the logits)")
+    out = Path(opts.out)
+    atomic = AtomicDirectory(out, overwrite=opts.overwrite, option="--out", kind=INFERENCE_FORMAT)
+    atomic.check()
+    if opts.parquet and Path(opts.parquet).exists() and not opts.overwrite:
+        raise InputError(f"--parquet file {opts.parquet} already exists; choose another path or pass --overwrite")
+    nodes = select_nodes(ds, opts.nodes)
+    count = ds.num_nodes if nodes is None else len(nodes)
+    if not count:
+        raise InputError(f"--nodes {opts.nodes} names no node of {ds.path}; choose another node set")
+    budget = int(opts.memory_budget or default_memory_budget())
+    width = model.config["num_classes"] if layer == num_layers else _layer_width(model, layer)
+    if opts.kind == "predict":
+        columns = {"node_ids": ((), "int64"), "logits": ((width,), "float32"), "predictions": ((), "int64")}
+    else:
+        columns = {"node_ids": ((), "int64"), "embeddings": ((width,), opts.dtype)}
+    scratch = scratch_dir(out)
+    from .store.binding import dataset_identity
+
+    identity = {"dataset": dataset_identity(ds), "model": card.get("checksum"), "final_layer": layer,
+                "mode": opts.mode, "storage": opts.storage}
+    stop = _stop_check(opts.stop)
+    log.info("%s: %s of %s nodes (%s, layer %d of %d) of %s with %s into %s", opts.kind, opts.mode,
+             format_count(count), opts.nodes, layer, num_layers, ds.path, run, out)
+    with atomic as tmp:
+        writer = OutputWriter(tmp, count, columns)
+        emit = _emitter(writer, opts.kind, opts.dtype)
+        try:
+            if opts.mode == "exact":
+                stats = _run_exact(ds, model, nodes, layer, opts.storage, budget, scratch, identity, emit, stop)
+            else:
+                stats = _run_sampled(ds, model, card, nodes, layer, opts, budget, scratch, emit)
+        except BaseException:
+            writer.abort()
+            raise
+        summary = {"summary": True, "kind": opts.kind, "mode": opts.mode,
+                   "storage": opts.storage if opts.mode == "exact" else None, "nodes": int(count),
+                   "node_set": opts.nodes, "layer": layer, "num_layers": num_layers, "memory_budget": budget,
+                   "out": str(out), **stats}
+        summary["seconds"] = round(time.perf_counter() - t0, 4)
+        writer.finish({"kind": opts.kind, "mode": opts.mode, "layer": layer, "dtype": columns[
+            "logits" if opts.kind == "predict" else "embeddings"][1],
+            "run": {"path": str(run.absolute()), "model_checksum": card.get("checksum"), "epoch": card.get("epoch"),
+                    "val_acc": card.get("val_acc")},
+            "model": card["model"], "dataset": {"path": str(Path(dataset).absolute()), "identity": identity["dataset"]},
+            "nodes": opts.nodes, "summary": {k: v for k, v in summary.items() if k not in ("summary", "layers")}})
+    shutil.rmtree(scratch, ignore_errors=True)
+    if opts.parquet:
+        summary["parquet_bytes"] = write_parquet(open_output(out), opts.parquet)
+    if opts.log_json:
+        with open(opts.log_json, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    amp = summary.get("read_amplification")
+    log.info("%s: %s nodes in %.2f s, read %s%s, peak RSS %s; wrote %s", opts.kind, format_count(count),
+             summary["seconds"], format_bytes(summary.get("read_bytes", 0)),
+             f" (amplification {amp:.3f}, {summary.get('table_passes')} table passes)" if amp else "",
+             format_bytes(summary.get("peak_rss_bytes", 0)), out)
+    return summary
+
+
+def _layer_width(model, layer: int) -> int:
+    """Output width of GNN layer ``layer`` (1-based) of ``model``."""
+    from .layer_programs import layer_programs
+
+    return layer_programs(model)[layer - 1].out_width
+
+
+def _stop_check(event):
+    from .pipeline.trainer import StopRequested
+
+    def check() -> None:
+        if event is not None and event.is_set():
+            raise StopRequested()
+    return check
+
+
+def _emitter(writer, kind: str, dtype: str):
+    """``emit(node_ids, rows)`` that appends rows to the output in the columns of ``kind``."""
+    np_dtype = np.dtype(dtype)
+
+    def emit(ids: np.ndarray, rows: torch.Tensor) -> None:
+        rows = rows.detach().to("cpu", torch.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if kind == "predict":
+            writer.append(node_ids=ids, logits=rows.numpy(), predictions=rows.argmax(dim=1).numpy().astype(np.int64))
+        else:
+            writer.append(node_ids=ids, embeddings=rows.numpy().astype(np_dtype))
+    return emit
+
+
+def _run_exact(ds, model, nodes, layer, storage, budget, scratch, identity, emit, stop) -> dict:
+    from .layer_programs import layer_programs
+    from .pipeline.layerwise import Table, Topology, read_state, run_layerwise
+
+    if storage != "ram":
+        if scratch.exists() and read_state(scratch, identity) is None:
+            shutil.rmtree(scratch)  # another request's (or an unfinished first layer's) tables
+        scratch.mkdir(parents=True, exist_ok=True)
+    if storage == "ram":
+        features = Table.in_ram(ds.features)
+    elif storage == "mmap":
+        features = Table("mmap", array=ds.features)
+    else:
+        features = Table.on_disk(ds.features)
+    topo = Topology(ds.array("topology/indptr"), ds.array("topology/indices"), ds.num_nodes)
+    selected = nodes
+    try:
+        result = run_layerwise(layer_programs(model), features, topo, final_layer=layer, selected=selected,
+                               activation=model.activation, emit=emit, budget=budget,
+                               scratch=None if storage == "ram" else scratch, identity=identity, stop=stop,
+                               table_kind="mmap" if storage == "mmap" else "disk")
+    finally:
+        features.close()
+    return result.summary()
+
+
+def _run_sampled(ds, model, card, nodes, layer, opts, budget, scratch, emit) -> dict:
+    from .inference_sampled import run_sampled
+    from .train import resolve_device
+
+    identity = card.get("identity") or {}
+    fanouts = opts.fanouts or identity.get("--fanouts")
+    batch_size = opts.batch_size or identity.get("--batch-size") or 1024
+    if not fanouts:
+        raise InputError(f"run {opts.run} records no training fanouts; pass --fanouts")
+    if len(fanouts) != model.num_layers:
+        raise InputError(f"--fanouts {','.join(map(str, fanouts))} has {len(fanouts)} hop(s) but the model has "
+                         f"{model.num_layers} layers; give one fanout per layer")
+    device = resolve_device(opts.device)
+    model.to(device)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    if nodes is None:
+        nodes = np.arange(ds.num_nodes, dtype=np.int64)
+    stats = run_sampled(ds, model, nodes, layer=layer, fanouts=list(fanouts), batch_size=int(batch_size),
+                        seed=opts.seed, scratch=scratch, memory_budget=budget, device=device, direct=opts.direct,
+                        emit=emit, stop=opts.stop)
+    return {**stats, "fanouts": list(fanouts), "batch_size": int(batch_size)}
+
+
+def predict(dataset: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
+    """Write the model's logits and predicted classes for ``nodes`` (default all) to ``out``; returns ``out``.
+
+    ``options`` are :class:`~diskgraph.inference_options.InferenceOptions` fields (``nodes``, ``mode``,
+    ``memory_budget``, ``parquet``, ``overwrite``, …).
+    """
+    run_inference(dataset, InferenceOptions(kind="predict", run=str(run), out=str(out), **options))
+    return Path(out)
+
+
+def embed(dataset: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike, layer: int | None = None,
+          **options) -> Path:
+    """Write the output of GNN layer ``layer`` (default: the last hidden layer) for ``nodes`` to ``out``; returns
+    ``out``. ``options`` as for :func:`predict`, plus ``dtype="float16"``."""
+    run_inference(dataset, InferenceOptions(kind="embed", run=str(run), out=str(out), layer=layer, **options))
+    return Path(out)
+
+
+__all__ = ["FormatError", "InferenceOptions", "embed", "load_model", "predict", "read_model_card", "run_inference",
+           "scratch_dir", "select_nodes"]
