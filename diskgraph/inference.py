@@ -251,6 +251,9 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
 
     identity = {"dataset": dataset_identity(ds), "model": card.get("checksum"), "final_layer": layer,
                 "mode": opts.mode, "storage": opts.storage}
+    if opts.memory_budget is None:  # a resumed run keeps the default budget its start chose (the layout depends on it)
+        budget = _started_budget(scratch, identity) or budget
+    identity["memory_budget"] = budget
     stop = _stop_check(opts.stop)
     log.info("%s: %s of %s nodes (%s, layer %d of %d) of %s with %s into %s", opts.kind, opts.mode,
              format_count(count), opts.nodes, layer, num_layers, ds.path, run, out)
@@ -288,6 +291,20 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
              f" (amplification {amp:.3f}, {summary.get('table_passes')} table passes)" if amp else "",
              format_bytes(summary.get("peak_rss_bytes", 0)), out)
     return summary
+
+
+def _started_budget(scratch: Path, identity: dict) -> int | None:
+    """The memory budget of the unfinished run of this request that left ``scratch``, if there is one."""
+    from .pipeline.layerwise import STATE_NAME
+
+    try:
+        saved = json.loads((scratch / STATE_NAME).read_text()).get("identity") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    if all(saved.get(k) == v for k, v in json.loads(json.dumps(identity)).items()):
+        budget = saved.get("memory_budget")
+        return int(budget) if isinstance(budget, int) and budget > 0 else None
+    return None
 
 
 def _layer_width(model, layer: int) -> int:

@@ -7,6 +7,7 @@
   destinations (each destination's edges are summed by one thread, in edge order: deterministic).
 * :func:`sum_rows_into_chunked` — the same over a table kept as a list of row chunks (memory maps).
 * :func:`count_sources` — out-degree counts from a slice of CSC indices.
+* :func:`mark_sources` — each source's set of destination partitions, as bits (the partition-ordered tables).
 """
 
 from __future__ import annotations
@@ -110,3 +111,10 @@ def sum_rows_into_chunked(acc, dst, src, chunks, chunk_rows, threads):
             src_row = chunks[s // chunk_rows][s % chunk_rows]
             for c in range(width):
                 row[c] += src_row[c]
+
+
+@njit(cache=True, nogil=True)
+def mark_sources(src, bit, sig):
+    """``sig[u] |= bit`` for every source ``u`` in ``src`` (which destination partitions read each row)."""
+    for e in range(src.shape[0]):
+        sig[src[e]] |= bit

@@ -11,25 +11,44 @@ Everything is derived from the engine's own rules rather than re-stated:
   chunking (``min(M, 8 MiB ÷ row bytes)`` rows per chunk, the last chunk padded to a whole chunk) and the
   ``zarr.json`` files rendered by the writer's own metadata functions; the manifest is about 2 KiB (it holds paths,
   checksums and the run's summary).
+* **Partition order** (the real topology only): for every gather table the engine writes — layer ``l + 1``'s for
+  every layer ``l`` before the requested one, and layer 1's when it projects the features or when a copy of the
+  features may pay — :func:`~diskgraph.pipeline.layerwise.order_written_table` itself is called as
+  :func:`~diskgraph.pipeline.layerwise.run_layerwise` calls it (same ``fixed``, next width and ``copy_rows``; never for
+  the final layer of a node set). When it orders a table, its :class:`~diskgraph.pipeline.layerwise.Ordering` (the
+  rows each partition reads, as runs) and its layout are what the estimate of that layer uses (``partition_order``
+  per pass). For a graph given by a summary (:class:`EvenTopology`: no in-edge sources) ordering is **not
+  modelled**: every table is taken in node order, which reads at least as much as the engine would.
 * **Scratch footprint** (exact): the tables :func:`~diskgraph.pipeline.layerwise.run_layerwise` writes beside the
   output — layer ``l + 1``'s G ``[N, gather_width]`` and S ``[N, self_width]`` float32 for every layer ``l``
-  before the requested one, and layer 1's when its program does not gather the features themselves — each in chunks of
-  ``8 MiB ÷ (4 × gather_width)`` rows with the last one padded, their ``zarr.json`` and the state file. The engine
-  removes a layer's input tables once the next layer's are written (a resumed run needs only the last ones), so the
-  scratch peak is the largest pair of consecutive layers' tables (``scratch.peak_bytes``; ``scratch.all_layers_bytes``
-  is their sum).
+  before the requested one, and layer 1's when its program does not gather the features themselves or the features
+  are copied into partition order — each in chunks of ``8 MiB ÷ (4 × gather_width)`` rows with the last one padded,
+  except a partition-ordered G: one chunk of exactly ``N × gather_width × 4`` bytes; with an ordered G, the
+  ``gather-dst`` copy in node order (chunked as the others) when the layer's program reads the destinations' own G
+  rows (``needs_gather_dst``) and they are not the features themselves; their ``zarr.json`` and the state file (its
+  identity as :func:`diskgraph.inference.run_inference` writes it, with the budget, and the ``ordered`` field).
+  The engine removes a layer's input tables once the next layer's are written (a resumed run needs only the last
+  ones), so the scratch peak is the largest pair of consecutive layers' tables with the state file written beside
+  them (``scratch.peak_bytes``; ``scratch.all_layers_bytes`` is the sum of every layer's tables).
 * **Partitions** per layer: :func:`~diskgraph.pipeline.layerwise.plan_layout` itself, run on the dataset's CSC
-  (reads only ``indptr``) with the layer's program and gather table; for a graph given by a summary, on a stand-in
+  (``indptr``; an ordered layer's layout is the one ``order_written_table`` planned, which reads ``indices`` too) with
+  the layer's program and gather table; for a graph given by a summary, on a stand-in
   whose in-edges are spread evenly over the nodes (the count depends on the sum of the in-degrees of each range,
   so skew moves it by at most one node per partition; the largest in-degree, which the budget must hold, is not
   known then).
-* **Bytes read** per layer (what the engine asks the OS for): the slices of G :func:`plan_layout` keeps resident
-  once, every other slice once per partition (a graph whose edges are not ordered by locality has an edge from
-  every slice into every partition) + G once more and S once (the destinations' own rows, read when they are
-  finished) + the topology (``indptr`` twice, by the layout and by
-  the layer, ``indices`` once); before layer 1, the features once when the first program projects them (and, for
-  GCN, ``indices`` once for the out-degrees). The engine's counter is the OS's: read-ahead past a slice's end and
-  pages still cached move it either way (docs/planning.md has measured figures).
+* **Slices read** per layer (``slices_read``, as the engine counts them: per partition, the slices holding at least one
+  of its in-edges' sources): for a partition-ordered G exactly the slices that intersect each partition's runs;
+  otherwise the slices :func:`plan_layout` keeps resident once and every other slice once per partition (a graph
+  whose edges are not ordered by locality has an edge from every slice into every partition).
+* **Bytes read** per layer (what the engine asks the OS for): G — for an ordered table the rows of the partitions'
+  runs (``Ordering.needed_rows``), else the slices read, whole — + the destinations' own G rows, only when the
+  program reads them (``needs_gather_dst``: from the node-order copy, or the features, when G is ordered) and not
+  for finishing chunks whose rows all lie in resident slices + S once + the topology (``indptr`` twice, by the
+  layout and by the layer, ``indices`` once); before layer 1, the features once when the first program projects
+  them or they are copied into partition order (and, for GCN, ``indices`` once for the out-degrees); before a layer
+  whose table is ordered, ``indices`` once more and ``indptr`` (the ordering's pass over the in-edges, counted in the
+  pass that writes the table). The engine's counter is the OS's: read-ahead past a slice's end and pages still
+  cached move it either way (docs/planning.md has measured figures).
 * **Time** per layer (and for the pass over the features that prepares layer 1's tables):
   ``max(read, compute) + write`` — the next slice is read by a thread while the current one is combined, the tables
   are written as rows are finished.
@@ -44,20 +63,26 @@ Everything is derived from the engine's own rules rather than re-stated:
     float, written and read) at the copy bandwidth; + one fixed cost per kernel call (each slice combined into a
     partition, each partition, each chunk of ``finish_rows`` destinations finished) = the evaluation fit's constant
     per forward. (The fit's own per-edge term is not used: on sampled minibatches the dense work hides the
-    aggregation and the fit often sets it to 0.)
+    aggregation and the fit often sets it to 0.) A table written in partition order adds, to the pass that writes
+    it, its ordering (every in-edge's source read and marked: index bytes + 16 bytes, and a sort of ``N`` 8-byte
+    keys taken as ``log2 N`` passes over them, at the copy bandwidth), and to the layer that reads it the
+    remapping of every in-edge's source (16 bytes).
   - ``write`` = bytes written (the next layer's tables, or the output) ÷ the write bandwidth (``disk.write_Bps``;
     every chunk is synced) + the same bytes ÷ :data:`SHA256_BPS` (every array is hashed as it is written).
 
   The total adds the passes; the process's start (imports, loading the numba kernels, the model) is not in it.
 * **Peak memory** = the calibrated process baseline (``process.base_anon_bytes``, as training's estimate) + the
   most the engine holds in any layer under the budget (:func:`plan_layout`'s own accounting: the resident slices,
-  two slices in flight, the finishing buffers, the out-degrees, the largest partition's accumulators and in-edges)
-  + the writers' chunk buffers (the next tables' or the output's, one chunk per array) + the model's parameters.
+  two slices in flight, the finishing buffers, the out-degrees, the largest partition's accumulators and in-edges,
+  and for an ordered table the order's positions, ``8 × N`` bytes, and runs, both while it is written and while it
+  is read) + the writers' chunk buffers (the next tables' or the output's, one chunk per array; an ordered table is
+  written in place, with no chunk buffer) + the model's parameters.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -213,12 +238,56 @@ def table_footprint(tmp: Path, name: str, num_rows: int, gather_width: int, widt
     return {"bytes": data + meta, "data_bytes": data, "logical_bytes": num_rows * 4 * width, "chunk_rows": chunk}
 
 
-def _state_bytes(final_layer: int, done: int, has_self: bool) -> int:
-    """``layerwise-state.json`` as :func:`~diskgraph.pipeline.layerwise._write_state` writes it (the identity's
-    checksums are ``sha256:`` + 64 hex digits)."""
+def ordered_table_footprint(tmp: Path, name: str, num_rows: int, width: int) -> dict:
+    """One partition-ordered gather table (:class:`~diskgraph.pipeline.layerwise.TableWriter` with an order): a
+    single chunk file of exactly ``num_rows × width × 4`` bytes (no padding) and its ``zarr.json``."""
+    data = num_rows * 4 * width
+    meta = _metadata_bytes(tmp, name, (num_rows, width), (num_rows, width), "float32")
+    return {"bytes": data + meta, "data_bytes": data, "logical_bytes": data, "chunk_rows": num_rows,
+            "partition_order": True}
+
+
+def _state_bytes(final_layer: int, done: int, has_self: bool, ordered: bool, budget: int) -> int:
+    """``layerwise-state.json`` as :func:`~diskgraph.pipeline.layerwise._write_state` writes it for the identity
+    :func:`diskgraph.inference.run_inference` gives (its checksums are ``sha256:`` + 64 hex digits; the budget is
+    part of it)."""
     sha = "sha256:" + "0" * 64
-    identity = {"dataset": sha, "model": sha, "final_layer": final_layer, "mode": "exact", "storage": "disk"}
-    return len(json.dumps({"identity": identity, "done": done, "self": has_self}).encode())
+    identity = {"dataset": sha, "model": sha, "final_layer": final_layer, "mode": "exact", "storage": "disk",
+                "memory_budget": int(budget)}
+    return len(json.dumps({"identity": identity, "done": done, "self": has_self, "ordered": ordered}).encode())
+
+
+def _run_slices(runs: np.ndarray, slice_rows: int) -> int:
+    """Slices of ``slice_rows`` rows that intersect ``runs`` (``[k, 2]`` ascending, disjoint row ranges)."""
+    if not len(runs):
+        return 0
+    first, last = runs[:, 0] // slice_rows, (runs[:, 1] - 1) // slice_rows
+    return int((last - first + 1).sum() - (first[1:] == last[:-1]).sum())
+
+
+def _dst_rows_read(layout, selected: np.ndarray | None, num_nodes: int, resident: int) -> int:
+    """Destinations whose own G rows :func:`~diskgraph.pipeline.layerwise.run_layer` reads from disk when it finishes
+    them: all, but those of finishing chunks whose rows all lie in the first ``resident`` slices (kept in memory)."""
+    if not resident:
+        return num_nodes if selected is None else len(selected)
+    total, sr, fr = 0, layout.slice_rows, layout.finish_rows
+    for lo, hi in layout.partitions:
+        if selected is None:
+            ids = np.arange(lo, hi, dtype=np.int64)
+        else:
+            a, b = np.searchsorted(selected, [lo, hi])
+            ids = selected[a:b]
+        ends = ids[np.minimum(np.arange(fr, len(ids) + fr, fr), len(ids)) - 1]  # each chunk's last row
+        sizes = np.diff(np.minimum(np.arange(0, len(ids) + fr, fr), len(ids)))[:len(ends)]
+        total += int(sizes[ends // sr >= resident].sum())
+    return total
+
+
+class _QuietOrdering(logging.Filter):
+    """Drops the engine's "written in partition order" line while the planner asks the same question."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "order_written_table"
 
 
 # -- the estimate ------------------------------------------------------------------------------------
@@ -284,14 +353,15 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
         layer: ``embed``'s layer (default: the last hidden one, as ``diskgraph embed``).
         nodes: the output's nodes: None (all), a count M (spread evenly) or the ids.
         memory_budget: the inference's ``--memory-budget``.
-        topology: the dataset's :class:`~diskgraph.pipeline.layerwise.Topology` (None: :class:`EvenTopology`).
+        topology: the dataset's :class:`~diskgraph.pipeline.layerwise.Topology` (None: :class:`EvenTopology`, on
+            which partition order is not modelled: it has no in-edge sources).
         index_bytes: bytes per stored in-edge source id (default: 4 below 2^31 nodes, else 8).
         budget_flag: the flag named when the budget is too small.
 
     Raises:
         InputError: an unknown kind, a layer out of range, or a budget too small for the engine.
     """
-    from ..pipeline.layerwise import plan_layout
+    from ..pipeline.layerwise import order_written_table, plan_layout
 
     if kind not in KINDS:
         raise InputError(f"--inference {kind!r} is unknown; choose predict or embed")
@@ -333,48 +403,103 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
 
     fixed = n * 8 if any(p.needs_out_degree for p in progs[:final]) else 0
     topo_bytes = 2 * (n + 1) * 8 + e * isz
+    real = hasattr(topo, "sources")  # the dataset's CSC: the engine's partition order can be computed on it
+
+    def widths_after(lyr: int) -> int:
+        nxt = progs[lyr] if lyr < final else None
+        return (nxt.gather_width + nxt.self_width) if nxt is not None else progs[lyr - 1].out_width
+
+    def ordering_for(lyr: int, copy_rows: int = 0):
+        """``(Ordering, Layout)`` of layer ``lyr``'s gather table when the engine writes it in partition order, else
+        ``(None, None)``: run_layerwise's own ``ordering_for``."""
+        if not real or (lyr == final and selected is not None):
+            return None, None
+        quiet = _QuietOrdering()
+        engine_log = logging.getLogger("diskgraph")
+        engine_log.addFilter(quiet)
+        try:
+            return order_written_table(topo, progs[lyr - 1], widths_after(lyr), budget, fixed, copy_rows, lyr)
+        except InputError as err:
+            raise InputError(str(err).replace("--memory-budget", budget_flag)) from None
+        finally:
+            engine_log.removeFilter(quiet)
+
+    def order_work(order) -> tuple[int, float, int]:
+        """(bytes read, bytes through memory, bytes held) of computing ``order``: one pass over the in-edges (indptr
+        by partition, the sources), every source's partition bits marked, N keys sorted; the positions and runs."""
+        if order is None:
+            return 0, 0.0, 0
+        runs = sum(len(r) for r in order.runs)
+        return (e * isz + (n + 1) * 8, e * (isz + 16) + n * 16 * max(1.0, math.log2(max(n, 2))),
+                8 * n + 16 * runs)
+
     passes = []
     tables = {}
-    scratch_parts = []  # (layer the tables feed, bytes)
+    scratch_sizes: dict[int, int] = {}  # layer the tables feed -> their bytes
+    orders: dict[int, tuple] = {}  # layer -> (Ordering, Layout) of its partition-ordered gather table
     with tempfile.TemporaryDirectory(prefix="diskgraph-plan-") as t:
         tmp = Path(t)
 
-        def write_tables(lyr: int, prog) -> tuple[int, int, int]:
-            g = table_footprint(tmp, f"l{lyr}g", n, prog.gather_width, prog.gather_width)
+        def write_tables(lyr: int, prog, order, dst_copy: bool) -> tuple[int, int]:
+            """The tables that feed layer ``lyr`` (``order``: G in partition order; ``dst_copy``: with its node-order
+            copy): (bytes on disk, the writers' chunk buffers)."""
+            g = ordered_table_footprint(tmp, f"l{lyr}g", n, prog.gather_width) if order is not None else \
+                table_footprint(tmp, f"l{lyr}g", n, prog.gather_width, prog.gather_width)
             s = table_footprint(tmp, f"l{lyr}s", n, prog.gather_width, prog.self_width) if prog.self_width else None
-            tables[f"layer{lyr}"] = {"gather": g, **({"self": s} if s else {})}
-            total = g["bytes"] + (s["bytes"] if s else 0)
-            scratch_parts.append((lyr, total))
-            # chunk buffers the writers hold (zero-filled on allocation: only the rows written are ever touched)
-            buf = min(n, g["chunk_rows"]) * 4 * (prog.gather_width + prog.self_width)
-            return total, g["logical_bytes"] + (s["logical_bytes"] if s else 0), buf
+            d = table_footprint(tmp, f"l{lyr}d", n, prog.gather_width, prog.gather_width) if dst_copy else None
+            tables[f"layer{lyr}"] = {"gather": g, **({"self": s} if s else {}), **({"gather-dst": d} if d else {})}
+            total = sum(x["bytes"] for x in (g, s, d) if x)
+            scratch_sizes[lyr] = total
+            # chunk buffers the writers hold (zero-filled on allocation: only the rows written are ever touched); an
+            # ordered G is written in place
+            chunk = max(1, TABLE_CHUNK_BYTES // (4 * max(prog.gather_width, 1)))
+            widths = (0 if order is not None else prog.gather_width) + prog.self_width + \
+                (prog.gather_width if d else 0)
+            return total, min(n, chunk) * 4 * widths
 
         first = progs[0]
-        if first.identity_prepare:
+        identity_first = bool(first.identity_prepare)
+        order1, layout1 = ordering_for(1, copy_rows=2 * n if identity_first else 0)
+        if order1 is not None:
+            orders[1] = (order1, layout1)
+        if identity_first and order1 is None:
             gather_row, gather_dtype = int(feature_row_bytes), feature_dtype
         else:
-            written, _, buf = write_tables(1, first)
-            read = n * int(feature_row_bytes) + (e * isz if fixed else 0)
+            # _prepare_first: the features read once, layer 1's tables written (in partition order when order1)
+            dst_copy = order1 is not None and first.needs_gather_dst and not identity_first
+            written, buf = write_tables(1, first, order1, dst_copy)
+            o_read, o_mem, o_held = order_work(order1)
+            read = n * int(feature_row_bytes) + (e * isz if fixed else 0) + o_read
             # _prepare_first's row block: the features as float32 and their G and S rows
             row_floats = feature_dim + first.gather_width + first.self_width
             block = max(1, min(n, max(1 << 20, budget // 8) // max(1, 4 * row_floats)))
-            compute = compute_s(e if fixed else 0, prepare_flops(first, n), n * row_floats, -(-n // block))
+            out_floats = first.gather_width * (2 if dst_copy else 1) + first.self_width
+            compute = compute_s(e if fixed else 0, prepare_flops(first, n), n * (feature_dim + out_floats),
+                                -(-n // block)) + o_mem / mem_bw
             rs, ws = read / read_bw, write_s(written)
-            passes.append({"pass": "inputs", "read_bytes": int(read), "written_bytes": int(written), "read_s": rs,
-                           "compute_s": compute, "write_s": ws, "seconds": max(rs, compute) + ws,
-                           "memory_bytes": int(fixed + buf + block * 4 * row_floats)})
+            passes.append({"pass": "inputs", "partition_order": order1 is not None, "read_bytes": int(read),
+                           "written_bytes": int(written), "read_s": rs, "compute_s": compute, "write_s": ws,
+                           "seconds": max(rs, compute) + ws,
+                           "memory_bytes": int(fixed + buf + block * 4 * row_floats + o_held)})
             gather_row, gather_dtype = 4 * first.gather_width, "float32"
         for lyr in range(1, final + 1):
             prog = progs[lyr - 1]
             last = lyr == final
             nxt = progs[lyr] if not last else None
             sel = selected if last else None
-            next_width = (nxt.gather_width + nxt.self_width) if nxt is not None else prog.out_width
-            gather = _GatherStandIn(n, gather_row, gather_dtype)
-            try:
-                layout = plan_layout(topo, sel, prog, gather, prog.self_width, next_width, budget, fixed)
-            except InputError as err:
-                raise InputError(str(err).replace("--memory-budget", budget_flag)) from None
+            next_width = widths_after(lyr)
+            order, layout = orders.get(lyr, (None, None))
+            if layout is None:
+                gather = _GatherStandIn(n, gather_row, gather_dtype)
+                try:
+                    layout = plan_layout(topo, sel, prog, gather, prog.self_width, next_width, budget, fixed)
+                except InputError as err:
+                    raise InputError(str(err).replace("--memory-budget", budget_flag)) from None
+            next_order = None
+            if nxt is not None:  # the engine orders the next table before it runs this layer
+                next_order, next_layout = ordering_for(lyr + 1)
+                if next_order is not None:
+                    orders[lyr + 1] = (next_order, next_layout)
             dst = m if last else n
             edges = _edges_into(topo, sel, e)
             g_pass = n * gather_row
@@ -382,11 +507,23 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
             slices = max(1, -(-n // layout.slice_rows))
             resident = min(getattr(layout, "resident_slices", 0), slices)
             resident_rows = min(n, resident * layout.slice_rows)
-            # resident slices once, the others once per partition; then the destinations' own G and S rows
-            g_read = (resident_rows + layout.num_partitions * (n - resident_rows)) * gather_row
-            read = g_read + dst * gather_row + dst * s_row + topo_bytes
+            if order is not None:
+                # each partition reads only its runs, from the slices they intersect (never resident)
+                slices_read = sum(_run_slices(r, layout.slice_rows) for r in order.runs)
+                g_read = order.needed_rows * gather_row
+            else:
+                # resident slices once, the others once per partition
+                slices_read = resident + layout.num_partitions * (slices - resident)
+                g_read = (resident_rows + layout.num_partitions * (n - resident_rows)) * gather_row
+            # the destinations' own G rows (node order: the features for layer 1 when they are gathered, else G or
+            # its node-order copy), only when the program reads them and they are not in resident slices; their S
+            own_row = int(feature_row_bytes) if lyr == 1 and identity_first else 4 * prog.gather_width
+            own = _dst_rows_read(layout, sel, n, resident) * own_row if prog.needs_gather_dst else 0
+            o_read, o_mem, o_held = order_work(next_order)
+            read = g_read + own + dst * s_row + topo_bytes + o_read
             if nxt is not None:
-                written, _, wbuf = write_tables(lyr + 1, nxt)
+                written, wbuf = write_tables(lyr + 1, nxt, next_order,
+                                             next_order is not None and bool(nxt.needs_gather_dst))
                 flops = finish_flops(prog, dst) + prepare_flops(nxt, dst)
             else:
                 # the output writer holds one chunk per array
@@ -394,11 +531,11 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
                 wbuf = sum(a["data_bytes"] // max(1, a["chunks"]) for a in out["arrays"].values())
                 flops = finish_flops(prog, dst)
             node_floats = dst * (prog.gather_width + prog.self_width + prog.state_width + prog.out_width + next_width)
-            calls = resident + layout.num_partitions * (slices - resident) + -(-dst // layout.finish_rows) + \
-                layout.num_partitions
+            calls = slices_read + -(-dst // layout.finish_rows) + layout.num_partitions
             # every in-edge of the partitions is read and regrouped (those of unselected destinations dropped); the
-            # combine: every kept in-edge's G row streams through memory once
-            compute = compute_s(e, flops, node_floats, calls) + edges * prog.gather_width * 4 / mem_bw
+            # combine: every kept in-edge's G row streams through memory once; an ordered G: every source remapped
+            compute = compute_s(e, flops, node_floats, calls) + edges * prog.gather_width * 4 / mem_bw + \
+                ((e * 16 if order is not None else 0) + o_mem) / mem_bw
             rs, ws = read / read_bw, write_s(written)
             # what plan_layout charges: resident slices, two slices in flight (unless all are resident), finishing
             # buffers (rows of G, S, outputs and next tables, twice over for temporaries)
@@ -409,19 +546,26 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
             finish_mem = layout.finish_rows * 8 * fw
             per_dst = (prog.state_width + (prog.self_width if prog.self_in_state else 0)) * 4 + 8
             part_mem = _partition_peak(topo, layout, sel, per_dst)
+            held = order_work(order)[2] + o_held  # this layer's order (read) and the next one's (written)
             passes.append({
                 "pass": f"layer {lyr}", "layer": lyr, "partitions": layout.num_partitions,
+                "partition_order": order is not None,
                 "slice_rows": layout.slice_rows, "slices": slices, "resident_slices": resident,
-                "slices_read": resident + layout.num_partitions * (slices - resident),
+                "slices_read": int(slices_read), "needed_rows": int(order.needed_rows) if order is not None else None,
                 "finish_rows": layout.finish_rows, "destinations": int(dst),
                 "edges": int(edges), "gather_width": prog.gather_width, "self_width": prog.self_width,
                 "gather_bytes": int(g_pass), "read_bytes": int(read), "written_bytes": int(written),
                 "read_s": rs, "compute_s": compute, "write_s": ws, "seconds": max(rs, compute) + ws,
-                "memory_bytes": int(slice_mem + finish_mem + fixed + part_mem + wbuf)})
-            gather_row = 4 * nxt.gather_width if nxt is not None else gather_row
-        state = _state_bytes(final, final - 1, bool(progs[final - 1].self_width)) if final > 1 else 0
-    tables_bytes = sum(b for _, b in scratch_parts)
-    two = max((a[1] + b[1] for a, b in zip(scratch_parts, scratch_parts[1:])), default=tables_bytes)
+                "memory_bytes": int(slice_mem + finish_mem + fixed + part_mem + wbuf + held)})
+            gather_row, gather_dtype = (4 * nxt.gather_width, "float32") if nxt is not None else (gather_row,
+                                                                                                  gather_dtype)
+    # the scratch directory at its fullest: when the state after layer l is written, layer l's input tables and
+    # layer l + 1's are both there (then l's are removed); a 1-layer request leaves layer 1's tables, no state
+    events = [(scratch_sizes.get(lyr, 0) + scratch_sizes.get(lyr + 1, 0),
+               _state_bytes(final, lyr, bool(progs[lyr].self_width), (lyr + 1) in orders, budget))
+              for lyr in range(1, final)] or [(scratch_sizes.get(1, 0), 0)]
+    two, state = max(events, key=lambda ev: (ev[0] + ev[1], ev[0]))
+    tables_bytes = sum(scratch_sizes.values())
     base = int(hw.get("process.base_anon_bytes", 0) or 0)
     engine = max(p["memory_bytes"] for p in passes)
     params = parameter_count(progs) * 4
@@ -436,31 +580,38 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
                     "peak_bytes": int(two + state)},
         "disk_peak_bytes": int(out["bytes"] + two + state),
         "partitions": [p["partitions"] for p in layers_out],
+        "partition_order": [p["partition_order"] for p in layers_out],
         "read_bytes": int(sum(p["read_bytes"] for p in passes)),
         "written_bytes": int(sum(p["written_bytes"] for p in passes)),
         "seconds": float(sum(p["seconds"] for p in passes)),
         "peak_host_bytes": int(base + engine + params),
         "memory": {"process": base, "engine": int(engine), "parameters": int(params)},
         "passes": passes,
-        "topology": "the dataset's CSC" if topology is not None else
-                    "in-edges spread evenly over the nodes (a summary: no degree array)",
+        "topology": "the dataset's CSC" if real else
+                    "in-edges spread evenly over the nodes (a summary: no degree array; partition order not "
+                    "modelled)",
         "how": {
             "output": "OutputWriter's columns and chunks (min(M, 8 MiB / row bytes) rows, last chunk padded) and "
                       "zarr.json rendered by its writer: exact; manifest about 2 KiB",
             "scratch": "each layer's G [N, gather_width] and S [N, self_width] float32 tables as the engine writes "
-                       "them (chunks of 8 MiB / (4 x gather_width) rows, last padded), kept until the output is "
-                       "finished: exact",
-            "partitions": "pipeline.layerwise.plan_layout on " + ("the dataset's indptr" if topology is not None else
-                                                                   "in-edges spread evenly"),
-            "read": "per layer: G's resident slices once and its other slices once per partition, G and S once more "
-                    "(the destinations' rows), indptr x 2, indices once (+ the features once when layer 1 projects "
-                    "them); the OS counter adds read-ahead",
+                       "them (chunks of 8 MiB / (4 x gather_width) rows, last padded; a partition-ordered G one file "
+                       "of N x gather_width x 4 bytes, with its node-order copy gather-dst when the layer reads the "
+                       "destinations' own rows); peak: two consecutive layers' tables and the state file: exact",
+            "partitions": "pipeline.layerwise.plan_layout on " + ("the dataset's indptr; partition order by "
+                                                                   "pipeline.layerwise.order_written_table on its CSC"
+                                                                   if real else "in-edges spread evenly (node order)"),
+            "read": "per layer: an ordered G: the rows of each partition's runs; else G's resident slices once and "
+                    "its other slices once per partition; the destinations' own G rows when the layer reads them "
+                    "(not those in resident slices), S once, indptr x 2, indices once (+ the features once when "
+                    "layer 1 projects or copies them; + indices once per ordered table); the OS counter adds "
+                    "read-ahead",
             "time": "per pass: max(read / sequential read bandwidth, compute) + written / write bandwidth + written / "
                     "sha256 rate; compute = (edges x (4 x gather width + 2 x EDGE_BYTES) + node floats x 8) / memory "
                     "copy bandwidth + dense FLOPs x the eval fit's s/FLOP + kernel calls (slices, partitions, "
                     "finishing chunks) x the eval fit's constant",
             "memory": "process baseline + the most the engine holds in a layer (slices, finishing buffers, "
-                      "out-degrees, the largest partition) + the writers' chunk buffers + parameters",
+                      "out-degrees, the largest partition, partition orders' positions) + the writers' chunk buffers "
+                      "+ parameters",
         },
     }
     if not math.isfinite(result["seconds"]):  # pragma: no cover - a profile with a zero rate

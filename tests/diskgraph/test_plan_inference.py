@@ -108,12 +108,16 @@ def _check(est: dict, summary: dict, out_files: dict, scratch: dict) -> None:
     assert [p["resident_slices"] for p in got] == [s["resident_slices"] for s in layers]
     assert [p["slice_rows"] for p in got] == [s["slice_rows"] for s in layers]
     assert [p["edges"] for p in got] == [s["edges"] for s in layers]
+    assert [p["partition_order"] for p in got] == [bool(s.get("partition_order")) for s in layers]
+    assert est["partition_order"] == [p["partition_order"] for p in got]
     assert [p["destinations"] for p in got] == [s["destinations"] for s in layers]
     assert est["seconds"] > 0 and est["peak_host_bytes"] > 250 << 20 and est["read_bytes"] > 0
 
 
-@pytest.mark.parametrize("budget", [256 << 20, 400_000])
+@pytest.mark.parametrize("budget", [256 << 20, 400_000, 200_000])
 def test_predict_footprint_and_partitions_match_the_run(monkeypatch, graph, run, profile, tmp_path, budget):
+    """At 200 KB layer 1's table (the projected features) is written in partition order: one unpadded file, read by
+    runs; the state file records it."""
     from diskgraph.capacity.hardware import load_profile
 
     summary, out_files, scratch = _predict(monkeypatch, graph, run, tmp_path / "pred", memory_budget=budget)
@@ -123,6 +127,13 @@ def test_predict_footprint_and_partitions_match_the_run(monkeypatch, graph, run,
     assert set(est["scratch"]["tables"]) == {"layer1", "layer2"}
     if budget < 1 << 20:
         assert max(est["partitions"]) > 1  # the small budget cuts the layers
+    if budget == 200_000:
+        assert est["partition_order"] == [True, False]  # the final layer's table is the run's own (node order)
+        assert summary["layers"][0]["pass"] == "layer 1 inputs (partition order)"
+        gather = est["scratch"]["tables"]["layer1"]["gather"]
+        assert gather["partition_order"] and gather["data_bytes"] == open_dataset(graph).num_nodes * 16 * 4
+        assert "layer1/gather-dst/zarr.json" not in scratch  # SAGE that projects reads no destination G rows
+        assert est["passes"][1]["read_bytes"] < est["passes"][1]["gather_bytes"] * est["partitions"][0]
 
 
 def test_embed_of_a_node_set_matches_the_run(monkeypatch, graph, run, profile, tmp_path):
@@ -137,10 +148,18 @@ def test_embed_of_a_node_set_matches_the_run(monkeypatch, graph, run, profile, t
     assert set(est["scratch"]["tables"]) == {"layer1"}  # layer 1 projects the features: its tables only
 
 
-@pytest.mark.parametrize("model,hidden,layers", [("gcn", 32, 2), ("gat", 16, 3), ("sage", 32, 3)])
-def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path, monkeypatch, model, hidden, layers):
+@pytest.mark.parametrize("model,hidden,layers,budget,ordered", [
+    ("gcn", 32, 2, 600_000, [False, False]), ("gat", 16, 3, 600_000, [False] * 3),
+    ("sage", 32, 3, 600_000, [False] * 3),
+    # partition-ordered tables: GCN's layer 1 (projected features, with its gather-dst copy); GAT's every layer;
+    # SAGE's layer 1 as a copy of the features (identity prepare, the features read for the destinations) and
+    # layer 2 (with gather-dst), layer 3 projecting (no gather-dst)
+    ("gcn", 32, 2, 250_000, [True, False]), ("gat", 16, 3, 250_000, [True] * 3),
+    ("sage", 32, 3, 200_000, [True, True, False])])
+def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path, monkeypatch, model, hidden, layers,
+                                                       budget, ordered):
     """The estimate against the layer-wise engine itself, run on an untrained model of each kind (scratch: at its
-    largest, when a layer's state is written)."""
+    largest, when a layer's state is written), with tables in node order and in partition order."""
     from diskgraph.capacity.hardware import load_profile
     from diskgraph.layer_programs import layer_programs
     from diskgraph.models import build_model
@@ -157,7 +176,6 @@ def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path,
     monkeypatch.setattr(layerwise, "_write_state", state_written)
 
     ds = open_dataset(graph)
-    budget = 600_000
     torch.manual_seed(0)
     net = build_model(model, IN_DIM, hidden, CLASSES, layers, heads=4).eval()
     rows = []
@@ -168,7 +186,8 @@ def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path,
     result = run_layerwise(layer_programs(net), features, topo, final_layer=layers, selected=None,
                            activation=net.activation, emit=lambda ids, out: rows.append(len(ids)), budget=budget,
                            scratch=scratch, identity={"dataset": "sha256:" + "0" * 64, "model": "sha256:" + "1" * 64,
-                                                      "final_layer": layers, "mode": "exact", "storage": "disk"},
+                                                      "final_layer": layers, "mode": "exact", "storage": "disk",
+                                                      "memory_budget": budget},  # as run_inference's
                            stop=lambda: None)
     features.close()
     assert sum(rows) == ds.num_nodes
@@ -179,6 +198,22 @@ def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path,
     assert [p["slices_read"] for p in est["passes"] if "layer" in p] == [s.slices_read for s in layers]
     assert est["scratch_bytes"] == peak[0]
     assert max(est["partitions"]) > 1
+    assert [bool(s.extra["partition_order"]) for s in layers] == ordered
+    assert est["partition_order"] == ordered
+    got = [p for p in est["passes"] if "layer" in p]
+    for p, s in zip(got, layers):
+        assert p["resident_slices"] == s.extra["resident_slices"] and p["slice_rows"] == s.extra["slice_rows"]
+        if p["partition_order"]:  # only the runs' rows: less than a pass of G per partition
+            assert p["needed_rows"] < p["partitions"] * ds.num_nodes
+    inputs = [p for p in est["passes"] if p["pass"] == "inputs"]
+    assert bool(inputs) == any(s.layer == 0 for s in result.layers)  # the pass over the features, when it runs
+    if inputs:
+        assert inputs[0]["partition_order"] == ordered[0]
+    tables = est["scratch"]["tables"]
+    for lyr, prog in enumerate(layer_programs(net), start=1):
+        if f"layer{lyr}" in tables:
+            dst_copy = ordered[lyr - 1] and prog.needs_gather_dst and not (lyr == 1 and prog.identity_prepare)
+            assert ("gather-dst" in tables[f"layer{lyr}"]) == dst_copy, lyr
 
 
 def test_summary_graph_uses_even_in_degrees(profile):

@@ -188,3 +188,50 @@ def test_sum_rows_into_matches_a_scatter_add(edges, threads):
     ref = np.ones((20, 7), np.float64)
     np.add.at(ref, dst, g[src].astype(np.float64))
     np.testing.assert_allclose(acc, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_partition_ordered_tables_are_read_by_runs_and_stay_exact(graph, tmp_path, monkeypatch):
+    """GCN (40 wide: its tables are written by the engine) under a budget that cuts every layer into several
+    partitions: layers 1 and 2 read partition-ordered tables, only their runs, and a run stopped after layer 1
+    resumes from the ordered table it wrote."""
+    from diskgraph.pipeline import layerwise
+
+    monkeypatch.setattr(layerwise, "MIN_SLICE_BYTES", 4096)
+    model = _model("gcn", 40, layers=3)
+    ref = _oracle(model, *graph[1:])
+    _, got, res = _run(graph, model, "disk", 80_000, scratch=tmp_path / "a")
+    assert _relerr(got, ref) < 1e-5
+    ordered = {s.layer: s.extra.get("partition_order") for s in res.layers if s.layer >= 1}
+    assert ordered[1] and ordered[2], ordered
+    scratch = tmp_path / "b"
+
+    def stop():
+        state = read_state(scratch, {"t": 1})
+        if state is not None and state["done"] == 1:
+            assert state["ordered"]
+            raise StopRequested()
+
+    with pytest.raises(StopRequested):
+        _run(graph, model, "disk", 80_000, scratch=scratch, stop=stop)
+    _, got, res = _run(graph, model, "disk", 80_000, scratch=scratch)
+    assert res.resumed_after == 1 and res.layers[0].extra["partition_order"]
+    assert _relerr(got, ref) < 1e-5
+
+
+def test_partition_order_runs_hold_exactly_the_rows_each_partition_reads(graph):
+    from diskgraph.pipeline.layerwise import Layout, partition_order
+
+    d, indptr, src, _ = graph
+    topo = Topology(RawArray(d / "indptr"), RawArray(d / "indices"), N)
+    cuts = [0, 300, 700, 701, 1200, N]
+    order = partition_order(topo, Layout(list(zip(cuts[:-1], cuts[1:])), 100, 10))
+    assert sorted(order.pos.tolist()) == list(range(N))
+    total = 0
+    for q, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+        want = set(order.pos[src[indptr[lo]:indptr[hi]]].tolist())
+        got = set()
+        for a, b in order.runs[q]:
+            got.update(range(int(a), int(b)))
+        assert got == want, q
+        total += len(want)
+    assert order.needed_rows == total
