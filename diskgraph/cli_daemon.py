@@ -197,7 +197,8 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def add_jobs(sub) -> argparse.ArgumentParser:
     p = _job_command(sub, "jobs", run_jobs, "list the daemon's jobs, or show one",
-                     "List jobs in submission order (id, state, attempts, name, reason), or show one job in full "
+                     "List jobs in submission order (id, state, attempts, name, the stage running: import, sample, pack, train, "
+                     "predict or embed, reason), or show one job in full "
                      "(state, progress, latest metrics, checkpoint, transitions) as JSON.", "a job id: show this job in full")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"], help="only jobs in this state")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -213,9 +214,10 @@ def run_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    print(f"{'ID':>5}  {'STATE':<10} {'TRIES':>5}  {'NAME':<24} REASON")
+    print(f"{'ID':>5}  {'STATE':<10} {'TRIES':>5}  {'NAME':<24} {'STAGE':<10} REASON")
     for j in jobs:
-        print(f"{j['id']:>5}  {j['state']:<10} {j['attempts']:>5}  {(j['name'] or '-')[:24]:<24} {j['reason'] or ''}")
+        print(f"{j['id']:>5}  {j['state']:<10} {j['attempts']:>5}  {(j['name'] or '-')[:24]:<24} "
+              f"{(j.get('stage') or '-'):<10} {j['reason'] or ''}")
     return 0
 
 

@@ -282,7 +282,8 @@ def test_cli_submit_jobs_logs_cancel(daemon, workspace, tmp_path, cli, refused, 
     assert r.rc == 0, r.err
     job_id = int(r.out.strip())
     r = cli.run("jobs", *root)
-    assert r.rc == 0 and re.search(rf"^\s+{job_id}\s+queued\s+0\s+from-cli", r.out, re.M), r.out
+    assert r.rc == 0 and re.search(rf"^\s+{job_id}\s+queued\s+0\s+from-cli\s+-\s", r.out, re.M), r.out
+    assert r.out.splitlines()[0].split() == ["ID", "STATE", "TRIES", "NAME", "STAGE", "REASON"]
     r = cli.run("jobs", str(job_id), *root)
     assert json.loads(r.out)["spec"]["train"]["hidden"] == 8
     assert cli.run("logs", str(job_id), *root).rc == 0
