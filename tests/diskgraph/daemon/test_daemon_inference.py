@@ -300,13 +300,20 @@ def test_daemon_job_predicts_and_embeds_and_resumes_a_killed_predict_at_its_laye
         assert status == 201, body
         job_id = body["id"]
         jobdir = root / "jobs" / str(job_id)
-        state = jobdir / ".predict.diskgraph-inference" / "layerwise-state.json"
+        scratch = jobdir / ".predict.diskgraph-inference"
+        state = scratch / "layerwise-state.json"
         deadline = time.time() + 120
-        while not state.exists():  # layer 1 of predict finished: freeze the job process inside layer 2
+        while not (scratch / "layer2").exists():  # predict's layer 1 is writing layer 2's tables
             assert time.time() < deadline, daemon.job(job_id)
             time.sleep(0.001)
         pid = daemon.job(job_id)["pid"]
         os.kill(pid, signal.SIGSTOP)
+        while not state.exists():  # step the frozen job 2 ms at a time until layer 1 has finished
+            assert time.time() < deadline, daemon.job(job_id)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.002)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.002)
         assert not (jobdir / "predict").exists(), "predict finished before the test could stop it in layer 2"
         job = daemon.job(job_id)
         assert job["stage"] == "predict" and job["progress"]["stage"] == "predict"
