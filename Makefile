@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: install demo test test-slow bench-import clean
 
 install:
-	$(PIP) install -q -e ".[test]" -c constraints.txt
+	$(PIP) install -q -e ".[test,pyg,tensorboard]" -c constraints.txt
 
 # generate raw inputs → import → sample → pack → inspect and verify → train; then the same for Cora.
 demo: install

@@ -7,6 +7,8 @@ Public API (more arrives with the sampler, packer and trainer):
 * :func:`generate_dataset` — a synthetic power-law graph with a planted signal.
 * :func:`load_model`, :func:`predict`, :func:`embed` — a trained run's model, and its output for the graph's nodes
   (out of core; :mod:`diskgraph.inference`).
+* :class:`PackedLoader`, :class:`InMemoryLoader` — iterate a split's minibatches in your own loop
+  (:mod:`diskgraph.loaders`; ``batch.to_pyg()`` for PyG models).
 * :class:`InputError` — bad input, reported as one sentence.
 """
 
@@ -20,6 +22,8 @@ from .store.importer import ImportOptions, import_dataset
 
 __all__ = ["Dataset", "FormatError", "ImportOptions", "InputError", "embed", "generate_dataset", "import_dataset",
            "load_model", "open_dataset", "predict", "__version__"]
+__all__ += ["from_ogb", "from_pyg"]
+__all__ += ["InMemoryLoader", "PackedLoader"]
 
 
 def generate_dataset(*args, **kwargs):
@@ -48,3 +52,26 @@ def embed(*args, **kwargs):
     from .inference import embed as _embed
 
     return _embed(*args, **kwargs)
+
+
+def from_pyg(*args, **kwargs):
+    """Import a PyG ``Data`` as a dataset; see :func:`diskgraph.interop.from_pyg`."""
+    from .interop import from_pyg as _from_pyg
+
+    return _from_pyg(*args, **kwargs)
+
+
+def from_ogb(*args, **kwargs):
+    """Import an OGB node-property-prediction directory as a dataset; see :func:`diskgraph.interop.from_ogb`."""
+    from .interop import from_ogb as _from_ogb
+
+    return _from_ogb(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    """Lazy exports: the loaders (they import torch)."""
+    if name in ("PackedLoader", "InMemoryLoader"):
+        from . import loaders
+
+        return getattr(loaders, name)
+    raise AttributeError(f"module 'diskgraph' has no attribute {name!r}")

@@ -26,6 +26,10 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     i = p.add_argument_group("inputs")
     i.add_argument("--npz", metavar="PATH", help="a data.npz with edges[/edges_upper], features, labels, train_idx/val_idx/test_idx "
                    "(the shared datasets' layout); other input flags override its parts")
+    i.add_argument("--ogb", metavar="DIR", help="an OGB node-property-prediction directory as ogb downloads it (raw/edge.csv.gz, "
+                   "node-feat, node-label, split/SCHEME/train|valid|test); ogbn-products/proteins get --undirected "
+                   "(ogb's add_inverse_edge); other input flags override its parts")
+    i.add_argument("--ogb-split", metavar="SCHEME", help="split scheme of --ogb (a folder under split/; needed when there are several)")
     i.add_argument("--edges", metavar="PATH", help="edges: .npy [2,E] or [E,2]; Parquet/CSV file or directory of part files")
     i.add_argument("--edges-format", choices=["npy", "parquet", "csv"], help="format of --edges (default: from the name)")
     i.add_argument("--src-column", default="source", help="source-id column of Parquet/CSV edges (default: source; "
@@ -82,11 +86,11 @@ def add_import(sub) -> argparse.ArgumentParser:
 IMPORT_RECORD = "import_command"
 """The dataset manifest's entry recording the import's options and input files (see :func:`import_record`)."""
 
-_IMPORT_OPTIONS = ("npz", "edges", "edges_format", "src_column", "dst_column", "features", "features_format",
+_IMPORT_OPTIONS = ("npz", "ogb", "ogb_split", "edges", "edges_format", "src_column", "dst_column", "features", "features_format",
                    "feature_column", "dtype", "dim", "labels", "label_column", "train", "val", "test", "split", "seed",
                    "undirected", "dedup", "drop_self_loops", "num_nodes", "num_classes", "feature_dtype",
                    "allow_nonfinite")
-_INPUT_PATHS = ("npz", "edges", "features", "labels", "train", "val", "test")
+_INPUT_PATHS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test")
 
 
 def _fingerprint(path: str) -> dict:
@@ -149,8 +153,10 @@ def import_from_args(args: argparse.Namespace) -> Path:
 
     if not args.out:
         raise InputError("no output directory given; pass --out DIR")
-    if not args.npz and not args.edges:
-        raise InputError("no edges given; pass --edges PATH (or --npz PATH for a data.npz)")
+    if not args.npz and not args.edges and not getattr(args, "ogb", None):
+        raise InputError("no edges given; pass --edges PATH (or --npz PATH for a data.npz, --ogb DIR for an OGB directory)")
+    if args.npz and getattr(args, "ogb", None):
+        raise InputError("--npz and --ogb both give a whole dataset; pass one of them")
     if args.overwrite and os.path.lexists(args.out):
         check_replaceable(args.out, "diskgraph.dataset", "--out")
     edges = features = labels = None
@@ -159,6 +165,13 @@ def import_from_args(args: argparse.Namespace) -> Path:
     if args.npz:
         npz = open_npz_dataset(args.npz)
         edges, features, labels, labels_label, splits = npz.edges, npz.features, npz.labels, npz.labels_label, npz.splits
+    ogb_nodes, ogb_undirected = None, False
+    if getattr(args, "ogb", None):
+        from .store.sources.ogb import ADD_INVERSE_EDGE, dataset_name, open_ogb
+
+        ogb, ogb_nodes = open_ogb(args.ogb, args.ogb_split)
+        edges, features, labels, labels_label, splits = ogb.edges, ogb.features, ogb.labels, ogb.labels_label, ogb.splits
+        ogb_undirected = ADD_INVERSE_EDGE.get(dataset_name(args.ogb), False)
     if args.edges:
         edges = open_edges(args.edges, args.edges_format, args.src_column, args.dst_column)
     if args.features:
@@ -178,10 +191,12 @@ def import_from_args(args: argparse.Namespace) -> Path:
     elif not splits and labels is not None:
         logging.getLogger("diskgraph").info("no splits given: drawing random:0.6,0.2,0.2 with seed %d over the labelled nodes", args.seed)
         random_split = ((0.6, 0.2, 0.2), args.seed)
-    opts = ImportOptions(undirected=args.undirected, dedup=args.dedup, drop_self_loops=args.drop_self_loops,
+    opts = ImportOptions(undirected=args.undirected or ogb_undirected, dedup=args.dedup, drop_self_loops=args.drop_self_loops,
                          allow_nonfinite=args.allow_nonfinite, memory_budget=args.memory_budget,
                          num_nodes=args.num_nodes, num_classes=args.num_classes, feature_dtype=args.feature_dtype,
                          overwrite=args.overwrite)
+    if ogb_nodes is not None and opts.num_nodes is None and features is None:
+        opts.num_nodes = ogb_nodes
     record = import_record(args, random_split is not None)
     return import_dataset(args.out, edges, features=features, labels=labels, labels_label=labels_label,
                           splits=splits or None, random_split=random_split, options=opts,
@@ -351,7 +366,7 @@ def add_all(sub) -> argparse.ArgumentParser:
     return p
 
 
-_RAW_INPUTS = ("npz", "edges", "features", "labels", "train", "val", "test")
+_RAW_INPUTS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test")
 _log = logging.getLogger("diskgraph")
 
 

@@ -54,6 +54,9 @@ def add_train(sub) -> argparse.ArgumentParser:
     r.add_argument("--log-json", metavar="FILE", help="also write one JSON object per epoch here; the last line is the summary")
     r.add_argument("--step-log", metavar="FILE", help="append one JSON line per training minibatch (epoch, position, loss, "
                                                      "seconds, bytes read) to FILE, flushed as it goes")
+    r.add_argument("--tensorboard", metavar="DIR",
+                   help="also write per-epoch metrics (loss, accuracy, stage times, bytes read, hit rates, peak memory) "
+                        "as TensorBoard event files into DIR; needs pip install \"diskgraph[tensorboard]\"")
     r.add_argument("--resume", action="store_true", help="continue the run directory's checkpoint (mid-epoch)")
     r.add_argument("--overwrite", action="store_true", help="start over in an existing run directory")
     r.add_argument("--checkpoint-every", type=positive_int, default=0, metavar="N",
@@ -171,7 +174,8 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
                         queue_depth=max(1, args.queue_depth), direct=args.direct, reference=args.reference,
                         fanouts=parse_fanouts(args.fanouts) if args.fanouts else None, batch_size=args.batch_size,
                         eval_test_every_epoch=args.eval_test_every_epoch,
-                        reference_features=args.reference_features, step_log=args.step_log)
+                        reference_features=args.reference_features, step_log=args.step_log,
+                        tensorboard=args.tensorboard)
 
 
 def run_train(args: argparse.Namespace) -> int:

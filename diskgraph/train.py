@@ -51,6 +51,9 @@ class TrainOptions:
         reference_features: with ``reference``: ``ram`` (load the table), ``mmap`` or ``mmap-random``
             (read it through memory maps, default advice or ``MADV_RANDOM``: the np.memmap baseline).
         step_log: append one JSON line per training minibatch to this file.
+        tensorboard: also write per-epoch metrics (loss, accuracy, stage times, bytes read, hit rates, peak memory)
+            as TensorBoard event files into this directory (rank 0; needs ``pip install "diskgraph[tensorboard]"``,
+            refused before training without it).
         stop: an event that stops the run when set: the trainer checkpoints after the current minibatch and raises
             :class:`~diskgraph.pipeline.trainer.StopRequested` (the daemon's graceful shutdown; not in ``run.json``).
     """
@@ -79,6 +82,7 @@ class TrainOptions:
     eval_test_every_epoch: bool = False
     reference_features: str = "ram"
     step_log: str | None = None
+    tensorboard: str | None = None
     stop: object = field(default=None, repr=False, compare=False)
 
 
@@ -135,6 +139,10 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
     """
     from .pipeline import distributed
 
+    if opts.tensorboard:
+        from .pipeline.tensorboard_log import require_tensorboard
+
+        require_tensorboard()
     device = resolve_device(opts.device)
     world = distributed.world_from_env()
     if world is not None and opts.reference:
@@ -236,7 +244,7 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
                       num_classes=num_classes, log_json=opts.log_json if ctx is None or ctx.is_main else None,
                       info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx,
-                      identity=identity)
+                      identity=identity, tensorboard=opts.tensorboard or None)
     if ctx is None or ctx.is_main:
         log.info("training %s on %s (%s, %s%s) into %s", opts.model, dataset, info["mode"], device,
                  f", {ctx.world_size} ranks ({ctx.backend})" if ctx else "", run_dir)

@@ -141,3 +141,52 @@ class Batch:
     def num_seeds(self) -> int:
         """Seeds (the last block's destinations)."""
         return int(self.y.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        """Seeds of the minibatch (PyG's name): the first ``batch_size`` output rows of a model are theirs."""
+        if self.blocks:
+            return int(self.blocks[-1].num_dst)
+        return int(self.y.shape[0])
+
+    def to_pyg(self):
+        """The minibatch as the ``torch_geometric.data.Data`` PyG's ``NeighborLoader`` yields.
+
+        Rows are ``(node, hop)`` pairs laid out in PyG's hop order: hop 0 = the seeds (local ids
+        ``0..n_0-1``), then for each hop ``h = 1..L`` the ``n_h`` nodes within ``h`` hops (local ids
+        ``0..n_h-1`` again). Hop ``h``'s edges (the block of hop ``h``, i.e. ``blocks[L-h]``) run from the
+        hop-``h`` rows of their sources to the hop-``h-1`` rows of their destinations and are listed hop by
+        hop (edges into the seeds first, grouped by destination), so every row has in-edges from one hop
+        only, every sampled edge of every block is there once, and ``trim_to_layer`` is exact: a stock
+        ``torch_geometric.nn`` model gives the seeds the same outputs with and without
+        ``num_sampled_nodes_per_hop``/``num_sampled_edges_per_hop``.
+
+        Returns a ``Data`` with ``x`` ``[sum n_h, F]`` (row features, ``batch.x`` gathered by row),
+        ``edge_index`` int64 ``[2, E]`` (row 0 source, row 1 destination), ``y`` — the seeds' labels
+        ``[batch_size]`` only (PyG gives labels of every sampled node; take ``out[:data.batch_size]``) —,
+        ``n_id`` (global id of each row; a node reached at several hops appears once per hop),
+        ``batch_size``, ``num_sampled_nodes`` ``[n_0, ..., n_L]`` and ``num_sampled_edges`` ``[e_1, ..., e_L]``.
+        All tensors are on the batch's device and fresh (they stay valid after the loader moves on).
+
+        Raises:
+            InputError: torch_geometric is not installed.
+        """
+        try:
+            from torch_geometric.data import Data
+        except ImportError:
+            from ..store.errors import InputError
+
+            raise InputError('Batch.to_pyg() needs torch_geometric, which is not installed; install it with '
+                             'pip install "diskgraph[pyg]"') from None
+        hops = self.blocks[::-1]  # hop 1 (into the seeds) first
+        device = self.x.device
+        sizes = [int(hops[0].num_dst)] + [int(b.num_src) for b in hops]
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        rows = torch.cat([torch.arange(n, dtype=torch.int64) for n in sizes])
+        src = [b.indices.to(device) + offsets[h] for h, b in enumerate(hops, 1)]
+        dst = [b.dst_index.to(device) + offsets[h - 1] for h, b in enumerate(hops, 1)]
+        edge_index = torch.stack([torch.cat(src), torch.cat(dst)])
+        x = self.x.index_select(0, rows.to(device))
+        n_id = torch.from_numpy(np.asarray(self.input_nodes, dtype=np.int64)[rows.numpy()]).to(device)
+        return Data(x=x, edge_index=edge_index, y=self.y, n_id=n_id, batch_size=self.batch_size,
+                    num_sampled_nodes=sizes, num_sampled_edges=[b.num_edges for b in hops])

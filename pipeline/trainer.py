@@ -7,7 +7,9 @@ assemble stages run ahead in their own threads, and runs forward/backward/step.
 
 Every epoch appends one JSON object to ``RUN_DIR/metrics.jsonl`` (and rewrites ``--log-json``)
 with loss, accuracy, time per stage, overlap, bytes read from disk, hit rates and peak memory; the
-last line is a summary with the test accuracy of the best-validation model.
+last line is a summary with the test accuracy of the best-validation model. With ``tensorboard`` the
+same figures also go to TensorBoard event files (:mod:`~diskgraph.pipeline.tensorboard_log`).
+Training and evaluation draw tqdm progress bars on a terminal (:class:`~diskgraph.store.progress.Progress`).
 
 Checkpoints (``RUN_DIR/checkpoint.pt``, written atomically) hold the model, the optimizer, the torch
 RNG states, the epoch, the position in the epoch's minibatch order, the partial epoch's
@@ -208,6 +210,8 @@ class Trainer:
             — or whoever finds the run killed — sees how far it got. Rank ``r > 0`` of a data-parallel run
             writes ``STEP_LOG.rank{r}``.
         dist: the data-parallel context (None: one process); ``order`` must then give this rank's share.
+        tensorboard: also write each epoch's metrics (and the summary's) as TensorBoard scalars into this directory
+            (:mod:`~diskgraph.pipeline.tensorboard_log`; rank 0 only; needs the ``tensorboard`` package).
         identity: what the run is bound to besides ``config`` — the data it trains on and the model's options, as
             ``{name: JSON value}`` (names as the user knows them, e.g. ``--dropout``, ``dataset``). Saved in every
             checkpoint; a resume with another value of any of them (or of ``config``, ``epochs`` aside) is refused
@@ -218,7 +222,8 @@ class Trainer:
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
                  device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
                  info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None,
-                 stop=None, dist: _dist.DistContext | None = None, identity: dict | None = None):
+                 stop=None, dist: _dist.DistContext | None = None, identity: dict | None = None,
+                 tensorboard: str | os.PathLike | None = None):
         self.model = model
         self.identity = dict(identity or {})
         self.dist = dist
@@ -247,6 +252,11 @@ class Trainer:
         self.epoch = 0
         self.position = 0
         self.acc = _EpochAccumulator()
+        self.tensorboard = None  # rank 0's TensorBoard writer, when asked for
+        if tensorboard is not None and self.main:
+            from .tensorboard_log import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(tensorboard)
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -366,14 +376,17 @@ class Trainer:
         self.model.eval()
         loss_sum, correct, total = 0.0, 0, 0
         scores, labels = [], []
-        for batch in loader.epoch(self.order(split, self.epoch)):
-            logits = self.model(batch.blocks, batch.x)
-            loss_sum += float(F.cross_entropy(logits, batch.y, reduction="sum"))
-            c, n = accuracy(logits, batch.y)
-            correct, total = correct + c, total + n
-            if self.num_classes == 2:
-                scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
-                labels.append(batch.y.cpu().numpy())
+        order = self.order(split, self.epoch)
+        with Progress(f"evaluating {split}", len(order) if order is not None else None, "minibatches") as bar:
+            for batch in loader.epoch(order):
+                logits = self.model(batch.blocks, batch.x)
+                loss_sum += float(F.cross_entropy(logits, batch.y, reduction="sum"))
+                c, n = accuracy(logits, batch.y)
+                correct, total = correct + c, total + n
+                if self.num_classes == 2:
+                    scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
+                    labels.append(batch.y.cpu().numpy())
+                bar.update(1)
         if self.dist is not None:
             loss_sum, correct, total = _dist.all_sum([loss_sum, correct, total])
             correct, total = int(correct), int(total)
@@ -553,6 +566,9 @@ class Trainer:
             self._write_logs(self.history)
         summary = self._summary(time.perf_counter() - t_run)
         self._write_logs(self.history + [summary])
+        if self.tensorboard is not None:
+            self.tensorboard.summary(summary)
+            self.tensorboard.close()
         return summary
 
     def _stop_requested(self) -> bool:
@@ -593,3 +609,5 @@ class Trainer:
             parts.append("input rows from " + ", ".join(f"{where.get(t, t)} {v:.1%}" for t, v in rec["hit_rate"].items()))
         parts.append(f"peak RSS {format_bytes(rec['peak_rss_bytes'])}")
         log.info(", ".join(parts))
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(rec)

@@ -1,8 +1,8 @@
 """Progress bars and log lines for long work.
 
 Lives at the bottom of the package stack (``diskgraph.store``) so every layer can
-report progress without importing upward. Bars draw on stderr only when it is a
-terminal and ``quiet`` is off; log lines go through :mod:`logging` under the
+report progress without importing upward. Bars are tqdm's, drawn on stderr only when it is
+a terminal and ``quiet`` is off; log lines go through :mod:`logging` under the
 ``diskgraph`` logger.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+
+from tqdm import tqdm
 
 log = logging.getLogger("diskgraph")
 
@@ -41,12 +43,44 @@ def format_count(n: float) -> str:
     return _scaled(n, 1000, ("", "K", "M", "G", "T"), "")
 
 
+class _Bar(tqdm):
+    """tqdm with diskgraph's numbers: bytes in binary units (``4.0 MiB``), counts with SI suffixes, the average rate."""
+
+    monitor_interval = 0  # no monitor thread: bars are redrawn by update() and close()
+
+    def __init__(self, *args, byte_unit: bool = False, count_unit: str = "", **kwargs):
+        self._byte_unit = byte_unit
+        self._count_unit = count_unit
+        super().__init__(*args, **kwargs)
+
+    def _fmt(self, n: float, unit: bool = True) -> str:
+        if self._byte_unit:
+            return format_bytes(n)
+        return format_count(n) + (f" {self._count_unit}" if self._count_unit and unit else "")
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        elapsed = d.get("elapsed") or 0
+        rate = d["n"] / elapsed if elapsed > 0 else None
+        # "3/10 minibatches", "1.0 MiB/4.0 MiB"; "12.3K edges" without a total
+        d.update(rate=rate, n_fmt=self._fmt(d["n"], unit=False), done_fmt=self._fmt(d["n"]),
+                 total_fmt=self._fmt(d["total"]) if d.get("total") else "?",
+                 rate_fmt=(self._fmt(rate) if rate is not None else "?") + "/s")
+        return d
+
+
+_BAR_FORMAT = "{desc}: {percentage:5.1f}%|{bar}| {n_fmt}/{total_fmt} {rate_fmt} eta {remaining}"
+_COUNTER_FORMAT = "{desc}: {done_fmt} {rate_fmt}"
+
+
 class Progress:
-    """A progress bar over ``total`` units (items or bytes), drawn on stderr.
+    """A progress bar over ``total`` units (items or bytes), drawn on stderr by `tqdm <https://tqdm.github.io>`_.
 
     Use as a context manager; call :meth:`update` with the units just done.
-    ``unit="B"`` shows sizes and rates in bytes. Nothing is drawn when stderr is
-    not a terminal or quiet mode is on, so logs and CI output stay clean.
+    ``unit="B"`` shows sizes and rates in bytes (binary units: KiB, MiB, …); any other unit is a count with SI
+    suffixes (``12.3K minibatches``). Nothing is drawn when stderr is not a terminal or quiet mode is on, so logs
+    and CI output stay clean (no tqdm bar is even made then).
     """
 
     def __init__(self, desc: str, total: float | None, unit: str = "", min_interval: float = 0.2):
@@ -55,9 +89,12 @@ class Progress:
         self.unit = unit
         self.done = 0.0
         self.start = time.perf_counter()
-        self._last_draw = 0.0
-        self._min_interval = min_interval
         self.enabled = (not _settings["quiet"]) and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+        if self.enabled:
+            self._bar = _Bar(total=total or None, desc=desc, file=sys.stderr, mininterval=min_interval, miniters=0,
+                             leave=True, dynamic_ncols=True, byte_unit=unit == "B", count_unit=unit.strip(),
+                             bar_format=_BAR_FORMAT if total else _COUNTER_FORMAT)
 
     def __enter__(self) -> "Progress":
         return self
@@ -65,41 +102,18 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _fmt(self, n: float) -> str:
-        return format_bytes(n) if self.unit == "B" else format_count(n) + (f" {self.unit}" if self.unit else "")
-
     def update(self, n: float) -> None:
-        """Count ``n`` more units as done and redraw at most every ``min_interval`` seconds."""
+        """Count ``n`` more units as done (the bar redraws at most every ``min_interval`` seconds)."""
         self.done += n
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if now - self._last_draw >= self._min_interval:
-            self._last_draw = now
-            self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        elapsed = max(now - self.start, 1e-9)
-        rate = self.done / elapsed
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            width = 24
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            eta_s = f"{eta:5.0f}s" if eta != float("inf") else "    ?"
-            text = f"{self.desc}: [{bar}] {frac * 100:5.1f}% {self._fmt(self.done)}/{self._fmt(self.total)} {self._fmt(rate)}/s eta {eta_s}"
-        else:
-            text = f"{self.desc}: {self._fmt(self.done)} {self._fmt(rate)}/s"
-        sys.stderr.write("\r" + text[:150].ljust(100))
-        sys.stderr.flush()
+        if self._bar is not None and n:
+            self._bar.update(n)
 
     def close(self) -> None:
         """Draw the final state and end the line."""
-        if self.enabled:
-            self._draw(time.perf_counter())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-            self.enabled = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.enabled = False
 
     @property
     def elapsed(self) -> float:
