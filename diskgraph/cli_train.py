@@ -38,15 +38,32 @@ def add_train(sub) -> argparse.ArgumentParser:
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="dataset directory made by `preprocess all`")
     p.add_argument("--pack", default="default", help="pack name under DATASET/packs, or a pack directory (default: default)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", choices=["sage", "gcn", "gat"], default="sage", help="GNN (default: sage, mean aggregator)")
+    m.add_argument("--model", default="sage", metavar="MODEL",
+                   help="sage, gcn or gat (default: sage, mean aggregator), or your own as package.module:Class or "
+                        "path/to/file.py:Class, built as Class(in_channels, hidden_channels, out_channels, num_layers) "
+                        "and called as model(x, edge_index) on PyG batches (docs/training.md, \"Your own model\")")
     m.add_argument("--hidden", type=positive_int, default=256, help="hidden width (default: 256); layers = the plan's hops")
     m.add_argument("--layers", type=positive_int, help="GNN layers; must equal the plan's hops (default: the plan's hops)")
     m.add_argument("--heads", type=positive_int, default=4, help="attention heads of GAT (default: 4)")
     m.add_argument("--dropout", type=float, default=0.5, help="dropout (default: 0.5)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
-    o.add_argument("--lr", type=float, default=0.003, help="Adam learning rate (default: 0.003)")
-    o.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (default: 0)")
+    o.add_argument("--lr", type=float, default=0.003, help="learning rate, where the schedule starts (default: 0.003)")
+    o.add_argument("--weight-decay", type=float, default=0.0,
+                   help="weight decay: L2 for adam and sgd, decoupled for adamw (default: 0)")
+    o.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam", help="optimizer (default: adam)")
+    o.add_argument("--momentum", type=float, help="SGD momentum, with --optimizer sgd only (default: 0)")
+    o.add_argument("--lr-schedule", choices=["constant", "cosine", "step"], default="constant",
+                   help="learning-rate schedule, stepped at each epoch's end: cosine anneals to 0 over --epochs, step "
+                        "multiplies by --lr-gamma every --lr-step-size epochs (default: constant)")
+    o.add_argument("--lr-step-size", type=positive_int, metavar="EPOCHS",
+                   help="with --lr-schedule step: epochs between decays (default: 10)")
+    o.add_argument("--lr-gamma", type=float, help="with --lr-schedule step: factor of each decay (default: 0.1)")
+    o.add_argument("--early-stopping", type=positive_int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without improvement of --early-stopping-metric; needs a val split "
+                        "(default: off)")
+    o.add_argument("--early-stopping-metric", choices=["val_acc", "val_loss"],
+                   help="what --early-stopping watches (default: val_acc)")
     o.add_argument("--seed", type=int, default=0, help="seeds model init, dropout and the epoch order (default: 0)")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
@@ -167,6 +184,10 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
         raise InputError("--reference-features applies to --reference runs only; add --reference or drop it")
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
+    from .custom_models import check_model_name
+
+    check_model_name(args.model)
+    _check_optimisation(args)
     return TrainOptions(pack=args.pack, model=args.model, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
                         lr=args.lr, weight_decay=args.weight_decay, heads=args.heads, epochs=args.epochs, seed=args.seed,
                         device=args.device, run_dir=args.run_dir, log_json=args.log_json, resume=args.resume,
@@ -175,7 +196,33 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
                         fanouts=parse_fanouts(args.fanouts) if args.fanouts else None, batch_size=args.batch_size,
                         eval_test_every_epoch=args.eval_test_every_epoch,
                         reference_features=args.reference_features, step_log=args.step_log,
-                        tensorboard=args.tensorboard)
+                        tensorboard=args.tensorboard, optimizer=args.optimizer, momentum=args.momentum or 0.0,
+                        lr_schedule=args.lr_schedule, lr_step_size=args.lr_step_size or 10,
+                        lr_gamma=args.lr_gamma if args.lr_gamma is not None else 0.1,
+                        early_stopping=args.early_stopping, early_stopping_metric=args.early_stopping_metric or "val_acc")
+
+
+def _check_optimisation(args: argparse.Namespace) -> None:
+    """Refuse optimizer, schedule and early-stopping flags that do not go together (one sentence each)."""
+    if args.lr <= 0:
+        raise InputError(f"--lr {args.lr} must be positive")
+    if args.weight_decay < 0:
+        raise InputError(f"--weight-decay {args.weight_decay} must not be negative")
+    if args.momentum is not None and args.optimizer != "sgd":
+        raise InputError(f"--momentum applies to --optimizer sgd only (this run: {args.optimizer}); add --optimizer sgd "
+                         "or drop --momentum")
+    if args.momentum is not None and not 0 <= args.momentum < 1:
+        raise InputError(f"--momentum {args.momentum} must be in [0, 1)")
+    for flag, value in (("--lr-step-size", args.lr_step_size), ("--lr-gamma", args.lr_gamma)):
+        if value is not None and args.lr_schedule != "step":
+            raise InputError(f"{flag} applies to --lr-schedule step only (this run: {args.lr_schedule}); add "
+                             f"--lr-schedule step or drop {flag}")
+    if args.lr_step_size == 0:
+        raise InputError("--lr-step-size must be at least 1 epoch")
+    if args.lr_gamma is not None and not 0 < args.lr_gamma <= 1:
+        raise InputError(f"--lr-gamma {args.lr_gamma} must be in (0, 1]")
+    if args.early_stopping_metric is not None and not args.early_stopping:
+        raise InputError("--early-stopping-metric needs --early-stopping PATIENCE; add it or drop the metric")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -200,6 +247,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
+    if summary.get("stopped_early"):
+        print(f"stopped early after {summary['epochs_run']} of {summary['epochs']} epochs (--early-stopping "
+              f"{opts.early_stopping}, {opts.early_stopping_metric})")
     return 0
 
 

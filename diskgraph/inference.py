@@ -95,6 +95,7 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
 
     card = read_model_card(run_dir)
     cfg = card["model"]
+    _refuse_custom(cfg, run_dir)
     try:
         model = build_model(cfg["name"], cfg["in_dim"], cfg["hidden"], cfg["num_classes"], cfg["num_layers"],
                             dropout=cfg["dropout"], heads=cfg["heads"])
@@ -182,6 +183,14 @@ def _check_options(opts: InferenceOptions) -> None:
         raise InputError("--memory-budget must be positive")
 
 
+def _refuse_custom(cfg, run) -> None:
+    """Refuse a run trained with ``--model module:Class``: exact inference needs a built-in model's layer programs."""
+    if isinstance(cfg, dict) and cfg.get("custom"):
+        raise InputError(f"run {run} trained the custom model {cfg['custom']}, and exact inference (load_model, predict, "
+                         "embed) needs a built-in model (sage, gcn or gat); run your model on diskgraph.PackedLoader "
+                         "batches instead")
+
+
 def _check_binding(ds, card: dict, run: Path) -> None:
     from .store.binding import dataset_identity
 
@@ -191,6 +200,7 @@ def _check_binding(ds, card: dict, run: Path) -> None:
         raise InputError(f"run {run} was trained on another dataset: best_model.json identity.dataset is {recorded}, "
                          f"but {ds.path} is {actual}; pass the dataset it was trained on, or train on this one")
     cfg = card["model"]
+    _refuse_custom(cfg, run)
     if cfg.get("in_dim") != ds.feature_dim:
         raise InputError(f"run {run}'s model reads {cfg.get('in_dim')}-wide features but {ds.path} has "
                          f"{ds.feature_dim}; pass the dataset it was trained on")

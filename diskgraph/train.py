@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .pipeline.trainer import TrainConfig as _Config
 from .preprocess import DEFAULT_NAME, PACKS_DIR, artifact_path
 from .store.errors import InputError
 from .store.progress import log
@@ -31,10 +32,19 @@ class TrainOptions:
 
     Attributes:
         pack: pack name under DATASET/packs (or a path); its plan gives fanouts and batches.
-        model: ``sage``, ``gcn`` or ``gat``.
+        model: ``sage``, ``gcn`` or ``gat``, or ``package.module:Class`` / ``path/to/file.py:Class``
+            (:mod:`diskgraph.custom_models`).
         hidden: hidden width.
         layers: GNN layers; must equal the plan's hops (None: the plan's hops).
-        dropout, lr, weight_decay, heads: model and Adam settings.
+        dropout, lr, weight_decay, heads: model and optimizer settings (``lr``: the schedule's starting rate).
+        optimizer: ``adam`` (default), ``adamw`` or ``sgd`` (:mod:`~diskgraph.pipeline.optimizers`).
+        momentum: SGD momentum (``sgd`` only; 0: none).
+        lr_schedule: ``constant`` (default), ``cosine`` (annealed to 0 over ``epochs``) or ``step``; stepped at each
+            epoch's end.
+        lr_step_size, lr_gamma: with ``step``: multiply the rate by ``lr_gamma`` every ``lr_step_size`` epochs.
+        early_stopping: patience: stop after this many epochs without improvement of ``early_stopping_metric``
+            (0: off); needs a val split (refused before training without one). The best model is kept as always.
+        early_stopping_metric: ``val_acc`` (default) or ``val_loss``.
         epochs: training epochs.
         seed: model init, dropout and epoch order.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
@@ -83,12 +93,22 @@ class TrainOptions:
     reference_features: str = "ram"
     step_log: str | None = None
     tensorboard: str | None = None
+    optimizer: str = _Config.optimizer  # the optimisation options' defaults are TrainConfig's
+    momentum: float = _Config.momentum
+    lr_schedule: str = _Config.lr_schedule
+    lr_step_size: int = _Config.lr_step_size
+    lr_gamma: float = _Config.lr_gamma
+    early_stopping: int = _Config.early_stopping
+    early_stopping_metric: str = _Config.early_stopping_metric
     stop: object = field(default=None, repr=False, compare=False)
 
 
 def default_run_dir(dataset: str | os.PathLike, pack: str, model: str, seed: int, reference: bool = False) -> Path:
     """``DATASET/runs/PACK-MODEL-seedS`` (``reference-MODEL-seedS`` for ``--reference``): where a run goes without
-    ``--run-dir``."""
+    ``--run-dir``; MODEL is the class name for ``--model module:Class``."""
+    from .custom_models import model_label
+
+    model = model_label(model)
     return Path(dataset) / RUNS_DIR / f"{'reference' if reference else Path(pack).name}-{model}-seed{seed}"
 
 
@@ -158,6 +178,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
 
 
 def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.device, ctx) -> dict:
+    from .custom_models import build_custom_model, is_custom
     from .models import build_model
     from .pipeline import distributed
     from .pipeline.schedule import epoch_order
@@ -211,12 +232,19 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
 
         if ctx is not None:
             _check_shares(plan, presplit, ctx)
+    if opts.early_stopping and "val" not in loaders:  # refused before the run directory is touched
+        raise InputError(f"--early-stopping watches {opts.early_stopping_metric}, but dataset {dataset} has no val split "
+                         "in this run's plan; import it with a val split or drop --early-stopping")
     if opts.layers is not None and opts.layers != len(fanouts):
         raise InputError(f"--layers {opts.layers} does not match the {len(fanouts)} hops the plan sampled "
                          f"(fanouts {','.join(map(str, fanouts))}); drop --layers or sample with {opts.layers} fanouts")
     num_classes = int(ds.num_classes or int(ds.labels.max()) + 1)
-    model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
-                        heads=opts.heads).to(device)
+    if is_custom(opts.model):  # --model module:Class or file.py:Class (diskgraph.custom_models)
+        model = build_custom_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts),
+                                   dropout=opts.dropout, heads=opts.heads).to(device)
+    else:
+        model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
+                            heads=opts.heads).to(device)
     run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(dataset, opts.pack, opts.model, opts.seed,
                                                                      opts.reference)
     if ctx is not None:  # rank 0 prepares the run directory; the others wait for it
@@ -239,7 +267,10 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     if ctx is not None:
         info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
     config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
-                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch)
+                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch,
+                         optimizer=opts.optimizer, momentum=opts.momentum, lr_schedule=opts.lr_schedule,
+                         lr_step_size=opts.lr_step_size, lr_gamma=opts.lr_gamma, early_stopping=opts.early_stopping,
+                         early_stopping_metric=opts.early_stopping_metric)
     identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size))
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
                       num_classes=num_classes, log_json=opts.log_json if ctx is None or ctx.is_main else None,
@@ -266,7 +297,7 @@ def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: i
            "--model": opts.model, "--hidden": opts.hidden, "--layers": len(fanouts), "--dropout": opts.dropout,
            "--fanouts": fanouts, "--batch-size": batch_size, "--reference": opts.reference,
            "--reference-features": opts.reference_features if opts.reference else None}
-    if opts.model == "gat":
+    if opts.model == "gat" or ":" in opts.model:  # a custom model may take heads
         out["--heads"] = opts.heads
     return out
 

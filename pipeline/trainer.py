@@ -11,9 +11,9 @@ last line is a summary with the test accuracy of the best-validation model. With
 same figures also go to TensorBoard event files (:mod:`~diskgraph.pipeline.tensorboard_log`).
 Training and evaluation draw tqdm progress bars on a terminal (:class:`~diskgraph.store.progress.Progress`).
 
-Checkpoints (``RUN_DIR/checkpoint.pt``, written atomically) hold the model, the optimizer, the torch
-RNG states, the epoch, the position in the epoch's minibatch order, the partial epoch's
-accumulators and the metrics history. A resumed run therefore continues mid-epoch and ends with the
+Checkpoints (``RUN_DIR/checkpoint.pt``, written atomically) hold the model, the optimizer, the learning-rate
+scheduler (:mod:`~diskgraph.pipeline.optimizers`), early stopping's counters, the torch RNG states, the epoch,
+the position in the epoch's minibatch order, the partial epoch's accumulators and the metrics history. A resumed run therefore continues mid-epoch and ends with the
 same model as an uninterrupted run with the same seed.
 
 Data-parallel runs (``dist``, :mod:`diskgraph.pipeline.distributed`): the model is wrapped in
@@ -44,6 +44,7 @@ from ..store.files import write_atomic
 from ..store.progress import Progress, format_bytes, log
 from . import distributed as _dist
 from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
+from .optimizers import build_optimizer, build_scheduler
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_INFO_NAME = "checkpoint.json"
@@ -55,6 +56,8 @@ METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_VERSION = 2
 """2: checkpoints record the run's identity (what it trains on and the model's options), resumes compare it, and the
 file carries a checksum of its contents."""
+EARLY_STOPPING_METRICS = ("val_acc", "val_loss")
+"""What ``--early-stopping`` may watch: validation accuracy (higher is better) or loss (lower is better)."""
 
 
 class Loader(Protocol):
@@ -73,11 +76,19 @@ class TrainConfig:
 
     Attributes:
         epochs: training epochs.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        lr: learning rate (the schedule's starting value).
+        weight_decay: weight decay (an L2 term for adam and sgd, decoupled for adamw).
         seed: seeds the model initialisation, dropout and the epoch orders.
         checkpoint_every: minibatches between checkpoints (0: only at epoch ends).
         eval_test_every_epoch: also evaluate the test split each epoch (the summary always does, with the best model).
+        optimizer: ``adam``, ``adamw`` or ``sgd`` (:mod:`~diskgraph.pipeline.optimizers`).
+        momentum: SGD momentum (sgd only).
+        lr_schedule: ``constant``, ``cosine`` (over ``epochs``) or ``step``; stepped once per epoch, at its end.
+        lr_step_size: with ``step``: epochs between decays.
+        lr_gamma: with ``step``: the factor of each decay.
+        early_stopping: patience in epochs: stop after this many epochs without improvement of
+            ``early_stopping_metric`` (0: off; needs a val split).
+        early_stopping_metric: ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
     """
 
     epochs: int = 10
@@ -86,6 +97,13 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0
     eval_test_every_epoch: bool = False
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    lr_schedule: str = "constant"
+    lr_step_size: int = 10
+    lr_gamma: float = 0.1
+    early_stopping: int = 0
+    early_stopping_metric: str = "val_acc"
 
 
 class StopTraining(Exception):
@@ -170,7 +188,8 @@ def write_model_card(run_dir: Path, model: torch.nn.Module, identity: dict, info
 
     weights = (run_dir / BEST_MODEL_NAME).read_bytes()
     card = {"format": MODEL_CARD_FORMAT, "format_version": MODEL_CARD_VERSION,
-            "model": getattr(model, "config", None), "identity": _json_value(identity), "info": _json_value(info),
+            "model": getattr(model, "_diskgraph_config", None) or getattr(model, "config", None),
+            "identity": _json_value(identity), "info": _json_value(info),
             "epoch": int(epoch), "val_acc": float(val_acc),
             "weights": {"file": BEST_MODEL_NAME, "bytes": len(weights), DATA_CHECKSUM: data_checksum(weights)}}
     card[MANIFEST_CHECKSUM_FIELD] = manifest_checksum(card)
@@ -180,6 +199,27 @@ def write_model_card(run_dir: Path, model: torch.nn.Module, identity: dict, info
 _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_rate", "host_hit_rate", "cold_rate",
            "slowest_stage_s"}
 """Keys of a loader's ``epoch_stats()`` derived from the others: not summed across a resume."""
+
+
+def model_outputs(net: torch.nn.Module, batch) -> torch.Tensor:
+    """The seeds' logits ``[batch_size, C]`` of ``net`` (or its ``DistributedDataParallel`` wrapper) on ``batch``.
+
+    A model built from ``--model module:Class`` (:mod:`diskgraph.custom_models`) without ``diskgraph_input = "blocks"``
+    is a PyG model: it is called on ``batch.to_pyg()`` as ``net(x, edge_index)`` (plus ``num_sampled_nodes_per_hop`` /
+    ``num_sampled_edges_per_hop`` when its ``forward`` takes them) and its first ``batch_size`` rows are returned. Every
+    other model is called on the blocks, ``net(batch.blocks, batch.x)``.
+    """
+    inner = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+    call = getattr(inner, "_diskgraph_call", "blocks")
+    if call == "blocks":
+        return net(batch.blocks, batch.x)
+    data = batch.to_pyg()
+    if call == "pyg-trim":
+        out = net(data.x, data.edge_index, num_sampled_nodes_per_hop=data.num_sampled_nodes,
+                  num_sampled_edges_per_hop=data.num_sampled_edges)
+    else:
+        out = net(data.x, data.edge_index)
+    return out[: data.batch_size]
 
 
 def _add_stats(total: dict, part: dict) -> dict:
@@ -246,7 +286,18 @@ class Trainer:
         self.row_bytes = row_bytes
         self.step_log = Path(step_log) if step_log else None
         self.stop = stop
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.early_stopping and "val" not in loaders:
+            raise InputError(f"--early-stopping {config.early_stopping} watches {config.early_stopping_metric}, but "
+                             "this run has no val split; import the dataset with a val split or drop --early-stopping")
+        if config.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise InputError(f"--early-stopping-metric {config.early_stopping_metric} is not one of "
+                             f"{', '.join(EARLY_STOPPING_METRICS)}; pick one of them")
+        self.optimizer = build_optimizer(model.parameters(), config.optimizer, lr=config.lr,
+                                         weight_decay=config.weight_decay, momentum=config.momentum)
+        self.scheduler = build_scheduler(self.optimizer, config.lr_schedule, epochs=config.epochs,
+                                         step_size=config.lr_step_size, gamma=config.lr_gamma)
+        self.early = {"best": None, "epoch": -1, "stale": 0, "stopped": False}
+        """Early stopping's state (saved in checkpoints): the best value of the metric, its epoch, the epochs since."""
         self.history: list[dict] = []
         self.best = {"val": -math.inf, "epoch": -1}
         self.epoch = 0
@@ -282,6 +333,8 @@ class Trainer:
         state = {
             "epoch": self.epoch, "position": self.position,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "early_stopping": dict(self.early),
             **mine, "world_size": len(ranks), "ranks": ranks if len(ranks) > 1 else None,
             "history": self.history, "best": self.best,
             "config": asdict(self.config), "identity": self.identity, "info": self.info,
@@ -300,7 +353,8 @@ class Trainer:
             self._read_checkpoint(catch=True) if self.main else None)
         if isinstance(state, InputError):
             raise state
-        saved = {**self._settings(state["config"]), **state.get("identity", {})}
+        # settings a checkpoint from before they existed lacks had their defaults then
+        saved = {**self._settings({**asdict(TrainConfig()), **state["config"]}), **state.get("identity", {})}
         now = {**self._settings(asdict(self.config)), **self.identity}
         differ = [k for k in sorted(set(saved) | set(now)) if _json_value(saved.get(k)) != _json_value(now.get(k))]
         if differ:
@@ -315,6 +369,8 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise InputError(f"checkpoint {self.checkpoint_path} does not fit this model ({str(e).splitlines()[0]}); "
                              "resume with the model options it was made with, or start a new run directory") from None
@@ -330,6 +386,7 @@ class Trainer:
             torch.manual_seed(self._rank_seed() + self.epoch)
             self.acc = _EpochAccumulator()
         self.history, self.best = list(state["history"]), dict(state["best"])
+        self.early = {**self.early, **(state.get("early_stopping") or {})}
         log.info("resuming %s at epoch %d, minibatch %d", self.run_dir, self.epoch, self.position)
 
     def _read_checkpoint(self, catch: bool = False):
@@ -379,7 +436,7 @@ class Trainer:
         order = self.order(split, self.epoch)
         with Progress(f"evaluating {split}", len(order) if order is not None else None, "minibatches") as bar:
             for batch in loader.epoch(order):
-                logits = self.model(batch.blocks, batch.x)
+                logits = model_outputs(self.model, batch)
                 loss_sum += float(F.cross_entropy(logits, batch.y, reduction="sum"))
                 c, n = accuracy(logits, batch.y)
                 correct, total = correct + c, total + n
@@ -421,7 +478,7 @@ class Trainer:
             for batch in loader.epoch(order, start=self.position):
                 t0 = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = self.net(batch.blocks, batch.x)
+                logits = model_outputs(self.net, batch)
                 loss = F.cross_entropy(logits, batch.y)
                 loss.backward()
                 self.optimizer.step()
@@ -539,7 +596,7 @@ class Trainer:
             torch.manual_seed(self._rank_seed())
         steps = [max_steps] if max_steps is not None else None
         t_run = time.perf_counter()
-        while self.epoch < self.config.epochs:
+        while self.epoch < self.config.epochs and not self.early["stopped"]:
             if self._stop_requested():
                 raise StopRequested()  # the epoch-end checkpoint already holds this point
             self._train_epoch(steps)
@@ -550,6 +607,7 @@ class Trainer:
             if self.config.eval_test_every_epoch and "test" in self.loaders:
                 eval_metrics.update(self.evaluate("test"))
             rec = self._epoch_record(time.perf_counter() - t_eval, process_read_bytes() - rb_eval, eval_metrics)
+            rec["lr"] = float(self.optimizer.param_groups[0]["lr"])  # the rate this epoch trained with
             self.history.append(rec)
             val = rec.get("val_acc", rec["train_acc"])
             if val > self.best["val"]:
@@ -559,6 +617,9 @@ class Trainer:
                     write_model_card(self.run_dir, self.model, self.identity, self.info, self.epoch, val)
             if self.main:
                 self._log_epoch(rec)
+            self._early_stopping_update(rec)
+            if self.scheduler is not None:
+                self.scheduler.step()  # once per epoch, at its end
             self.epoch += 1
             self.position = 0
             self.acc = _EpochAccumulator()
@@ -571,6 +632,25 @@ class Trainer:
             self.tensorboard.close()
         return summary
 
+    def _early_stopping_update(self, rec: dict) -> None:
+        """Count the epochs without improvement of the watched metric; after ``early_stopping`` of them, mark the run
+        stopped (``fit`` then ends after this epoch's checkpoint) and say so in one log line. Every rank sees the
+        same all-reduced validation metrics, so every rank stops at the same epoch."""
+        patience, name = self.config.early_stopping, self.config.early_stopping_metric
+        if not patience or name not in rec:
+            return
+        value, e = float(rec[name]), self.early
+        better = e["best"] is None or (value < e["best"] if name.endswith("_loss") else value > e["best"])
+        if better:
+            e.update(best=value, epoch=self.epoch, stale=0)
+            return
+        e["stale"] += 1
+        if e["stale"] >= patience and self.epoch + 1 < self.config.epochs:
+            e["stopped"] = True
+            if self.main:
+                log.info("early stopping after epoch %d: %s has not improved for %d epoch(s) (best %.4f at epoch %d)",
+                         self.epoch, name, e["stale"], e["best"], e["epoch"])
+
     def _stop_requested(self) -> bool:
         if self.stop is None:
             return False
@@ -580,7 +660,8 @@ class Trainer:
 
     def _summary(self, seconds: float) -> dict:
         out = {"summary": True, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
-               "best_val_acc": self.best["val"] if self.best["epoch"] >= 0 else None, "seconds": seconds, **self.info}
+               "best_val_acc": self.best["val"] if self.best["epoch"] >= 0 else None, "seconds": seconds,
+               "epochs_run": self.epoch, "stopped_early": bool(self.early["stopped"]), **self.info}
         best_path = self.run_dir / BEST_MODEL_NAME
         if self.main and best_path.exists():
             self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True))

@@ -81,6 +81,9 @@ def _used_paths(job: dict, jobdir: JobDir, parsers: dict) -> list[tuple[str, Pat
         paths += [(kind[:-1], dataset / kind / pre.get("name", "default")) for kind in ("plans", "packs")]
     if spec.get("train") is not None:
         paths.append(("pack", dataset / "packs" / spec["train"].get("pack", "default")))
+        where = str(spec["train"].get("model", "")).rpartition(":")[0]
+        if where.endswith(".py") or "/" in where:  # --model path/to/file.py:Class
+            paths.append(("train.model's file", Path(where)))
     home = Path(os.path.realpath(jobdir.path))
     own = [("run directory", "run"), ("step log", "steps.jsonl")]
     for kind in INFERENCE:

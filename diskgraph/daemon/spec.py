@@ -357,6 +357,9 @@ class SpecChecker:
         for kind in INFERENCE:
             if kind in spec:
                 out[kind] = self._inference(kind, spec[kind])
+                if ":" in str((out.get("train") or {}).get("model", "")):
+                    raise SpecError(f"the spec has a {kind} table but train.model is a custom model, and exact "
+                                    "inference needs a built-in model (sage, gcn or gat); drop the table or the model")
         self._check_artifacts(out, dataset)
         self._check_inference(out, dataset)
         if "train" in out:
@@ -385,11 +388,33 @@ class SpecChecker:
                 if not real.exists():
                     raise SpecError(f"{section}.{raw_key} {value!r} does not exist; check the path")
                 value = str(real)
+            if section == "train" and key == "model":
+                value = self._model(value)
             checked[key] = value
         # the command's own parser checks the values (choices, number formats, fanout lists)
         with self._lock:
             parser.parse_args(["DATASET", *section_argv(section, checked, parser)])
         return checked
+
+    def _model(self, value: str) -> str:
+        """``train.model``: a built-in name, ``package.module:Class`` as is, or ``path/to/file.py:Class`` with the file
+        inside the allowed roots (returned with its real path)."""
+        from ..custom_models import check_model_name, split_spec
+        from ..store.errors import InputError
+
+        try:
+            check_model_name(value)
+            if ":" not in value:
+                return value
+            where, cls, is_file = split_spec(value)
+        except InputError as e:
+            raise SpecError(f"train.model: {e}") from None
+        if not is_file:
+            return value
+        real = self.resolve(where, "train.model's file")
+        if not real.is_file():
+            raise SpecError(f"train.model's file {where!r} does not exist; check the path")
+        return f"{real}:{cls}"
 
     def _inference(self, kind: str, values) -> dict:
         """Check a ``predict`` / ``embed`` section: known keys, value types and choices, paths inside the roots."""

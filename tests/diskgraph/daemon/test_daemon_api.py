@@ -91,7 +91,7 @@ def test_refused_bodies_are_400_with_one_sentence(daemon, workspace, tmp_path):
         "wrong type": ({"dataset": "syn", "train": {"epochs": "2"}}, "train.epochs must be a whole number"),
         "bool for number": ({"dataset": "syn", "train": {"hidden": True}}, "train.hidden must be a whole number"),
         "wrong flag type": ({"dataset": "syn", "train": {"reference": 1}}, "train.reference must be true or false"),
-        "bad choice": ({"dataset": "syn", "train": {"model": "mlp"}}, "invalid choice"),
+        "bad choice": ({"dataset": "syn", "train": {"model": "mlp"}}, "unknown model 'mlp'"),
         "daemon's option": ({"dataset": "syn", "train": {"run_dir": "x"}}, "set by the daemon"),
         "missing dataset": ({"dataset": "nope", "train": {}}, "does not exist"),
         "no dataset key": ({"train": {}}, "no dataset"),
