@@ -171,10 +171,13 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
         device = torch.device("cuda", world[2])  # LOCAL_RANK
         torch.cuda.set_device(device)
     ctx = distributed.init(device)
+    ok = False
     try:
-        return _run_training(dataset, opts, device, ctx)
+        summary = _run_training(dataset, opts, device, ctx)
+        ok = True
+        return summary
     finally:
-        distributed.finish(ctx)
+        distributed.finish(ctx, barrier=ok)
 
 
 def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.device, ctx) -> dict:

@@ -108,13 +108,17 @@ def init(device: torch.device) -> DistContext | None:
                        backend=backend)
 
 
-def finish(ctx: DistContext | None) -> None:
-    """Leave the process group (all ranks at once)."""
+def finish(ctx: DistContext | None, barrier: bool = True) -> None:
+    """Leave the process group, all ranks at once: with ``barrier`` (a run that ended normally) each rank waits for
+    the others first, so none tears its communication threads down while another still talks to it (gloo then
+    aborts a rank with "terminate called without an active exception"). A failed rank leaves at once."""
     if ctx is None:
         return
     import torch.distributed as dist
 
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
