@@ -105,8 +105,6 @@ def run_infer(args: argparse.Namespace) -> int:
 
     if not args.dataset:
         raise InputError(f"no dataset given; pass the dataset directory: diskgraph {args.kind} DIR --run RUN --out OUT")
-    if args.mode == "exact" and args.fanouts:
-        raise InputError("--fanouts applies to --mode sampled only (exact mode uses every in-neighbor); drop it")
     stopper = _Stopper()
     try:
         opts = options_from_args(args)

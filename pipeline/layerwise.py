@@ -527,7 +527,8 @@ def plan_layout(topo: Topology, selected: np.ndarray | None, prog: LayerProgram,
         if avail < max_need:
             continue
         parts = max(1, -(-total // avail))
-        reads = k + parts * (num_slices - k)
+        # the destinations' own G rows are read again at finishing unless their slices are kept
+        reads = k + parts * (num_slices - k) + (num_slices - k if prog.needs_gather_dst else 0)
         if best is None or reads < best[0]:
             best = (reads, k, avail)
     if best is None:
@@ -733,8 +734,9 @@ STATE_NAME = "layerwise-state.json"
 
 
 @dataclass
-class _WrittenTable:
-    """What :func:`plan_layout` reads of a float32 gather table this module is about to write."""
+class TableShape:
+    """What :func:`plan_layout` reads of a gather table that is not open: one this module is about to write (float32),
+    or one the capacity planner models."""
 
     num_rows: int
     row_bytes: int
@@ -758,7 +760,7 @@ def order_written_table(topo: Topology, prog: LayerProgram, next_width: int, bud
     ``copy_rows``: rows the copy itself costs, for the features). ``layout`` is then the one the layer runs with
     (planned without resident slices, with the ``8 * N`` bytes of the order's positions on top of ``fixed``)."""
     n = topo.num_nodes
-    table = _WrittenTable(n, 4 * prog.gather_width)
+    table = TableShape(n, 4 * prog.gather_width)
     node_order = plan_layout(topo, None, prog, table, prog.self_width, next_width, budget, fixed)
     slices = -(-n // node_order.slice_rows)
     if node_order.resident_slices >= slices:

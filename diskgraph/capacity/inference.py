@@ -85,7 +85,6 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -157,17 +156,6 @@ def finish_flops(prog, n: int) -> float:
 def parameter_count(progs: list) -> int:
     """Parameters of the layers behind ``progs``."""
     return int(sum(t.numel() for p in progs for t in p.conv.parameters()))
-
-
-@dataclass
-class _GatherStandIn:
-    """What :func:`~diskgraph.pipeline.layerwise.plan_layout` reads of a gather table (a disk table: no natural
-    slice)."""
-
-    num_rows: int
-    row_bytes: int
-    dtype: str = "float32"
-    natural_slice_rows: None = None
 
 
 class EvenTopology:
@@ -361,7 +349,7 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
     Raises:
         InputError: an unknown kind, a layer out of range, or a budget too small for the engine.
     """
-    from ..pipeline.layerwise import order_written_table, plan_layout
+    from ..pipeline.layerwise import TableShape, order_written_table, plan_layout
 
     if kind not in KINDS:
         raise InputError(f"--inference {kind!r} is unknown; choose predict or embed")
@@ -490,7 +478,7 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
             next_width = widths_after(lyr)
             order, layout = orders.get(lyr, (None, None))
             if layout is None:
-                gather = _GatherStandIn(n, gather_row, gather_dtype)
+                gather = TableShape(n, gather_row, gather_dtype)
                 try:
                     layout = plan_layout(topo, sel, prog, gather, prog.self_width, next_width, budget, fixed)
                 except InputError as err:
