@@ -9,6 +9,10 @@ Public API (more arrives with the sampler, packer and trainer):
   (out of core; :mod:`diskgraph.inference`).
 * :class:`PackedLoader`, :class:`InMemoryLoader` — iterate a split's minibatches in your own loop
   (:mod:`diskgraph.loaders`; ``batch.to_pyg()`` for PyG models).
+* :func:`fit`, :class:`Trainer` — diskgraph's training loop (pipelined, checkpointed, resumable mid-epoch) around your
+  model, optimizer, loss, metrics and callbacks (:mod:`diskgraph.fitting`, :mod:`diskgraph.callbacks`);
+  :class:`SumMetric`, :class:`WholeMetric` — your own metrics (:mod:`diskgraph.pipeline.tasks`).
+* :func:`from_pyg`, :func:`from_ogb` — import a PyG ``Data`` or an OGB node-property-prediction directory.
 * :class:`InputError` — bad input, reported as one sentence.
 """
 
@@ -24,6 +28,7 @@ __all__ = ["Dataset", "FormatError", "ImportOptions", "InputError", "embed", "ge
            "load_model", "open_dataset", "predict", "__version__"]
 __all__ += ["from_ogb", "from_pyg"]
 __all__ += ["InMemoryLoader", "PackedLoader"]
+__all__ += ["SumMetric", "Trainer", "WholeMetric", "callbacks", "fit"]
 
 
 def generate_dataset(*args, **kwargs):
@@ -68,10 +73,29 @@ def from_ogb(*args, **kwargs):
     return _from_ogb(*args, **kwargs)
 
 
+def fit(*args, **kwargs):
+    """Train your model with diskgraph's loop; see :func:`diskgraph.fitting.fit`."""
+    from .fitting import fit as _fit
+
+    return _fit(*args, **kwargs)
+
+
 def __getattr__(name: str):
-    """Lazy exports: the loaders (they import torch)."""
+    """Lazy exports: the loaders, the trainer and metrics (they import torch)."""
     if name in ("PackedLoader", "InMemoryLoader"):
         from . import loaders
 
         return getattr(loaders, name)
+    if name == "Trainer":
+        from .fitting import Trainer
+
+        return Trainer
+    if name == "callbacks":
+        import importlib
+
+        return importlib.import_module(".callbacks", __name__)
+    if name in ("SumMetric", "WholeMetric"):
+        from .pipeline import tasks
+
+        return getattr(tasks, name)
     raise AttributeError(f"module 'diskgraph' has no attribute {name!r}")

@@ -17,8 +17,10 @@ from .inference_options import EMBED_DTYPES, MODES, NODE_SETS, STORAGES, Inferen
 from .units import parse_bytes
 
 _WHAT = {
-    "predict": ("write a trained model's logits and predicted classes for every node (out of core)",
-                "Write the logits [M, C] float32 and the predicted classes [M] int64 of the nodes --nodes names, from "
+    "predict": ("write a trained model's predictions for every node (out of core)",
+                "Write the predictions of the nodes --nodes names, as the run's task says (classification: logits "
+                "[M, C] float32 and predicted classes [M] int64; multilabel: logits [M, C] and predictions [M, C] "
+                "uint8, 1 where the logit > 0; regression: predictions [M] or [M, T] float32, the model's values), from "
                 "the best model of a `diskgraph train` run, into OUT: a Zarr v3 group with a manifest (open it with "
                 "zarr.open_group(OUT)), rows in ascending node id order beside node_ids [M]. Exact mode (the default) "
                 "runs layer-wise inference over every in-neighbor with the node tables on disk, reading them in large "

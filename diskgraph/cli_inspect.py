@@ -84,6 +84,25 @@ def _verify_artifacts(info: dict, ds) -> list[str]:
     return problems
 
 
+def _render_labels(info: dict) -> str:
+    """The labels line of ``inspect``: per class counts, per label positives, or per target mean and std."""
+    if "label_counts" in info:
+        counts = ", ".join(f"{c}: {n:,}" for c, n in info["label_counts"].items())
+        return f"classes       {info['num_classes']}  ({counts}; unlabelled {info['unlabelled_nodes']:,})"
+    if "label_positives" in info:
+        pos = ", ".join(f"{c}: {n:,}" for c, n in info["label_positives"].items())
+        return f"labels        multilabel, {info['num_classes']} labels  (nodes with each label: {pos})"
+    if "targets" in info:
+        t = info["targets"]
+        if t["mean"] is None:
+            spread = "no labelled node"
+        else:
+            spread = ", ".join(f"{m:.4g} ± {sd:.4g}" for m, sd in zip(t["mean"], t["std"]))
+        return (f"targets       regression, {t['count']} per node  (mean ± std {spread}; "
+                f"unlabelled {info['unlabelled_nodes']:,})")
+    return "labels        none"
+
+
 def _render_stats(info: dict) -> str:
     d = info["in_degree"]
     lines = [
@@ -98,11 +117,7 @@ def _render_stats(info: dict) -> str:
                      f"({format_bytes(info['feature_bytes'])})")
     else:
         lines.append("features      none")
-    if "label_counts" in info:
-        counts = ", ".join(f"{c}: {n:,}" for c, n in info["label_counts"].items())
-        lines.append(f"classes       {info['num_classes']}  ({counts}; unlabelled {info['unlabelled_nodes']:,})")
-    else:
-        lines.append("labels        none")
+    lines.append(_render_labels(info))
     if info["splits"]:
         lines.append("splits        " + "  ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
     disk = info["disk_bytes"]
@@ -145,6 +160,7 @@ def _inspect_inference(args: argparse.Namespace) -> int:
         "format_version": m["format_version"],
         "created_at": m.get("created_at"),
         "kind": out.kind,
+        "task": out.task,
         "mode": m.get("mode"),
         "num_rows": out.num_rows,
         "nodes": m.get("nodes"),
@@ -156,6 +172,8 @@ def _inspect_inference(args: argparse.Namespace) -> int:
         "summary": m.get("summary"),
         "disk_bytes": out.disk_bytes(),
     }
+    if out.kind == "predict":
+        info["prediction_summary"] = out.prediction_summary()
     for key in ("layer", "dtype"):
         if key in m:
             info[key] = m[key]
@@ -194,6 +212,32 @@ def _with_path(d) -> str:
     return _scalars(d)
 
 
+def _render_task(task: dict, summary: dict | None) -> str:
+    """The task line of an inference output: the run's task and, for predict, what the predictions say (rows per
+    predicted class, rows predicted positive per label, or mean ± std per target)."""
+    kind, c = task["kind"], task["num_outputs"]
+    if kind == "regression":
+        shape = task.get("target_shape") or []
+        what = f"regression, {c} target{'s' if c != 1 else ''}" + (f" per node [M, {c}]" if shape else "")
+    else:
+        what = f"{kind}, {c} {'classes' if kind == 'classification' else 'labels'}"
+    line = f"task          {what}"
+    if not summary:
+        return line + ("  (of the run)" if summary is None else "")
+    if "predicted_counts" in summary:
+        counts = ", ".join(f"{k}: {n:,}" for k, n in summary["predicted_counts"].items())
+        return f"{line}  (rows predicted per class: {counts})"
+    if "predicted_positives" in summary:
+        pos = ", ".join(f"{k}: {n:,}" for k, n in summary["predicted_positives"].items())
+        per_row = summary.get("mean_positives")
+        return (f"{line}  (rows predicted positive per label: {pos}"
+                + (f"; {per_row:.3g} labels per row" if per_row is not None else "") + ")")
+    if summary.get("mean") is None:
+        return f"{line}  (no rows)"
+    spread = ", ".join(f"{m:.4g} ± {sd:.4g}" for m, sd in zip(summary["mean"], summary["std"]))
+    return f"{line}  (predictions mean ± std {spread})"
+
+
 def _render_inference(info: dict) -> str:
     lines = [
         f"output        {info['path']}  (diskgraph {info['kind']} output, format version {info['format_version']})",
@@ -202,6 +246,8 @@ def _render_inference(info: dict) -> str:
         + (f"  dtype {info['dtype']}" if info.get("dtype") else ""),
         f"rows          {info['num_rows']:,}" + (f"  (nodes {_scalars(info['nodes'])})" if info.get("nodes") else ""),
     ]
+    if info.get("task"):
+        lines.append(_render_task(info["task"], info.get("prediction_summary")))
     for name, a in info["arrays"].items():
         shape = " x ".join(f"{s:,}" for s in a["shape"])
         lines.append(f"array {name:<12} {shape} {a['dtype']}  ({format_bytes(a['bytes'])})")

@@ -16,6 +16,7 @@ from pathlib import Path
 from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int, shard
 from .store.atomic import check_replaceable
 from .store.errors import InputError
+from .store.label_kinds import TASKS
 from .units import parse_bytes
 
 
@@ -41,7 +42,11 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
                    "else one float column per dimension)")
     i.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="value type of raw binary features")
     i.add_argument("--dim", type=positive_int, help="features per node of raw binary features")
-    i.add_argument("--labels", metavar="PATH", help="class id per node (.npy or Parquet), -1 = unlabelled")
+    i.add_argument("--labels", metavar="PATH", help="labels per node (.npy or Parquet): class ids [N], -1 = unlabelled; "
+                   "0/1 rows [N, C] (multilabel); float targets [N] or [N, T], NaN = unlabelled (regression)")
+    i.add_argument("--task", choices=TASKS,
+                   help="the kind of --labels (default: told from them: 1-D whole numbers = classification, 2-D 0/1 = "
+                        "multilabel, other floats = regression); labels that contradict it are refused")
     i.add_argument("--label-column", help="column of Parquet labels (default: the only column)")
     s = p.add_argument_group("splits")
     s.add_argument("--train", metavar="PATH", help="training nodes: index array or boolean mask (.npy/.parquet)")
@@ -55,7 +60,8 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     o.add_argument("--dedup", action="store_true", help="keep one copy of repeated edges")
     o.add_argument("--drop-self-loops", action="store_true", help="remove edges from a node to itself")
     o.add_argument("--num-nodes", type=positive_int, help="node count (default: feature rows, else labels, else largest id + 1)")
-    o.add_argument("--num-classes", type=positive_int, help="class count (default: largest label + 1)")
+    o.add_argument("--num-classes", type=positive_int, help="class count (default: largest label + 1; multilabel: the label "
+                   "columns; not for regression)")
     o.add_argument("--feature-dtype", choices=["float32", "float16", "bfloat16"], help="store features as this type "
                    "(default: as given; float64 becomes float32)")
     o.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/inf features")
@@ -75,7 +81,10 @@ def add_import(sub) -> argparse.ArgumentParser:
         epilog="Examples:\n"
                "  diskgraph preprocess import --npz ../shared/datasets/cora/data.npz --out data/cora\n"
                "  diskgraph preprocess import --edges edges.parquet --features feats.npy --labels y.npy \\\n"
-               "      --split random:0.8,0.1,0.1 --undirected --dedup --out data/mygraph\n\n" + EPILOG_SIZES,
+               "      --split random:0.8,0.1,0.1 --undirected --dedup --out data/mygraph\n"
+               "  diskgraph preprocess import --edges edges.npy --features feats.npy --labels y.npy --task multilabel \\\n"
+               "      --out data/ppi            # y.npy: [N, C] of 0/1 (float [N] or [N, T] targets: --task regression)\n\n"
+               + EPILOG_SIZES,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_import_options(p)
     add_common(p)
@@ -88,7 +97,7 @@ IMPORT_RECORD = "import_command"
 
 _IMPORT_OPTIONS = ("npz", "ogb", "ogb_split", "edges", "edges_format", "src_column", "dst_column", "features", "features_format",
                    "feature_column", "dtype", "dim", "labels", "label_column", "train", "val", "test", "split", "seed",
-                   "undirected", "dedup", "drop_self_loops", "num_nodes", "num_classes", "feature_dtype",
+                   "undirected", "dedup", "drop_self_loops", "num_nodes", "num_classes", "task", "feature_dtype",
                    "allow_nonfinite")
 _INPUT_PATHS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test")
 
@@ -169,7 +178,7 @@ def import_from_args(args: argparse.Namespace) -> Path:
     if getattr(args, "ogb", None):
         from .store.sources.ogb import ADD_INVERSE_EDGE, dataset_name, open_ogb
 
-        ogb, ogb_nodes = open_ogb(args.ogb, args.ogb_split)
+        ogb, ogb_nodes = open_ogb(args.ogb, args.ogb_split, getattr(args, "task", None))
         edges, features, labels, labels_label, splits = ogb.edges, ogb.features, ogb.labels, ogb.labels_label, ogb.splits
         ogb_undirected = ADD_INVERSE_EDGE.get(dataset_name(args.ogb), False)
     if args.edges:
@@ -193,8 +202,8 @@ def import_from_args(args: argparse.Namespace) -> Path:
         random_split = ((0.6, 0.2, 0.2), args.seed)
     opts = ImportOptions(undirected=args.undirected or ogb_undirected, dedup=args.dedup, drop_self_loops=args.drop_self_loops,
                          allow_nonfinite=args.allow_nonfinite, memory_budget=args.memory_budget,
-                         num_nodes=args.num_nodes, num_classes=args.num_classes, feature_dtype=args.feature_dtype,
-                         overwrite=args.overwrite)
+                         num_nodes=args.num_nodes, num_classes=args.num_classes, task=getattr(args, "task", None),
+                         feature_dtype=args.feature_dtype, overwrite=args.overwrite)
     if ogb_nodes is not None and opts.num_nodes is None and features is None:
         opts.num_nodes = ogb_nodes
     record = import_record(args, random_split is not None)

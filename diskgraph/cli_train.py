@@ -25,7 +25,8 @@ EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 def add_train(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a GNN from a packed plan (pipelined, out of core)",
-        description="Train GraphSAGE, GCN or GAT for node classification from DATASET/packs/PACK: packed extents are "
+        description="Train GraphSAGE, GCN, GAT or your own model from DATASET/packs/PACK for the dataset's task (node "
+                    "classification, multi-label classification or regression, as imported): packed extents are "
                     "read with O_DIRECT, hot rows come from the GPU and pinned-host tiers, and reading, assembling and "
                     "compute overlap in three stages. Logs per epoch (loss, accuracy, stage times, overlap, bytes read, "
                     "hit rates, peak memory) to RUN_DIR/metrics.jsonl and --log-json; keeps the best-validation model; "
@@ -62,8 +63,13 @@ def add_train(sub) -> argparse.ArgumentParser:
     o.add_argument("--early-stopping", type=positive_int, default=0, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without improvement of --early-stopping-metric; needs a val split "
                         "(default: off)")
-    o.add_argument("--early-stopping-metric", choices=["val_acc", "val_loss"],
-                   help="what --early-stopping watches (default: val_acc)")
+    o.add_argument("--early-stopping-metric", metavar="METRIC",
+                   help="what --early-stopping watches: val_loss or val_ + a metric of the dataset's task (val_acc, "
+                        "val_auc; val_micro_f1 for multilabel; val_rmse, val_mae for regression) (default: the task's "
+                        "main metric: val_acc, val_micro_f1 or val_rmse)")
+    o.add_argument("--class-weights", metavar="W",
+                   help="weigh the loss per class (classification) or per label (multilabel: positive weights): "
+                        "balanced (from the train split's labels) or one number per class, e.g. 1,4,1 (default: none)")
     o.add_argument("--seed", type=int, default=0, help="seeds model init, dropout and the epoch order (default: 0)")
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N] (default: auto)")
@@ -199,7 +205,14 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
                         tensorboard=args.tensorboard, optimizer=args.optimizer, momentum=args.momentum or 0.0,
                         lr_schedule=args.lr_schedule, lr_step_size=args.lr_step_size or 10,
                         lr_gamma=args.lr_gamma if args.lr_gamma is not None else 0.1,
-                        early_stopping=args.early_stopping, early_stopping_metric=args.early_stopping_metric or "val_acc")
+                        early_stopping=args.early_stopping, early_stopping_metric=args.early_stopping_metric,
+                        class_weights=_class_weights(args.class_weights))
+
+
+def _class_weights(spec: str | None):
+    from .pipeline.tasks import parse_class_weights
+
+    return parse_class_weights(spec)
 
 
 def _check_optimisation(args: argparse.Namespace) -> None:
@@ -245,11 +258,12 @@ def run_train(args: argparse.Namespace) -> int:
         stopper.restore()
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 alone reports
         return 0
-    keys = [k for k in ("test_acc", "test_auc", "best_val_acc", "best_epoch") if summary.get(k) is not None]
+    tests = [k for k in summary if k.startswith("test_")]
+    keys = [k for k in tests + [f"best_{summary.get('monitor')}", "best_epoch"] if summary.get(k) is not None]
     print(" ".join(f"{k}={summary[k]:.4f}" if isinstance(summary[k], float) else f"{k}={summary[k]}" for k in keys))
     if summary.get("stopped_early"):
         print(f"stopped early after {summary['epochs_run']} of {summary['epochs']} epochs (--early-stopping "
-              f"{opts.early_stopping}, {opts.early_stopping_metric})")
+              f"{opts.early_stopping}, {opts.early_stopping_metric or summary.get('monitor')})")
     return 0
 
 

@@ -135,6 +135,15 @@ def _parameters(fn) -> set[str]:
         return set()
 
 
+def call_style(model) -> str:
+    """How the trainer calls ``model``: :data:`BLOCKS` when its class says ``diskgraph_input = "blocks"`` (the
+    built-in models do), else as a PyG model, :data:`PYG_TRIM` when ``forward`` takes the per-hop sizes, :data:`PYG`
+    otherwise."""
+    if getattr(type(model), "diskgraph_input", None) == BLOCKS:
+        return BLOCKS
+    return PYG_TRIM if set(_TRIM_ARGS) <= _parameters(model.forward) else PYG
+
+
 def build_custom_model(model: str, in_channels: int, hidden_channels: int, out_channels: int, num_layers: int,
                        dropout: float = 0.5, heads: int = 4):
     """Build the class ``model`` names (see the module docstring); returns the module with ``_diskgraph_call``
@@ -155,10 +164,6 @@ def build_custom_model(model: str, in_channels: int, hidden_channels: int, out_c
         shown = ", ".join(f"{k}={v}" for k, v in kwargs.items())
         raise InputError(f"--model {model!r}: {cls.__name__}({shown}) failed ({_first_line(e)}); the class must take "
                          "these keyword arguments") from None
-    if getattr(cls, "diskgraph_input", None) == BLOCKS:
-        call = BLOCKS
-    else:
-        call = PYG_TRIM if set(_TRIM_ARGS) <= _parameters(net.forward) else PYG
-    net._diskgraph_call = call
+    call = net._diskgraph_call = call_style(net)
     net._diskgraph_config = {"custom": str(model), "input": call, **kwargs}
     return net

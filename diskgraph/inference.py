@@ -3,7 +3,8 @@
 >>> import diskgraph
 >>> model = diskgraph.load_model("data/cora/runs/default-sage-seed0")      # BlockGNN, eval mode, .card
 >>> out = diskgraph.predict("data/cora", run="data/cora/runs/default-sage-seed0", out="cora-pred")
->>> import zarr; g = zarr.open_group(out); g["predictions"][:], g["logits"][:], g["node_ids"][:]
+>>> import zarr; g = zarr.open_group(out); g["predictions"][:], g["logits"][:], g["node_ids"][:]  # (per task:
+>>> # classification/multilabel: logits + predictions; regression: predictions only; docs/inference.md)
 >>> diskgraph.embed("data/cora", run=..., out="cora-emb", layer=1, dtype="float16")
 
 Two modes (docs/inference.md):
@@ -121,12 +122,11 @@ def select_nodes(ds, spec: str) -> np.ndarray | None:
     if spec == "all":
         return None
     if spec == "unlabelled":
-        labels = ds.verified_labels() if ds.labels is not None else None
-        if labels is None:
+        if ds.labels is None:
             raise InputError(f"--nodes unlabelled needs labels, and dataset {ds.path} has none; use --nodes all")
         out = []
-        for s in range(0, n, 1 << 24):
-            out.append(s + np.flatnonzero(np.asarray(labels[s:s + (1 << 24)]) < 0))
+        for s in range(0, n, 1 << 24):  # (a class id < 0, a NaN regression row; a multilabel dataset has none)
+            out.append(s + np.flatnonzero(~ds.labelled_mask(slice(s, s + (1 << 24)))))
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
     if spec in NODE_SETS:
         if spec not in ds.splits:
@@ -172,7 +172,7 @@ def _check_options(opts: InferenceOptions) -> None:
     if opts.dtype not in EMBED_DTYPES:
         raise InputError(f"--dtype {opts.dtype} is unknown; choose {' or '.join(EMBED_DTYPES)}")
     if opts.kind == "predict" and opts.dtype != "float32":
-        raise InputError("--dtype applies to embed only (predict writes float32 logits); drop it")
+        raise InputError("--dtype applies to embed only (predict writes float32 outputs and its predictions); drop it")
     if opts.kind == "predict" and opts.layer is not None:
         raise InputError("--layer applies to embed only (predict writes the last layer's logits); drop it or use embed")
     if opts.mode == "exact" and (opts.fanouts is not None):
@@ -225,7 +225,8 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
     from .store.atomic import AtomicDirectory
     from .store.dataset import open_dataset
     from .store.importer import default_memory_budget
-    from .store.inference_output import INFERENCE_FORMAT, OutputWriter, open_output, write_parquet
+    from .store.inference_output import (INFERENCE_FORMAT, OutputWriter, embed_columns, open_output, predict_columns,
+                                         write_parquet)
 
     _check_options(opts)
     t0 = time.perf_counter()
@@ -252,10 +253,8 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
         raise InputError(f"--nodes {opts.nodes} names no node of {ds.path}; choose another node set")
     budget = int(opts.memory_budget or default_memory_budget())
     width = model.config["num_classes"] if layer == num_layers else _layer_width(model, layer)
-    if opts.kind == "predict":
-        columns = {"node_ids": ((), "int64"), "logits": ((width,), "float32"), "predictions": ((), "int64")}
-    else:
-        columns = {"node_ids": ((), "int64"), "embeddings": ((width,), opts.dtype)}
+    task = run_task(card, ds, run)
+    columns = predict_columns(task) if opts.kind == "predict" else embed_columns(width, opts.dtype)
     scratch = scratch_dir(out)
     from .store.binding import dataset_identity
 
@@ -269,7 +268,7 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
              format_count(count), opts.nodes, layer, num_layers, ds.path, run, out)
     with atomic as tmp:
         writer = OutputWriter(tmp, count, columns)
-        emit = _emitter(writer, opts.kind, opts.dtype)
+        emit = _emitter(writer, opts.kind, opts.dtype, task)
         try:
             if opts.mode == "exact":
                 stats = _run_exact(ds, model, nodes, layer, opts.storage, budget, scratch, identity, emit, stop)
@@ -283,10 +282,11 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
                    "node_set": opts.nodes, "layer": layer, "num_layers": num_layers, "memory_budget": budget,
                    "out": str(out), **stats}
         summary["seconds"] = round(time.perf_counter() - t0, 4)
-        writer.finish({"kind": opts.kind, "mode": opts.mode, "layer": layer, "dtype": columns[
-            "logits" if opts.kind == "predict" else "embeddings"][1],
+        writer.finish({"kind": opts.kind, "task": task, "mode": opts.mode, "layer": layer, "dtype": opts.dtype,
             "run": {"path": str(run.absolute()), "model_checksum": card.get("checksum"), "epoch": card.get("epoch"),
-                    "val_acc": card.get("val_acc")},
+                    "best_metric": (card.get("best") or {}).get("metric"),
+                    "best_value": (card.get("best") or {}).get("value"),
+                    **({"val_acc": card["val_acc"]} if card.get("val_acc") is not None else {})},
             "model": card["model"], "dataset": {"path": str(Path(dataset).absolute()), "identity": identity["dataset"]},
             "nodes": opts.nodes, "summary": {k: v for k, v in summary.items() if k not in ("summary", "layers")}})
     shutil.rmtree(scratch, ignore_errors=True)
@@ -333,15 +333,46 @@ def _stop_check(event):
     return check
 
 
-def _emitter(writer, kind: str, dtype: str):
-    """``emit(node_ids, rows)`` that appends rows to the output in the columns of ``kind``."""
+def run_task(card: dict, ds, run) -> dict:
+    """The task of the run whose model card is ``card`` (:func:`~diskgraph.store.inference_output.output_task`): the
+    card's ``task`` (a card without one, written before label kinds, is classification), with the target shape of
+    the dataset ``ds`` it was trained on for regression ([] for ``[N]`` targets: predictions ``[M]``).
+
+    Raises:
+        InputError: a task this diskgraph does not know, or one that disagrees with the model's output width.
+    """
+    from .store.inference_output import output_task
+    from .store.label_kinds import TASKS
+
+    recorded = card.get("task") or {}
+    kind = recorded.get("kind", "classification") if isinstance(recorded, dict) else None
+    width = (card.get("model") or {}).get("num_classes")
+    if kind not in TASKS:
+        raise InputError(f"run {run}'s best_model.json records task {kind!r}, which this diskgraph does not know; "
+                         "use the diskgraph that trained it")
+    num_outputs = recorded.get("num_outputs", width)
+    target_shape = ds.manifest.get("target_shape") if getattr(ds, "task", None) == kind else None
+    try:
+        if num_outputs != width:
+            raise ValueError(f"it records {num_outputs} outputs, the model has {width}")
+        return output_task(kind, num_outputs, target_shape)
+    except ValueError as e:
+        raise InputError(f"run {run}'s best_model.json task {recorded} does not fit its model ({e}); train "
+                         "again") from None
+
+
+def _emitter(writer, kind: str, dtype: str, task: dict):
+    """``emit(node_ids, rows)`` that appends rows to the output in the columns of ``kind`` (for predict, the arrays
+    of ``task``: :func:`~diskgraph.store.inference_output.predict_rows`)."""
+    from .store.inference_output import predict_rows
+
     np_dtype = np.dtype(dtype)
 
     def emit(ids: np.ndarray, rows: torch.Tensor) -> None:
         rows = rows.detach().to("cpu", torch.float32)
         ids = np.asarray(ids, dtype=np.int64)
         if kind == "predict":
-            writer.append(node_ids=ids, logits=rows.numpy(), predictions=rows.argmax(dim=1).numpy().astype(np.int64))
+            writer.append(node_ids=ids, **predict_rows(task, rows.numpy()))
         else:
             writer.append(node_ids=ids, embeddings=rows.numpy().astype(np_dtype))
     return emit
@@ -399,7 +430,9 @@ def _run_sampled(ds, model, card, nodes, layer, opts, budget, scratch, emit) -> 
 
 
 def predict(dataset: str | os.PathLike, run: str | os.PathLike, out: str | os.PathLike, **options) -> Path:
-    """Write the model's logits and predicted classes for ``nodes`` (default all) to ``out``; returns ``out``.
+    """Write the model's predictions for ``nodes`` (default all) to ``out``; returns ``out``. What they are depends
+    on the run's task (docs/inference.md): classification ``logits`` [M, C] and ``predictions`` int64 [M]; multilabel
+    ``logits`` [M, C] and ``predictions`` uint8 [M, C] (logit > 0); regression ``predictions`` float32 [M] or [M, T].
 
     ``options`` are :class:`~diskgraph.inference_options.InferenceOptions` fields (``nodes``, ``mode``,
     ``memory_budget``, ``parquet``, ``overwrite``, …).

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 KINDS = ("predict", "embed")
-"""``predict``: logits [M, C] float32 + predictions [M] int64; ``embed``: embeddings [M, H] of layer ``layer``."""
+"""``predict``: the predictions of the run's task (:data:`~diskgraph.store.inference_output.PREDICT_ARRAYS`: logits
+[M, C] float32 + predictions [M] int64 for classification); ``embed``: embeddings [M, H] of layer ``layer``."""
 
 MODES = ("exact", "sampled")
 """``exact``: layer-wise inference over every in-neighbor (out of core); ``sampled``: the training fanouts through

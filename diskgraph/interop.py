@@ -93,12 +93,15 @@ def _random_split(split, seed: int, labels, splits) -> tuple | None:
 
 def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirected: bool | None = None,
              memory_budget: int | None = None, dedup: bool = False, drop_self_loops: bool = False,
-             feature_dtype: str | None = None, split: str | None = None, seed: int = 0, **options) -> Path:
+             feature_dtype: str | None = None, split: str | None = None, seed: int = 0, task: str | None = None,
+             **options) -> Path:
     """Import a PyG ``Data`` as a dataset directory at ``out``.
 
     Reads ``data.edge_index`` ``[2, E]`` (row 0 → row 1: PyG's message direction, stored as CSC over
     in-edges), ``data.x`` ``[N, F]`` (float32/float16/bfloat16 kept, float64 narrowed to float32),
-    ``data.y`` ``[N]`` (or ``[N, 1]``) class ids, -1 = unlabelled, and ``data.train_mask`` /
+    ``data.y`` — ``[N]`` (or ``[N, 1]``) class ids, -1 = unlabelled; ``[N, C]`` of 0/1 (PPI, Yelp: multilabel);
+    float ``[N]`` / ``[N, T]`` that are not class ids or 0/1 (regression targets, NaN row = unlabelled) — and
+    ``data.train_mask`` /
     ``val_mask`` / ``test_mask`` (boolean ``[N]`` or index tensors; ``*_idx`` names work too). Without
     ``x`` the node count is ``data.num_nodes`` when set, else the labels' length, else the largest id + 1.
 
@@ -112,6 +115,8 @@ def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirecte
         dedup, drop_self_loops, feature_dtype: as ``preprocess import``'s options.
         split: ``"random:TRAIN,VAL,TEST"`` to draw splits (seed ``seed``) instead of the data's masks;
             a labelled graph without masks gets ``random:0.6,0.2,0.2``.
+        task: the label kind of ``data.y``: ``classification``, ``multilabel`` or ``regression`` (None: told from
+            the values, as above); one the values contradict is refused.
         **options: further :class:`~diskgraph.store.importer.ImportOptions` fields (``num_classes``,
             ``allow_nonfinite``).
 
@@ -190,7 +195,7 @@ def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirecte
     from .store.importer import import_dataset
 
     opts = _options(overwrite, undirected, memory_budget, {"dedup": dedup, "drop_self_loops": drop_self_loops,
-                                                           "feature_dtype": feature_dtype, **options})
+                                                           "feature_dtype": feature_dtype, "task": task, **options})
     if num_nodes is not None and opts.num_nodes is None:
         opts.num_nodes = num_nodes
     edges = ArrayEdges(ei[0], ei[1], "data.edge_index")
@@ -202,11 +207,12 @@ def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirecte
 def from_ogb(directory: str | os.PathLike, out: str | os.PathLike, *, split: str | None = None,
              overwrite: bool = False, undirected: bool | None = None, memory_budget: int | None = None,
              dedup: bool = False, drop_self_loops: bool = False, feature_dtype: str | None = None,
-             seed: int = 0, **options) -> Path:
+             seed: int = 0, task: str | None = None, **options) -> Path:
     """Import an OGB node-property-prediction directory (as ogb downloads it; ogb itself is not needed).
 
     Reads ``DIR/raw/edge.csv.gz`` (``src,dst`` rows), ``node-feat.csv.gz``, ``node-label.csv.gz``
-    (nan → unlabelled, -1), ``num-node-list.csv.gz`` and ``DIR/split/SCHEME/{train,valid,test}.csv.gz``
+    (nan → unlabelled, -1; several columns: multilabel when all 0/1, else regression targets with empty/nan =
+    unlabelled), ``num-node-list.csv.gz`` and ``DIR/split/SCHEME/{train,valid,test}.csv.gz``
     (``valid`` becomes ``val``), or ogb's binary ``raw/data.npz`` + ``raw/node-label.npz``; ``DIR`` may
     also be ``raw/`` itself or a directory holding those files directly. CSV files are streamed.
     See :mod:`diskgraph.store.sources.ogb`.
@@ -217,20 +223,21 @@ def from_ogb(directory: str | os.PathLike, out: str | os.PathLike, *, split: str
         split: the split scheme (a folder under ``split/``); needed only when there are several.
         undirected: add the reverse of every edge; None follows ogb's ``add_inverse_edge`` for the
             dataset named by the directory (``ogbn_products``, ``ogbn_proteins``: True), else False.
-        overwrite, memory_budget, dedup, drop_self_loops, feature_dtype, seed, **options: as :func:`from_pyg`.
+        overwrite, memory_budget, dedup, drop_self_loops, feature_dtype, seed, task, **options: as :func:`from_pyg`.
 
     Returns:
         The dataset directory.
     """
     from .store.importer import import_dataset
+    from .store.label_kinds import check_task
     from .store.sources.ogb import ADD_INVERSE_EDGE, dataset_name, open_ogb
 
-    inputs, num_nodes = open_ogb(directory, split)
+    inputs, num_nodes = open_ogb(directory, split, check_task(task))
     if undirected is None:
         undirected = ADD_INVERSE_EDGE.get(dataset_name(directory), False)
     random_split = _random_split(None, seed, inputs.labels, inputs.splits)
     opts = _options(overwrite, undirected, memory_budget, {"dedup": dedup, "drop_self_loops": drop_self_loops,
-                                                           "feature_dtype": feature_dtype, **options})
+                                                           "feature_dtype": feature_dtype, "task": task, **options})
     if num_nodes is not None and opts.num_nodes is None and inputs.features is None:
         opts.num_nodes = num_nodes
     return import_dataset(out, inputs.edges, features=inputs.features, labels=inputs.labels,

@@ -71,7 +71,8 @@ class _Loader:
 
 
 def _num_classes(ds) -> int:
-    return int(ds.num_classes or int(np.asarray(ds.labels[:]).max()) + 1)
+    """The model's output width (classes, multilabel labels or regression targets: ``Dataset.num_outputs``)."""
+    return int(ds.num_outputs)
 
 
 class PackedLoader(_Loader):

@@ -224,6 +224,9 @@ class BlockGNN(nn.Module):
         config: the :func:`build_model` arguments that make this model again (``None`` when built directly).
     """
 
+    diskgraph_input = "blocks"
+    """The trainer calls it as ``model(batch.blocks, batch.x)`` (:func:`diskgraph.custom_models.call_style`)."""
+
     def __init__(self, name: str, layers: list[nn.Module], dropout: float, activation):
         super().__init__()
         self.name = name

@@ -44,7 +44,11 @@ class TrainOptions:
         lr_step_size, lr_gamma: with ``step``: multiply the rate by ``lr_gamma`` every ``lr_step_size`` epochs.
         early_stopping: patience: stop after this many epochs without improvement of ``early_stopping_metric``
             (0: off); needs a val split (refused before training without one). The best model is kept as always.
-        early_stopping_metric: ``val_acc`` (default) or ``val_loss``.
+        early_stopping_metric: ``val_loss`` or ``val_`` + a metric of the dataset's task (``val_acc``, ``val_auc``,
+            ``val_micro_f1``, ``val_rmse``, ``val_mae``); default: the task's main one (``val_acc``, ``val_micro_f1``,
+            ``val_rmse``).
+        class_weights: ``balanced`` (from the train split's labels) or one weight per class (classification: the
+            cross-entropy's class weights) or per label (multilabel: BCE's positive weights); None: unweighted.
         epochs: training epochs.
         seed: model init, dropout and epoch order.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
@@ -99,7 +103,8 @@ class TrainOptions:
     lr_step_size: int = _Config.lr_step_size
     lr_gamma: float = _Config.lr_gamma
     early_stopping: int = _Config.early_stopping
-    early_stopping_metric: str = _Config.early_stopping_metric
+    early_stopping_metric: str | None = _Config.early_stopping_metric
+    class_weights: str | list[float] | None = None
     stop: object = field(default=None, repr=False, compare=False)
 
 
@@ -236,20 +241,40 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
         if ctx is not None:
             _check_shares(plan, presplit, ctx)
     if opts.early_stopping and "val" not in loaders:  # refused before the run directory is touched
-        raise InputError(f"--early-stopping watches {opts.early_stopping_metric}, but dataset {dataset} has no val split "
-                         "in this run's plan; import it with a val split or drop --early-stopping")
+        raise InputError(f"--early-stopping watches {opts.early_stopping_metric or 'validation metrics'}, but dataset "
+                         f"{dataset} has no val split in this run's plan; import it with a val split or drop "
+                         "--early-stopping")
     if opts.layers is not None and opts.layers != len(fanouts):
         raise InputError(f"--layers {opts.layers} does not match the {len(fanouts)} hops the plan sampled "
                          f"(fanouts {','.join(map(str, fanouts))}); drop --layers or sample with {opts.layers} fanouts")
-    num_classes = int(ds.num_classes or int(ds.labels.max()) + 1)
+    task = dataset_task(ds, opts.class_weights)
+    num_outputs = task.num_outputs
     if is_custom(opts.model):  # --model module:Class or file.py:Class (diskgraph.custom_models)
-        model = build_custom_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts),
+        model = build_custom_model(opts.model, ds.feature_dim, opts.hidden, num_outputs, len(fanouts),
                                    dropout=opts.dropout, heads=opts.heads).to(device)
     else:
-        model = build_model(opts.model, ds.feature_dim, opts.hidden, num_classes, len(fanouts), dropout=opts.dropout,
+        model = build_model(opts.model, ds.feature_dim, opts.hidden, num_outputs, len(fanouts), dropout=opts.dropout,
                             heads=opts.heads).to(device)
     run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(dataset, opts.pack, opts.model, opts.seed,
                                                                      opts.reference)
+    mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
+            if opts.reference else "packed")
+    info = {"dataset": str(dataset), "task": task.kind, "model": opts.model, "mode": mode,
+            "pack": None if opts.reference else str(pdir), "device": str(device),
+            "fanouts": list(fanouts), "batch_size": int(batch_size)}
+    if ctx is not None:
+        info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
+    config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
+                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch,
+                         optimizer=opts.optimizer, momentum=opts.momentum, lr_schedule=opts.lr_schedule,
+                         lr_step_size=opts.lr_step_size, lr_gamma=opts.lr_gamma, early_stopping=opts.early_stopping,
+                         early_stopping_metric=opts.early_stopping_metric)
+    identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size))
+    trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
+                      task=task, log_json=opts.log_json if ctx is None or ctx.is_main else None,
+                      info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx,
+                      identity=identity, tensorboard=opts.tensorboard or None)
+    # the trainer checked its options (a metric to watch) before the run directory is touched
     if ctx is not None:  # rank 0 prepares the run directory; the others wait for it
         failure = None
         if ctx.is_main:
@@ -262,23 +287,6 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
             raise InputError(failure)
     else:
         _prepare_run_dir(run_dir, dataset, opts)
-    mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
-            if opts.reference else "packed")
-    info = {"dataset": str(dataset), "model": opts.model, "mode": mode,
-            "pack": None if opts.reference else str(pdir), "device": str(device),
-            "fanouts": list(fanouts), "batch_size": int(batch_size)}
-    if ctx is not None:
-        info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
-    config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
-                         checkpoint_every=opts.checkpoint_every, eval_test_every_epoch=opts.eval_test_every_epoch,
-                         optimizer=opts.optimizer, momentum=opts.momentum, lr_schedule=opts.lr_schedule,
-                         lr_step_size=opts.lr_step_size, lr_gamma=opts.lr_gamma, early_stopping=opts.early_stopping,
-                         early_stopping_metric=opts.early_stopping_metric)
-    identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size))
-    trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
-                      num_classes=num_classes, log_json=opts.log_json if ctx is None or ctx.is_main else None,
-                      info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx,
-                      identity=identity, tensorboard=opts.tensorboard or None)
     if ctx is None or ctx.is_main:
         log.info("training %s on %s (%s, %s%s) into %s", opts.model, dataset, info["mode"], device,
                  f", {ctx.world_size} ranks ({ctx.backend})" if ctx else "", run_dir)
@@ -291,6 +299,21 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
                 close()
 
 
+def dataset_task(ds, class_weights: str | list[float] | None = None):
+    """The :class:`~diskgraph.pipeline.tasks.Task` of the dataset's labels (its manifest's kind and output width),
+    with ``--class-weights`` (``balanced``: from the train split's targets).
+
+    Raises:
+        InputError: weights that do not fit the task (see :func:`~diskgraph.pipeline.tasks.build_task`).
+    """
+    from .pipeline.tasks import balanced_weights, build_task, parse_class_weights
+
+    weights = parse_class_weights(class_weights)
+    if weights == "balanced":
+        weights = balanced_weights(ds.task, ds.targets(ds.splits["train"]), ds.num_outputs)
+    return build_task(ds.task, ds.num_outputs, weights)
+
+
 def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: int) -> dict:
     """What a run's checkpoints are bound to besides the trainer's config: the dataset's and pack's contents and the
     model and sampling options, named as the user gives them (a resume with any other value is refused)."""
@@ -299,7 +322,8 @@ def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: i
     out = {"dataset": dataset_identity(ds), "pack": artifact_identity(pack) if pack is not None else None,
            "--model": opts.model, "--hidden": opts.hidden, "--layers": len(fanouts), "--dropout": opts.dropout,
            "--fanouts": fanouts, "--batch-size": batch_size, "--reference": opts.reference,
-           "--reference-features": opts.reference_features if opts.reference else None}
+           "--reference-features": opts.reference_features if opts.reference else None,
+           "--class-weights": opts.class_weights}
     if opts.model == "gat" or ":" in opts.model:  # a custom model may take heads
         out["--heads"] = opts.heads
     return out

@@ -123,7 +123,9 @@ class Batch:
         index: row of the minibatch in the plan (and pack).
         blocks: in GNN-layer order, on the compute device.
         x: float32 [num_inputs, F] input features on the compute device (row i = input node i).
-        y: int64 [num_seeds] labels of the seeds on the compute device.
+        y: the seeds' targets on the compute device, as :meth:`~diskgraph.store.dataset.Dataset.targets` gives them:
+            int64 [num_seeds] class ids (-1: unlabelled), float32 [num_seeds, C] of 0/1 (multilabel) or float32
+            [num_seeds] / [num_seeds, T] (regression; NaN: unlabelled).
         input_nodes: int64 [num_inputs] global ids (CPU numpy), for checks and debugging.
         stats: stage timings (seconds), queue waits (seconds), bytes and rows moved for this minibatch.
     """

@@ -76,6 +76,7 @@ import pyarrow.compute as pc
 import torch
 
 from ..store.dataset import Dataset, open_dataset
+from ..store.label_kinds import gather_targets
 from ..store.direct_io import ALIGNMENT, aligned_empty
 from ..store.errors import FormatError, InputError
 from ..store.binding import check_pack, check_plan
@@ -342,6 +343,7 @@ class PackedLoader:
         if self.dataset.labels is None:
             raise InputError(f"dataset {self.dataset.path} has no labels; import it with --labels to train on it")
         self.labels = self.dataset.verified_labels()
+        self.task = self.dataset.task
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -540,7 +542,7 @@ class PackedLoader:
                 raise FormatError(f"pack {pack.path} minibatch {i} of {split} has {e.num_inputs} inputs, the plan "
                                   f"{mb.input_nodes.shape[0]}; give the plan the pack was built from")
             blocks = blocks_from_minibatch(mb)
-            y = torch.from_numpy(np.asarray(self.labels[mb.seeds], dtype=np.int64))
+            y = torch.from_numpy(gather_targets(self.labels, mb.seeds, self.task))
             idx, counts = tier_positions(e)
             idx_t = torch.from_numpy(idx)
             busy = _now() - t0

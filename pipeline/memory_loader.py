@@ -37,6 +37,7 @@ from ..sampler.neighbor_sampler import minibatch_key, sample_minibatch
 from ..store.dataset import Dataset, open_dataset
 from ..store.errors import InputError
 from ..store.feature_mmap import MappedFeatures
+from ..store.label_kinds import gather_targets
 from ..store.plan import SampledMinibatch
 from .blocks import Batch, make_block
 from .cache import storage_tensor, torch_dtype
@@ -87,7 +88,8 @@ class InMemoryLoader:
         for name, values in (("topology/indptr", self.indptr), ("topology/indices", self.indices),
                              (f"splits/{split}", ds.splits[split])):
             ds.check_array(name, values)
-        self.labels = np.asarray(ds.verified_labels(), dtype=np.int64)
+        self.labels = ds.verified_labels()
+        self.task = ds.task
         if features not in self.FEATURE_MODES:
             raise InputError(f"reference features {features!r} is not one of {', '.join(self.FEATURE_MODES)}")
         torch_dtype(ds.feature_dtype)
@@ -160,7 +162,7 @@ class InMemoryLoader:
                 else:
                     nodes = torch.from_numpy(np.ascontiguousarray(mb.input_nodes, dtype=np.int64))
                     x = self.features.index_select(0, nodes).to(torch.float32)
-                y = torch.from_numpy(self.labels[mb.seeds])
+                y = torch.from_numpy(gather_targets(self.labels, mb.seeds, self.task))
                 if self.device.type != "cpu":
                     x, y = x.to(self.device), y.to(self.device)
                     blocks = [b.to(self.device) for b in blocks]

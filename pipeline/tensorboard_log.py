@@ -5,8 +5,10 @@ which writes it with :class:`torch.utils.tensorboard.SummaryWriter`, one step pe
 number, from 0, as in ``metrics.jsonl``), and the run's summary to :meth:`TensorBoardLog.summary`. Only rank 0
 of a data-parallel run makes one. Scalars (tags):
 
-- ``loss/train``, ``loss/val``, ``loss/test``; ``accuracy/train``, ``accuracy/val``, ``accuracy/test``;
-  ``auc/val``, ``auc/test`` (two classes) — val and test when they were evaluated that epoch;
+- ``loss/train``, ``loss/val``, ``loss/test`` and ``METRIC/SPLIT`` for each metric of the task
+  (:mod:`~diskgraph.pipeline.tasks`): ``accuracy/train``, ``accuracy/val``, ``auc/val`` (two classes) for
+  classification, ``micro_f1/…`` and ``auc/…`` for multilabel, ``rmse/…`` and ``mae/…`` for regression, and your own
+  metrics' names — val and test when they were evaluated that epoch;
 - ``time/epoch_s``, ``time/eval_s``, ``time/io_s``, ``time/verify_s`` and ``stage_s/read``, ``stage_s/assemble``,
   ``stage_s/compute`` (``stage_s/sample`` for the in-memory reference), ``pipeline/overlap`` (epoch ÷ slowest
   stage);
@@ -14,8 +16,8 @@ of a data-parallel run makes one. Scalars (tags):
 - ``hit_rate/gpu``, ``hit_rate/host``, ``hit_rate/cold`` (the tiers as ``metrics.jsonl`` names them: on a CPU run
   the "gpu" tier is the device's RAM);
 - ``memory/peak_rss_bytes``, ``memory/peak_gpu_bytes``;
-- from the summary, at the best epoch's step: ``summary/test_acc``, ``summary/best_val_acc`` (and
-  ``summary/test_auc``, ``summary/val_acc``).
+- from the summary, at the best epoch's step: ``summary/test_METRIC``, ``summary/val_METRIC`` and
+  ``summary/best_MONITOR`` (``summary/test_acc``, ``summary/best_val_acc``, … for classification).
 
 A figure the record does not hold (no validation split, no cold rows, no GPU) is left out rather than written as 0.
 
@@ -27,10 +29,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from ..store.errors import InputError
 
 INSTALL_HINT = 'pip install "diskgraph[tensorboard]"'
+_SPLIT_METRIC = re.compile(r"^(train|val|test)_(\w+)$")
+_TAG = {"acc": "accuracy"}
+"""Metric names whose TensorBoard tag is spelled out."""
 
 
 def _summary_writer_class():
@@ -57,10 +63,11 @@ def _number(v) -> float | None:
 
 def epoch_scalars(rec: dict) -> dict[str, float]:
     """The TensorBoard tags and values of one epoch record of ``metrics.jsonl`` (see the module's list)."""
-    pairs = [("loss/train", rec.get("loss")), ("accuracy/train", rec.get("train_acc"))]
-    for split in ("val", "test"):
-        pairs += [(f"loss/{split}", rec.get(f"{split}_loss")), (f"accuracy/{split}", rec.get(f"{split}_acc")),
-                  (f"auc/{split}", rec.get(f"{split}_auc"))]
+    pairs = [("loss/train", rec.get("loss"))]
+    for key, value in rec.items():
+        m = _SPLIT_METRIC.match(key)
+        if m:
+            pairs.append((f"{_TAG.get(m[2], m[2])}/{m[1]}", value))
     pairs += [(f"time/{k}", rec.get(k)) for k in ("epoch_s", "eval_s", "io_s", "verify_s")]
     pairs += [(f"stage_s/{stage.removesuffix('_s')}", s) for stage, s in (rec.get("stage_s") or {}).items()]
     pairs.append(("pipeline/overlap", rec.get("overlap")))
@@ -72,7 +79,8 @@ def epoch_scalars(rec: dict) -> dict[str, float]:
 
 def summary_scalars(summary: dict) -> dict[str, float]:
     """The TensorBoard tags and values of the run's summary (the last line of ``metrics.jsonl``)."""
-    pairs = [(f"summary/{k}", summary.get(k)) for k in ("test_acc", "test_auc", "best_val_acc", "val_acc", "val_auc")]
+    pairs = [(f"summary/{k}", v) for k, v in summary.items()
+             if (k.startswith(("test_", "val_", "best_")) and not k.endswith("_loss")) and k != "best_epoch"]
     return {tag: v for tag, v in ((tag, _number(v)) for tag, v in pairs) if v is not None}
 
 

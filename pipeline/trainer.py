@@ -6,8 +6,9 @@ in-memory reference :class:`~diskgraph.pipeline.memory_loader.InMemoryLoader`) w
 assemble stages run ahead in their own threads, and runs forward/backward/step.
 
 Every epoch appends one JSON object to ``RUN_DIR/metrics.jsonl`` (and rewrites ``--log-json``)
-with loss, accuracy, time per stage, overlap, bytes read from disk, hit rates and peak memory; the
-last line is a summary with the test accuracy of the best-validation model. With ``tensorboard`` the
+with loss, the task's metrics (:mod:`~diskgraph.pipeline.tasks`: accuracy, micro-F1, RMSE, …), time per stage,
+overlap, bytes read from disk, hit rates and peak memory; the last line is a summary with the test metrics of the
+best-validation model. Callbacks (:mod:`~diskgraph.pipeline.callbacks`) run at the loop's hooks. With ``tensorboard`` the
 same figures also go to TensorBoard event files (:mod:`~diskgraph.pipeline.tensorboard_log`).
 Training and evaluation draw tqdm progress bars on a terminal (:class:`~diskgraph.store.progress.Progress`).
 
@@ -36,15 +37,16 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..store.checksums import DATA_CHECKSUM, data_checksum
 from ..store.errors import InputError
 from ..store.files import write_atomic
 from ..store.progress import Progress, format_bytes, log
 from . import distributed as _dist
-from .metrics import accuracy, peak_gpu_bytes, peak_rss_bytes, process_read_bytes, roc_auc
+from .callbacks import Callback, EarlyStopping, TensorBoard
+from .metrics import peak_gpu_bytes, peak_rss_bytes, process_read_bytes
 from .optimizers import build_optimizer, build_scheduler
+from .tasks import SumMetric, Task, WholeMetric, build_task
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_INFO_NAME = "checkpoint.json"
@@ -53,11 +55,10 @@ MODEL_CARD_NAME = "best_model.json"
 """Beside ``best_model.pt``: what makes the model again and what it was trained on (:func:`write_model_card`)."""
 MODEL_CARD_FORMAT, MODEL_CARD_VERSION = "diskgraph.model", 1
 METRICS_NAME = "metrics.jsonl"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 """2: checkpoints record the run's identity (what it trains on and the model's options), resumes compare it, and the
-file carries a checksum of its contents."""
-EARLY_STOPPING_METRICS = ("val_acc", "val_loss")
-"""What ``--early-stopping`` may watch: validation accuracy (higher is better) or loss (lower is better)."""
+file carries a checksum of its contents. 3: the partial epoch's metric sums are per metric (any task), and callbacks'
+states are kept."""
 
 
 class Loader(Protocol):
@@ -88,7 +89,8 @@ class TrainConfig:
         lr_gamma: with ``step``: the factor of each decay.
         early_stopping: patience in epochs: stop after this many epochs without improvement of
             ``early_stopping_metric`` (0: off; needs a val split).
-        early_stopping_metric: ``val_acc`` (higher is better) or ``val_loss`` (lower is better).
+        early_stopping_metric: ``val_loss`` or ``val_`` + one of the task's metrics (``val_acc``, ``val_micro_f1``,
+            ``val_rmse``, …); None: the task's main validation metric.
     """
 
     epochs: int = 10
@@ -103,7 +105,7 @@ class TrainConfig:
     lr_step_size: int = 10
     lr_gamma: float = 0.1
     early_stopping: int = 0
-    early_stopping_metric: str = "val_acc"
+    early_stopping_metric: str | None = None
 
 
 class StopTraining(Exception):
@@ -120,7 +122,8 @@ class _EpochAccumulator:
 
     loss_sum: float = 0.0
     seeds: int = 0
-    correct: int = 0
+    metric_sums: dict = field(default_factory=dict)
+    """The training metrics' additive sums (:class:`~diskgraph.pipeline.tasks.SumMetric`), per metric name."""
     minibatches: int = 0
     compute_s: float = 0.0
     train_s: float = 0.0
@@ -179,18 +182,21 @@ def read_checkpoint_file(path: Path) -> dict:
 
 
 def write_model_card(run_dir: Path, model: torch.nn.Module, identity: dict, info: dict, epoch: int,
-                     val_acc: float) -> None:
+                     monitor: str, value: float, task: Task) -> None:
     """Write ``RUN_DIR/best_model.json`` for the ``best_model.pt`` just saved: the model's :func:`build_model` arguments
-    (``model.config``), the run's identity (dataset contents, pack, options), the epoch and validation accuracy it
-    scored, and the XXH3 of the weights file, so inference rebuilds the model and refuses other weights or another
-    dataset. The card carries a checksum of its own fields (as manifests do)."""
+    (``model.config``), the run's identity (dataset contents, pack, options), the task (kind, output width), the epoch
+    and the value of the metric that chose it (``best``; also ``val_acc`` for classification), and the XXH3 of the
+    weights file, so inference rebuilds the model and refuses other weights or another dataset. The card carries a
+    checksum of its own fields (as manifests do)."""
     from ..store.checksums import MANIFEST_CHECKSUM_FIELD, manifest_checksum
 
     weights = (run_dir / BEST_MODEL_NAME).read_bytes()
     card = {"format": MODEL_CARD_FORMAT, "format_version": MODEL_CARD_VERSION,
             "model": getattr(model, "_diskgraph_config", None) or getattr(model, "config", None),
             "identity": _json_value(identity), "info": _json_value(info),
-            "epoch": int(epoch), "val_acc": float(val_acc),
+            "task": {"kind": task.kind, "num_outputs": task.num_outputs},
+            "epoch": int(epoch), "best": {"metric": monitor, "value": float(value)},
+            **({"val_acc": float(value)} if monitor == "val_acc" else {}),
             "weights": {"file": BEST_MODEL_NAME, "bytes": len(weights), DATA_CHECKSUM: data_checksum(weights)}}
     card[MANIFEST_CHECKSUM_FIELD] = manifest_checksum(card)
     write_atomic(run_dir / MODEL_CARD_NAME, lambda f: json.dump(card, f, indent=2), binary=False)
@@ -202,15 +208,20 @@ _RATIOS = {"epoch_s", "overlap", "minibatches_per_s", "read_gb_per_s", "gpu_hit_
 
 
 def model_outputs(net: torch.nn.Module, batch) -> torch.Tensor:
-    """The seeds' logits ``[batch_size, C]`` of ``net`` (or its ``DistributedDataParallel`` wrapper) on ``batch``.
+    """The seeds' outputs ``[batch_size, C]`` of ``net`` (or its ``DistributedDataParallel`` wrapper) on ``batch``.
 
-    A model built from ``--model module:Class`` (:mod:`diskgraph.custom_models`) without ``diskgraph_input = "blocks"``
-    is a PyG model: it is called on ``batch.to_pyg()`` as ``net(x, edge_index)`` (plus ``num_sampled_nodes_per_hop`` /
-    ``num_sampled_edges_per_hop`` when its ``forward`` takes them) and its first ``batch_size`` rows are returned. Every
-    other model is called on the blocks, ``net(batch.blocks, batch.x)``.
+    A model whose class has ``diskgraph_input = "blocks"`` (the built-in models do) is called on the blocks,
+    ``net(batch.blocks, batch.x)``, and returns the seeds' outputs. Any other module is a PyG model: it is called on
+    ``batch.to_pyg()`` as ``net(x, edge_index)`` (plus ``num_sampled_nodes_per_hop`` / ``num_sampled_edges_per_hop``
+    when its ``forward`` takes them) and its first ``batch_size`` rows are returned
+    (:func:`diskgraph.custom_models.call_style`).
     """
     inner = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
-    call = getattr(inner, "_diskgraph_call", "blocks")
+    call = getattr(inner, "_diskgraph_call", None)
+    if call is None:
+        from ..custom_models import call_style
+
+        call = inner._diskgraph_call = call_style(inner)
     if call == "blocks":
         return net(batch.blocks, batch.x)
     data = batch.to_pyg()
@@ -235,13 +246,14 @@ class Trainer:
     """Runs training epochs, evaluation, logging and checkpointing.
 
     Args:
-        model: a module called as ``model(blocks, x) -> logits``.
+        model: a module called on each batch as :func:`model_outputs` says (the built-in models on blocks).
         loaders: split name → loader (``train`` required; ``val``/``test`` optional).
         order: ``order(split, epoch) -> plan rows`` (None: the loader's own order).
         run_dir: where checkpoints, the best model and ``metrics.jsonl`` go.
         config: see :class:`TrainConfig`.
         device: the compute device.
-        num_classes: output classes (2 adds ROC-AUC to the metrics).
+        num_classes: output classes of a classification run (when ``task`` is not given; 2 adds ROC-AUC).
+        task: the loss and metrics (:mod:`~diskgraph.pipeline.tasks`; classification, multilabel, regression).
         log_json: also write the metrics lines to this file (rewritten after each epoch).
         info: extra fields for the first log line's ``run`` record (dataset, pack, model, …).
         row_bytes: bytes of one feature row (for read amplification); 0 when unknown.
@@ -256,14 +268,25 @@ class Trainer:
             ``{name: JSON value}`` (names as the user knows them, e.g. ``--dropout``, ``dataset``). Saved in every
             checkpoint; a resume with another value of any of them (or of ``config``, ``epochs`` aside) is refused
             in one sentence naming it.
+        loss: ``loss(out, y) -> 0-d tensor``, the seeds' mean loss (default: the task's).
+        metrics: more metrics besides the task's (:func:`~diskgraph.pipeline.tasks.as_metrics`).
+        optimizer, scheduler: your own (default: built from ``config``); the scheduler is stepped once per epoch.
+            Both are saved in checkpoints.
+        callbacks: :class:`~diskgraph.pipeline.callbacks.Callback` objects, after the ones ``config`` and
+            ``tensorboard`` ask for (early stopping, TensorBoard).
+        monitor: the epoch-record key that chooses the best model (default ``val_`` + the task's main metric;
+            ``train_…`` without a val split).
     """
 
     def __init__(self, model: torch.nn.Module, loaders: dict[str, Loader], *,
                  order: Callable[[str, int], np.ndarray | None], run_dir: str | os.PathLike, config: TrainConfig,
-                 device: torch.device, num_classes: int, log_json: str | os.PathLike | None = None,
+                 device: torch.device, num_classes: int | None = None, task: Task | None = None,
+                 log_json: str | os.PathLike | None = None,
                  info: dict | None = None, row_bytes: int = 0, step_log: str | os.PathLike | None = None,
                  stop=None, dist: _dist.DistContext | None = None, identity: dict | None = None,
-                 tensorboard: str | os.PathLike | None = None):
+                 tensorboard: str | os.PathLike | None = None, loss: Callable | None = None,
+                 metrics: list[SumMetric | WholeMetric] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                 scheduler=None, callbacks: list[Callback] | None = None, monitor: str | None = None):
         self.model = model
         self.identity = dict(identity or {})
         self.dist = dist
@@ -280,34 +303,85 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.device = device
-        self.num_classes = num_classes
+        if task is None:
+            if num_classes is None:
+                raise TypeError("Trainer needs task= (or num_classes= for classification)")
+            task = build_task("classification", num_classes)
+        self.task = task
+        self.loss_fn = loss or task.loss
+        self.metrics: list[SumMetric | WholeMetric] = list(task.metrics) + list(metrics or [])
+        names = [m.name for m in self.metrics]
+        if len(set(names)) != len(names):
+            raise InputError(f"metric names must differ, and {', '.join(sorted({n for n in names if names.count(n) > 1}))} "
+                             f"is given twice (the task's own metrics: {', '.join(m.name for m in task.metrics)}); "
+                             "rename yours")
         self.log_json = Path(log_json) if log_json else None
         self.info = info or {}
         self.row_bytes = row_bytes
         self.step_log = Path(step_log) if step_log else None
         self.stop = stop
-        if config.early_stopping and "val" not in loaders:
-            raise InputError(f"--early-stopping {config.early_stopping} watches {config.early_stopping_metric}, but "
-                             "this run has no val split; import the dataset with a val split or drop --early-stopping")
-        if config.early_stopping_metric not in EARLY_STOPPING_METRICS:
-            raise InputError(f"--early-stopping-metric {config.early_stopping_metric} is not one of "
-                             f"{', '.join(EARLY_STOPPING_METRICS)}; pick one of them")
-        self.optimizer = build_optimizer(model.parameters(), config.optimizer, lr=config.lr,
-                                         weight_decay=config.weight_decay, momentum=config.momentum)
-        self.scheduler = build_scheduler(self.optimizer, config.lr_schedule, epochs=config.epochs,
-                                         step_size=config.lr_step_size, gamma=config.lr_gamma)
-        self.early = {"best": None, "epoch": -1, "stale": 0, "stopped": False}
-        """Early stopping's state (saved in checkpoints): the best value of the metric, its epoch, the epochs since."""
+        split = "val" if "val" in loaders else "train"
+        self.monitor = monitor or f"{split}_{task.main.name}"
+        """The epoch record's key that chooses the best model (default: the task's main metric on val)."""
+        self.check_monitor(self.monitor, "the best model")
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(
+            model.parameters(), config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+            momentum=config.momentum)
+        self.scheduler = scheduler if optimizer is not None else build_scheduler(
+            self.optimizer, config.lr_schedule, epochs=config.epochs, step_size=config.lr_step_size,
+            gamma=config.lr_gamma)
+        self.callbacks: list[Callback] = []
+        if config.early_stopping:
+            self.check_monitor(config.early_stopping_metric or self.monitor, "--early-stopping")
+            self.callbacks.append(EarlyStopping(config.early_stopping_metric, config.early_stopping))
+        if tensorboard is not None:
+            self.callbacks.append(TensorBoard(tensorboard))
+        self.callbacks += list(callbacks or [])
+        self.stop_training = False
+        """Set by a callback (early stopping): the run ends after the current epoch's checkpoint."""
+        self._checkpoint_requested = False
         self.history: list[dict] = []
-        self.best = {"val": -math.inf, "epoch": -1}
+        self.best = {"val": None, "epoch": -1}
         self.epoch = 0
         self.position = 0
         self.acc = _EpochAccumulator()
-        self.tensorboard = None  # rank 0's TensorBoard writer, when asked for
-        if tensorboard is not None and self.main:
-            from .tensorboard_log import TensorBoardLog
 
-            self.tensorboard = TensorBoardLog(tensorboard)
+    def check_monitor(self, key: str, what: str) -> None:
+        """Refuse (one sentence) an epoch-record key that a run of this task and splits cannot watch.
+
+        ``key`` is ``SPLIT_loss`` or ``SPLIT_METRIC``; train may watch only additive metrics (evaluation computes
+        the others), val needs a val loader.
+        """
+        split, _, name = key.partition("_")
+        metric = next((m for m in self.metrics if m.name == name), None)
+        ok = (split == "val" and (name == "loss" or metric is not None)) or \
+            (split == "train" and isinstance(metric, SumMetric))
+        if not ok:
+            choices = ["val_loss"] + [f"val_{m.name}" for m in self.metrics] + \
+                [f"train_{m.name}" for m in self.metrics if isinstance(m, SumMetric)]
+            raise InputError(f"{what} cannot watch {key}: this {self.task.kind} run reports "
+                             f"{', '.join(choices)}; pick one of them")
+        if split == "val" and "val" not in self.loaders:
+            raise InputError(f"{what} watches {key}, but this run has no val split; import the dataset with a val split "
+                             f"or watch a train metric")
+
+    def higher_is_better(self, key: str) -> bool:
+        """The direction of an epoch-record key (losses: lower is better)."""
+        name = key.partition("_")[2]
+        metric = next((m for m in self.metrics if m.name == name), None)
+        return name != "loss" and (metric is None or metric.higher_is_better)
+
+    def _improves(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        best = self.best["val"]
+        if best is None:
+            return True
+        return value > best if self.higher_is_better(self.monitor) else value < best
+
+    def request_checkpoint(self) -> None:
+        """Save a mid-epoch checkpoint after the current training minibatch (for callbacks)."""
+        self._checkpoint_requested = True
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -334,7 +408,7 @@ class Trainer:
             "epoch": self.epoch, "position": self.position,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "early_stopping": dict(self.early),
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
             **mine, "world_size": len(ranks), "ranks": ranks if len(ranks) > 1 else None,
             "history": self.history, "best": self.best,
             "config": asdict(self.config), "identity": self.identity, "info": self.info,
@@ -386,7 +460,13 @@ class Trainer:
             torch.manual_seed(self._rank_seed() + self.epoch)
             self.acc = _EpochAccumulator()
         self.history, self.best = list(state["history"]), dict(state["best"])
-        self.early = {**self.early, **(state.get("early_stopping") or {})}
+        saved_callbacks = state.get("callbacks") or []
+        if len(saved_callbacks) != len(self.callbacks):
+            raise InputError(f"checkpoint {self.checkpoint_path} was made with {len(saved_callbacks)} callback(s) and "
+                             f"this run has {len(self.callbacks)}; resume with the same callbacks (and "
+                             "--early-stopping / --tensorboard), or start a new run directory")
+        for cb, st in zip(self.callbacks, saved_callbacks):
+            cb.load_state_dict(st)
         log.info("resuming %s at epoch %d, minibatch %d", self.run_dir, self.epoch, self.position)
 
     def _read_checkpoint(self, catch: bool = False):
@@ -427,31 +507,39 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
-        """Loss, accuracy (and ROC-AUC for two classes) of the current model on ``split`` (on every rank, over
-        the minibatches of all ranks)."""
+        """``SPLIT_loss`` and ``SPLIT_NAME`` for each metric of the current model on ``split`` (on every rank, over
+        the minibatches of all ranks). Whole metrics (ROC-AUC, yours) see the split's outputs at once."""
         loader = self.loaders[split]
         self.model.eval()
-        loss_sum, correct, total = 0.0, 0, 0
-        scores, labels = [], []
+        loss_sum, total = 0.0, 0
+        sums: dict[str, dict[str, float]] = {}
+        keep = any(isinstance(m, WholeMetric) for m in self.metrics)
+        outs, ys = [], []
         order = self.order(split, self.epoch)
         with Progress(f"evaluating {split}", len(order) if order is not None else None, "minibatches") as bar:
             for batch in loader.epoch(order):
-                logits = model_outputs(self.model, batch)
-                loss_sum += float(F.cross_entropy(logits, batch.y, reduction="sum"))
-                c, n = accuracy(logits, batch.y)
-                correct, total = correct + c, total + n
-                if self.num_classes == 2:
-                    scores.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
-                    labels.append(batch.y.cpu().numpy())
+                out = model_outputs(self.model, batch)
+                n = batch.num_seeds
+                loss_sum += float(self.loss_fn(out, batch.y)) * n
+                total += n
+                _add_metric_sums(sums, self.metrics, out, batch.y)
+                if keep:
+                    outs.append(out.float().cpu())
+                    ys.append(batch.y.cpu())
                 bar.update(1)
+        flat = _flatten(sums)
         if self.dist is not None:
-            loss_sum, correct, total = _dist.all_sum([loss_sum, correct, total])
-            correct, total = int(correct), int(total)
-            if self.num_classes == 2:
-                scores, labels = (sum(parts, []) for parts in zip(*_dist.all_gather((scores, labels))))
-        out = {f"{split}_loss": loss_sum / max(total, 1), f"{split}_acc": correct / max(total, 1)}
-        if self.num_classes == 2 and scores:
-            out[f"{split}_auc"] = roc_auc(np.concatenate(scores), np.concatenate(labels))
+            keys = sorted(set().union(*_dist.all_gather(sorted(flat))))
+            values = _dist.all_sum([loss_sum, total] + [flat.get(k, 0.0) for k in keys])
+            loss_sum, total, flat = values[0], int(values[1]), dict(zip(keys, values[2:]))
+            if keep:
+                outs, ys = (sum(parts, []) for parts in zip(*_dist.all_gather((outs, ys))))
+        out = {f"{split}_loss": loss_sum / max(total, 1), **_metric_values(self.metrics, _unflatten(flat), split)}
+        if keep and outs:
+            all_out, all_y = torch.cat(outs), torch.cat(ys)
+            for m in self.metrics:
+                if isinstance(m, WholeMetric):
+                    out[f"{split}_{m.name}"] = m.value_of(all_out, all_y)
         return out
 
     # -- training ---------------------------------------------------------------------------------
@@ -478,14 +566,14 @@ class Trainer:
             for batch in loader.epoch(order, start=self.position):
                 t0 = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                logits = model_outputs(self.net, batch)
-                loss = F.cross_entropy(logits, batch.y)
+                out = model_outputs(self.net, batch)
+                loss = self.loss_fn(out, batch.y)
                 loss.backward()
                 self.optimizer.step()
                 n = batch.num_seeds
                 loss_value = float(loss.detach())
                 self.acc.loss_sum += loss_value * n
-                self.acc.correct += accuracy(logits.detach(), batch.y)[0]
+                _add_metric_sums(self.acc.metric_sums, self.metrics, out.detach(), batch.y)
                 self.acc.seeds += n
                 self.acc.minibatches += 1
                 self.acc.compute_s += time.perf_counter() - t0
@@ -499,7 +587,11 @@ class Trainer:
                                             "seconds": time.perf_counter() - t_epoch,
                                             "read_bytes": rb, "epoch_read_bytes": rb - rb_epoch}) + "\n")
                     steps.flush()
-                if self.config.checkpoint_every and self.position % self.config.checkpoint_every == 0:
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, batch, loss_value)
+                if self._checkpoint_requested or (self.config.checkpoint_every and
+                                                  self.position % self.config.checkpoint_every == 0):
+                    self._checkpoint_requested = False
                     self._checkpoint_mid_epoch(t_start, rb_start, loader)
                     t_start, rb_start = time.perf_counter(), process_read_bytes()
                 if self._stop_requested():
@@ -541,7 +633,7 @@ class Trainer:
         rec = {
             "epoch": self.epoch,
             "loss": a.loss_sum / max(a.seeds, 1),
-            "train_acc": a.correct / max(a.seeds, 1),
+            **_metric_values(self.metrics, a.metric_sums, "train"),
             **eval_metrics,
             "epoch_s": a.train_s,
             "eval_s": eval_s,
@@ -581,6 +673,12 @@ class Trainer:
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
                         total[k] = max(total.get(k, v), v) if k.endswith("_s") else total.get(k, 0) + v
         ranks = [p[2] for p in parts]
+        sums: dict = {}
+        for part_acc, _, _ in parts:
+            for name, part in part_acc["metric_sums"].items():
+                for k, v in part.items():
+                    sums.setdefault(name, {})[k] = sums.get(name, {}).get(k, 0.0) + v
+        acc["metric_sums"] = sums
         return (_EpochAccumulator(**acc), stats, max(r["eval_s"] for r in ranks),
                 sum(r["eval_read_bytes"] for r in ranks), ranks)
 
@@ -596,7 +694,10 @@ class Trainer:
             torch.manual_seed(self._rank_seed())
         steps = [max_steps] if max_steps is not None else None
         t_run = time.perf_counter()
-        while self.epoch < self.config.epochs and not self.early["stopped"]:
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        self.stop_training = any(getattr(cb, "stopped", False) for cb in self.callbacks)  # a resumed stopped run
+        while self.epoch < self.config.epochs and not self.stop_training:
             if self._stop_requested():
                 raise StopRequested()  # the epoch-end checkpoint already holds this point
             self._train_epoch(steps)
@@ -609,15 +710,17 @@ class Trainer:
             rec = self._epoch_record(time.perf_counter() - t_eval, process_read_bytes() - rb_eval, eval_metrics)
             rec["lr"] = float(self.optimizer.param_groups[0]["lr"])  # the rate this epoch trained with
             self.history.append(rec)
-            val = rec.get("val_acc", rec["train_acc"])
-            if val > self.best["val"]:
-                self.best = {"val": val, "epoch": self.epoch}
+            val = rec.get(self.monitor)
+            if self._improves(val):
+                self.best = {"val": float(val), "epoch": self.epoch}
                 if self.main:
                     _atomic_torch_save(self.model.state_dict(), self.run_dir / BEST_MODEL_NAME)
-                    write_model_card(self.run_dir, self.model, self.identity, self.info, self.epoch, val)
+                    write_model_card(self.run_dir, self.model, self.identity, self.info, self.epoch, self.monitor,
+                                     float(val), self.task)
             if self.main:
                 self._log_epoch(rec)
-            self._early_stopping_update(rec)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, rec)
             if self.scheduler is not None:
                 self.scheduler.step()  # once per epoch, at its end
             self.epoch += 1
@@ -627,29 +730,9 @@ class Trainer:
             self._write_logs(self.history)
         summary = self._summary(time.perf_counter() - t_run)
         self._write_logs(self.history + [summary])
-        if self.tensorboard is not None:
-            self.tensorboard.summary(summary)
-            self.tensorboard.close()
+        for cb in self.callbacks:
+            cb.on_fit_end(self, summary)
         return summary
-
-    def _early_stopping_update(self, rec: dict) -> None:
-        """Count the epochs without improvement of the watched metric; after ``early_stopping`` of them, mark the run
-        stopped (``fit`` then ends after this epoch's checkpoint) and say so in one log line. Every rank sees the
-        same all-reduced validation metrics, so every rank stops at the same epoch."""
-        patience, name = self.config.early_stopping, self.config.early_stopping_metric
-        if not patience or name not in rec:
-            return
-        value, e = float(rec[name]), self.early
-        better = e["best"] is None or (value < e["best"] if name.endswith("_loss") else value > e["best"])
-        if better:
-            e.update(best=value, epoch=self.epoch, stale=0)
-            return
-        e["stale"] += 1
-        if e["stale"] >= patience and self.epoch + 1 < self.config.epochs:
-            e["stopped"] = True
-            if self.main:
-                log.info("early stopping after epoch %d: %s has not improved for %d epoch(s) (best %.4f at epoch %d)",
-                         self.epoch, name, e["stale"], e["best"], e["epoch"])
 
     def _stop_requested(self) -> bool:
         if self.stop is None:
@@ -659,9 +742,10 @@ class Trainer:
         return self.stop.is_set()
 
     def _summary(self, seconds: float) -> dict:
-        out = {"summary": True, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
-               "best_val_acc": self.best["val"] if self.best["epoch"] >= 0 else None, "seconds": seconds,
-               "epochs_run": self.epoch, "stopped_early": bool(self.early["stopped"]), **self.info}
+        out = {"summary": True, "task": self.task.kind, "epochs": self.config.epochs, "best_epoch": self.best["epoch"],
+               "monitor": self.monitor, f"best_{self.monitor}": self.best["val"], "seconds": seconds,
+               "epochs_run": self.epoch,
+               "stopped_early": any(getattr(cb, "stopped", False) for cb in self.callbacks), **self.info}
         best_path = self.run_dir / BEST_MODEL_NAME
         if self.main and best_path.exists():
             self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=True))
@@ -676,9 +760,9 @@ class Trainer:
 
     def _log_epoch(self, rec: dict) -> None:
         stage = rec["stage_s"]
-        parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}", f"train acc {rec['train_acc']:.4f}"]
-        if "val_acc" in rec:
-            parts.append(f"val acc {rec['val_acc']:.4f}")
+        parts = [f"epoch {rec['epoch']}", f"loss {rec['loss']:.4f}"]
+        parts += [f"{k.replace('_', ' ', 1)} {rec[k]:.4f}" for m in self.metrics for k in (f"train_{m.name}",
+                  f"val_{m.name}") if isinstance(rec.get(k), float)]
         parts.append(f"{rec['epoch_s']:.2f} s (read {stage['read_s']:.2f}, assemble {stage['assemble_s']:.2f}, "
                      f"compute {stage['compute_s']:.2f}" + (f", overlap {rec['overlap']:.2f})" if rec["overlap"] else ")"))
         parts.append(f"read {format_bytes(rec['read_bytes'])}" +
@@ -690,5 +774,29 @@ class Trainer:
             parts.append("input rows from " + ", ".join(f"{where.get(t, t)} {v:.1%}" for t, v in rec["hit_rate"].items()))
         parts.append(f"peak RSS {format_bytes(rec['peak_rss_bytes'])}")
         log.info(", ".join(parts))
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(rec)
+
+
+def _add_metric_sums(sums: dict, metrics, out: torch.Tensor, y: torch.Tensor) -> None:
+    """Add one minibatch's sums of each additive metric to ``sums`` (metric name → sum name → float)."""
+    for m in metrics:
+        if isinstance(m, SumMetric):
+            total = sums.setdefault(m.name, {})
+            for k, v in m.sums(out, y).items():
+                total[k] = total.get(k, 0.0) + float(v)
+
+
+def _metric_values(metrics, sums: dict, split: str) -> dict:
+    """``{SPLIT_NAME: value}`` of the additive metrics from their added sums."""
+    return {f"{split}_{m.name}": m.value(sums.get(m.name, {})) for m in metrics if isinstance(m, SumMetric)}
+
+
+def _flatten(sums: dict) -> dict:
+    return {f"{name}\0{k}": v for name, part in sums.items() for k, v in part.items()}
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        name, k = key.split("\0", 1)
+        out.setdefault(name, {})[k] = v
+    return out

@@ -5,6 +5,8 @@
 >>> ds.indptr, ds.indices            # read-only memory maps (CSC over in-edges)
 >>> ds.features.read_rows(0, 128)    # [128, F] rows
 >>> ds.labels, ds.splits["train"]
+>>> ds.task, ds.num_outputs          # "classification" | "multilabel" | "regression", the model's output width
+>>> ds.targets(ds.splits["train"][:4])  # the training targets of those nodes, as the loss takes them
 
 Arrays are memory-mapped or read in slices on demand; opening is cheap (it
 reads the manifest and checks every array's metadata and file sizes).
@@ -25,6 +27,8 @@ from .errors import FormatError
 from .features_copy import nonfinite_mask
 from .files import dir_size
 from .importer import DATASET_CHECKSUM_SINCE, DATASET_FORMAT, DATASET_VERSION
+from .label_kinds import (DEFAULT_TASK, TASKS, expected_layout, gather_targets, label_problems, label_stats,
+                          labelled_mask, output_width)
 from .manifest import read_manifest
 from .progress import Progress
 from .zarr_arrays import RawArray
@@ -44,7 +48,9 @@ class Dataset:
         path: the directory.
         manifest: the parsed ``manifest.json``.
         num_nodes, num_edges: counts (edges as stored, after import options).
-        num_classes: number of classes (None without labels).
+        num_classes: number of classes (multilabel: of labels; None without labels and for regression).
+        task: the label kind, ``classification``, ``multilabel`` or ``regression`` (:mod:`~diskgraph.store.label_kinds`;
+            a manifest without one, format versions 1 and 2, holds classification labels).
         feature_dim, feature_dtype: feature width and logical dtype (0 / None without features).
     """
 
@@ -56,6 +62,8 @@ class Dataset:
             self.num_nodes = int(m["num_nodes"])
             self.num_edges = int(m["num_edges"])
             self.num_classes = m.get("num_classes")
+            self.task = m.get("task", DEFAULT_TASK)
+            target_shape = m.get("target_shape")
             feat = m.get("features")
             self.array_records: dict[str, dict] = m["arrays"]
         except (KeyError, TypeError, ValueError):
@@ -74,10 +82,19 @@ class Dataset:
             for i in range(arr.num_chunks):
                 arr._check_chunk(i)
             self._arrays[name] = arr
+        if self.task not in TASKS:
+            raise FormatError(f"{self.path / 'manifest.json'} records task {self.task!r}, which this diskgraph does not "
+                              "know; upgrade diskgraph to read it")
+        lab = self._arrays.get("labels")
+        if lab is not None:
+            dtype, row_shape = expected_layout(self.task, self.num_classes, target_shape)
+            if lab.dtype != dtype or (row_shape is not None and tuple(lab.shape[1:]) != row_shape) or len(lab.shape) > 2:
+                raise FormatError(f"array {lab.path} has shape {tuple(lab.shape)} and dtype {lab.dtype}, not the labels "
+                                  f"of a {self.task} dataset ({dtype}); the dataset is damaged, re-import it")
 
     def __repr__(self) -> str:
         return (f"Dataset({str(self.path)!r}, num_nodes={self.num_nodes}, num_edges={self.num_edges}, "
-                f"feature_dim={self.feature_dim}, num_classes={self.num_classes})")
+                f"feature_dim={self.feature_dim}, num_classes={self.num_classes}, task={self.task!r})")
 
     def array(self, name: str) -> RawArray:
         """The stored array ``name`` (``topology/indptr``, ``features``, ``splits/train``, …)."""
@@ -105,9 +122,42 @@ class Dataset:
 
     @cached_property
     def labels(self) -> np.ndarray | None:
-        """int64 [N] class ids, -1 = unlabelled (memory map), or None."""
+        """The stored labels (memory map), or None; as :attr:`task` says: int64 [N] class ids, -1 = unlabelled
+        (classification); uint8 [N, C] of 0/1 (multilabel); float32 [N] or [N, T], a NaN row = unlabelled
+        (regression). Training reads them through :meth:`targets`."""
         a = self._arrays.get("labels")
         return a.memmap() if a is not None else None
+
+    @property
+    def num_outputs(self) -> int | None:
+        """The model's output width: C for classification and multilabel, T for [N, T] regression targets, 1 for [N]
+        ones (None without labels)."""
+        a = self._arrays.get("labels")
+        if a is None:
+            return None
+        if self.task == "classification" and self.num_classes is None:
+            return int(np.asarray(self.labels).max(initial=-1)) + 1
+        return output_width(self.task, self.num_classes, tuple(a.shape[1:]))
+
+    def targets(self, nodes: np.ndarray) -> np.ndarray:
+        """The training targets of ``nodes`` (an int index array), as the loss takes them: int64 [n] class ids
+        (classification), float32 [n, C] of 0/1 (multilabel), float32 [n] or [n, T] (regression); a fresh array
+        (one gather from the memory map, after :meth:`verified_labels`).
+
+        Raises:
+            FormatError: no labels, or labels that changed since the import.
+        """
+        return gather_targets(self.verified_labels(), nodes, self.task)
+
+    def labelled_mask(self, nodes: np.ndarray | slice | None = None) -> np.ndarray:
+        """bool per node of ``nodes`` (an index array or a slice; None: every node): whether it has a label — a class
+        id >= 0 (classification), a row that is not NaN (regression), always (multilabel).
+
+        Raises:
+            FormatError: no labels, or labels that changed since the import.
+        """
+        labels = self.verified_labels()
+        return labelled_mask(labels if nodes is None else labels[nodes], self.task)
 
     def check_array(self, name: str, values: np.ndarray | None = None) -> None:
         """Check the bytes of array ``name`` against the manifest's sha256, once per open dataset: training checks
@@ -130,7 +180,7 @@ class Dataset:
         self._verified.add(name)
 
     def verified_labels(self) -> np.ndarray:
-        """:attr:`labels` (memory map), after :meth:`check_array` of them.
+        """:attr:`labels` (memory map, as stored: see :attr:`task`), after :meth:`check_array` of them.
 
         Raises:
             FormatError: no labels, or labels that changed since the import.
@@ -189,15 +239,8 @@ class Dataset:
             "num_classes": self.num_classes,
         }
         if self.labels is not None:
-            lab = np.asarray(self.labels)
-            classes = int(self.num_classes or 0)
-            valid = (lab >= 0) & (lab < classes)  # (a damaged label outside 0..C-1 must not size the count array)
-            counts = np.bincount(lab[valid], minlength=classes)
-            out["label_counts"] = {str(c): int(k) for c, k in enumerate(counts)}
-            out["unlabelled_nodes"] = int((lab < 0).sum())
-            out_of_range = int(lab.size - valid.sum()) - out["unlabelled_nodes"]
-            if out_of_range:
-                out["labels_out_of_range"] = out_of_range
+            out["num_outputs"] = self.num_outputs
+            out.update(label_stats(self.labels, self.task, self.num_classes))
         out["splits"] = {name: int(idx.shape[0]) for name, idx in self.splits.items()}
         disk = {name: dir_size(self.path / name) for name in self._arrays}
         manifest_bytes = (self.path / "manifest.json").stat().st_size
@@ -212,8 +255,9 @@ class Dataset:
 
         Checks: every array's sha256 against the manifest; indptr starts at 0,
         never decreases and ends at E; every index is a node id; sources are
-        sorted within each destination (and distinct after ``dedup``); labels in
-        ``-1..C-1``; split indices sorted, distinct, in range and disjoint;
+        sorted within each destination (and distinct after ``dedup``); labels
+        valid for the task (class ids in ``-1..C-1``, multilabel 0/1, regression
+        targets finite with whole NaN rows); split indices sorted, distinct, in range and disjoint;
         features finite unless imported with ``allow_nonfinite``.
         """
         problems: list[str] = []
@@ -260,10 +304,7 @@ class Dataset:
     def _check_labels_and_splits(self) -> list[str]:
         problems = []
         if self.labels is not None:
-            lab = np.asarray(self.labels)
-            hi = self.num_classes if self.num_classes is not None else 0
-            if lab.size and (lab.min() < -1 or lab.max() >= hi):
-                problems.append(f"labels: values outside -1..{hi - 1}")
+            problems += label_problems(self.labels, self.task, self.num_classes)
         seen = np.zeros(self.num_nodes, dtype=bool)
         for name, idx in self.splits.items():
             idx = np.asarray(idx)

@@ -6,7 +6,8 @@ Layout written (all arrays are Zarr v3, uncompressed; the directory is a Zarr gr
     DIR/topology/indptr        int64 [N+1]   CSC over in-edges: sources of v are
     DIR/topology/indices       int32 [E]     indices[indptr[v]:indptr[v+1]], sorted
     DIR/features               [N, F] float32 | float16 | bfloat16 (uint16 bits), chunked by rows
-    DIR/labels                 int64 [N], -1 = unlabelled
+    DIR/labels                 int64 [N], -1 = unlabelled (classification); uint8 [N, C] of 0/1 (multilabel);
+                               float32 [N] or [N, T], NaN row = unlabelled (regression): see label_kinds
     DIR/splits/{train,val,test} int64, sorted node indices
 
 Everything is written under a temporary name and renamed into place at the end
@@ -29,17 +30,19 @@ from .atomic import AtomicDirectory
 from .csc_builder import build_csc, max_node_id
 from .errors import InputError
 from .features_copy import copy_features, stored_feature_dtype
+from .label_kinds import STORED_DTYPE, check_node_labels, check_task
 from .manifest import write_manifest
 from .progress import format_bytes, log
 from .sources.edges import EdgeSource
 from .sources.features import FeatureSource
-from .sources.labels import as_index_split, check_disjoint, check_labels, random_splits
+from .sources.labels import as_index_split, check_disjoint, random_splits
 from .zarr_arrays import write_array, write_group
 
 DATASET_FORMAT = "diskgraph.dataset"
-DATASET_VERSION = 2
-"""The dataset format version this diskgraph writes and the newest it reads (1 is read too: version 2 adds the
-manifest's own checksum)."""
+DATASET_VERSION = 3
+"""The dataset format version this diskgraph writes and the newest it reads (1 and 2 are read too: version 2 adds
+the manifest's own checksum, version 3 the label kinds — ``task`` — whose ``labels`` array is not always int64
+class ids; a manifest without ``task`` holds classification labels)."""
 
 DATASET_CHECKSUM_SINCE = 2
 """The first dataset version whose manifest must carry its checksum."""
@@ -61,7 +64,9 @@ class ImportOptions:
         allow_nonfinite: accept NaN/inf features.
         memory_budget: bytes this import may hold (default: :func:`default_memory_budget`).
         num_nodes: node count (default: feature rows, else labels, else largest id + 1).
-        num_classes: class count (default: largest label + 1).
+        num_classes: class count (default: largest label + 1; multilabel: the label columns; not for regression).
+        task: the label kind — ``classification``, ``multilabel`` or ``regression``
+            (:mod:`~diskgraph.store.label_kinds`); None: told from the labels.
         feature_dtype: stored feature dtype (default: the input's, float64 → float32).
         overwrite: replace an existing output directory.
     """
@@ -73,6 +78,7 @@ class ImportOptions:
     memory_budget: int | None = None
     num_nodes: int | None = None
     num_classes: int | None = None
+    task: str | None = None
     feature_dtype: str | None = None
     overwrite: bool = False
 
@@ -103,7 +109,9 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
         out: the directory to create.
         edges: the edge input.
         features: the feature input, or None for a dataset without features.
-        labels: class ids per node (int, -1 = unlabelled), held in memory.
+        labels: the nodes' labels, held in memory: class ids [N] (-1 = unlabelled), multilabel 0/1 [N, C] or
+            regression targets [N] / [N, T] (NaN = unlabelled); checked by
+            :func:`~diskgraph.store.label_kinds.check_node_labels` as ``options.task`` says (None: detected).
         labels_label: how messages name the labels' origin.
         splits: explicit splits, name → (index array or boolean mask, label for messages).
         random_split: ``((train, val, test) fractions, seed)`` when ``splits`` is None.
@@ -137,14 +145,22 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
     feature_dtype = stored_feature_dtype(features, opts.feature_dtype) if features is not None else None
 
     num_classes = opts.num_classes
+    check_task(opts.task)
+    label_info = None
     if labels is not None:
-        labels, num_classes = check_labels(np.asarray(labels), num_nodes, opts.num_classes, labels_label, nodes_from)
+        label_info = check_node_labels(np.asarray(labels), num_nodes, task=opts.task, num_classes=opts.num_classes,
+                                       label=labels_label, nodes_from=nodes_from)
+        labels, num_classes = label_info.values, label_info.num_classes
+    elif opts.task is not None:
+        raise InputError(f"--task {opts.task} was given but the import has no labels; pass the labels (--labels) or "
+                         "drop --task")
     split_arrays: dict[str, np.ndarray] = {}
     if splits:
         for name, (values, label) in splits.items():
             split_arrays[name] = as_index_split(values, num_nodes, name, label)
     elif random_split is not None:
-        split_arrays = random_splits(random_split[0], random_split[1], num_nodes, labels)
+        split_arrays = random_splits(random_split[0], random_split[1], num_nodes, labels,
+                                     label_info.task if label_info else "classification")
     check_disjoint(split_arrays, num_nodes, {name: label for name, (_, label) in splits.items()} if splits else None)
 
     arrays: dict[str, dict] = {}
@@ -156,9 +172,10 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
              format_bytes(budget))
     with target as tmp:
         write_group(tmp, {"diskgraph": DATASET_FORMAT})
-        if labels is not None:
-            shape, sha = write_array(tmp / "labels", labels, "int64")
-            record("labels", shape, sha, "int64")
+        if label_info is not None:
+            dtype = STORED_DTYPE[label_info.task]
+            shape, sha = write_array(tmp / "labels", labels, dtype)
+            record("labels", shape, sha, dtype)
         if split_arrays:
             write_group(tmp / "splits")
             for name, idx in split_arrays.items():
@@ -187,6 +204,7 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
             "num_nodes": num_nodes,
             "num_edges": csc.num_edges,
             "num_classes": num_classes,
+            **(label_info.manifest_fields() if label_info is not None else {}),
             "index_dtype": csc.index_dtype,
             "features": feat_info,
             "splits": {name: int(idx.size) for name, idx in split_arrays.items()},

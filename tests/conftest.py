@@ -157,3 +157,23 @@ def shared_dataset():
         return p
 
     return get
+
+
+@pytest.fixture(scope="session")
+def prepared_cora(tmp_path_factory, shared_dataset):
+    """``prepared_cora(fanouts="10,5", batch_size=16)`` → a cora dataset directory after ``diskgraph preprocess all``
+    with those options (plan seed 0; made once per options in a session; skips without the shared dataset)."""
+    from diskgraph.cli import main
+
+    made: dict = {}
+
+    def get(fanouts: str = "10,5", batch_size: int = 16) -> Path:
+        key = (fanouts, int(batch_size))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"cora-{fanouts.replace(',', '-')}-b{batch_size}") / "cora"
+            assert main(["preprocess", "all", "--npz", str(shared_dataset("cora")), "--out", str(out), "--fanouts",
+                         fanouts, "--batch-size", str(batch_size), "--seed", "0", "-q"]) == 0
+            made[key] = out
+        return made[key]
+
+    return get

@@ -183,20 +183,23 @@ def _chunked_bytes(num_rows: int, chunk_rows: int, row_bytes: int) -> int:
     return -(-num_rows // chunk_rows) * chunk_rows * row_bytes if num_rows else 0
 
 
-def output_columns(kind: str, width: int, dtype: str = "float32") -> dict:
-    """The columns of an output, as :func:`diskgraph.inference.run_inference` declares them."""
+def output_columns(kind: str, width: int, dtype: str = "float32", task: dict | None = None) -> dict:
+    """The columns of an output, as :func:`diskgraph.inference.run_inference` declares them (``task``: the predict
+    output's :func:`~diskgraph.store.inference_output.output_task`; default: classification into ``width`` classes)."""
+    from ..store.inference_output import embed_columns, output_task, predict_columns
+
     if kind == "predict":
-        return {"node_ids": ((), "int64"), "logits": ((width,), "float32"), "predictions": ((), "int64")}
-    return {"node_ids": ((), "int64"), "embeddings": ((width,), dtype)}
+        return predict_columns(task or output_task("classification", width))
+    return embed_columns(width, dtype)
 
 
-def output_footprint(kind: str, num_rows: int, width: int, dtype: str = "float32") -> dict:
+def output_footprint(kind: str, num_rows: int, width: int, dtype: str = "float32", task: dict | None = None) -> dict:
     """Bytes of an inference output of ``num_rows`` rows: per array (chunk files + ``zarr.json``, exact), the group's
     ``zarr.json`` (exact) and the manifest (about :data:`MANIFEST_BYTES`)."""
     from ..store.inference_output import INFERENCE_FORMAT, INFERENCE_VERSION, _default_chunk_rows
     from ..store.zarr_arrays import storage_dtype, write_group
 
-    cols = output_columns(kind, width, dtype)
+    cols = output_columns(kind, width, dtype, task)
     arrays = {}
     with tempfile.TemporaryDirectory(prefix="diskgraph-plan-") as t:
         tmp = Path(t)
@@ -328,7 +331,7 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
                        layers: int = 2, heads: int = 4,
                        kind: str = "predict", layer: int | None = None, dtype: str = "float32", nodes=None,
                        memory_budget: int = 1 << 30, topology=None, index_bytes: int | None = None,
-                       budget_flag: str = "--memory-budget") -> dict:
+                       budget_flag: str = "--memory-budget", task: dict | None = None) -> dict:
     """Footprint, scratch, partitions, bytes read, time and peak memory of one exact inference request (see the
     module docstring for how each is derived).
 
@@ -345,6 +348,8 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
             which partition order is not modelled: it has no in-edge sources).
         index_bytes: bytes per stored in-edge source id (default: 4 below 2^31 nodes, else 8).
         budget_flag: the flag named when the budget is too small.
+        task: what ``predict`` writes (:func:`~diskgraph.store.inference_output.output_task`; default:
+            classification into ``num_classes`` classes).
 
     Raises:
         InputError: an unknown kind, a layer out of range, or a budget too small for the engine.
@@ -356,7 +361,7 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
     if kind == "predict" and layer is not None:
         raise InputError("--inference-layer applies to --inference embed only (predict writes the last layer's logits)")
     if kind == "predict" and dtype != "float32":
-        raise InputError("--inference-dtype applies to --inference embed only (predict writes float32 logits)")
+        raise InputError("--inference-dtype applies to --inference embed only (predict writes float32 outputs and its predictions)")
     final = layers if kind == "predict" else (layer if layer is not None else max(1, layers - 1))
     if not 1 <= final <= layers:
         raise InputError(f"--inference-layer {final} is out of range: the model has {layers} layer(s) (one per "
@@ -369,7 +374,7 @@ def estimate_inference(*, num_nodes: int, num_edges: int, feature_dim: int, feat
     selected = _selected(nodes, n)
     m = n if selected is None else len(selected)
     width = num_classes if final == layers else progs[final - 1].out_width
-    out = output_footprint(kind, m, width, dtype)
+    out = output_footprint(kind, m, width, dtype, task if kind == "predict" else None)
 
     disk = hw.get("disk") or {}
     read_bw, write_bw = float(disk.get("seq_read_Bps") or 1e9), float(disk.get("write_Bps") or 1e9)
@@ -625,8 +630,11 @@ def estimate_inference_for_dataset(dataset, hw: Hardware, *, nodes: str | int | 
             raise InputError(f"--inference-nodes {nodes} names no node of {ds.path}; choose another node set")
     else:
         sel = None if nodes is None else int(nodes)
-    classes = int(ds.num_classes or (int(np.asarray(ds.labels).max()) + 1 if ds.labels is not None else 2))
+    from ..store.inference_output import output_task
+
+    classes = int(ds.num_outputs or 2)  # the model's output width (classes, multilabel labels, regression targets)
+    task = output_task(ds.task, classes, ds.manifest.get("target_shape")) if ds.num_outputs else None
     return estimate_inference(num_nodes=ds.num_nodes, num_edges=ds.num_edges, feature_dim=ds.feature_dim,
                               feature_row_bytes=int(ds.features.row_bytes), feature_dtype=str(ds.features.dtype),
-                              num_classes=classes, hw=hw, nodes=sel,
+                              num_classes=classes, hw=hw, nodes=sel, task=task,
                               topology=topo, index_bytes=int(indices.row_bytes), **kw)

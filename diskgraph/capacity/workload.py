@@ -86,7 +86,8 @@ class Workload:
 
     Attributes:
         num_nodes, num_edges: of the graph planned for.
-        feature_dim, feature_dtype, row_bytes, num_classes: its features and labels.
+        feature_dim, feature_dtype, row_bytes: its features; num_classes: the model's output width (classes,
+            multilabel labels or regression targets: ``Dataset.num_outputs``).
         splits: split name → :class:`SplitSample`.
         scale: planned nodes ÷ nodes of the graph sampled (1 for the real graph).
         sampled_nodes: nodes of the graph the minibatches were drawn from.
@@ -250,7 +251,7 @@ def sample_workload(dataset, *, fanouts: list[int], batch_size: int, seed: int =
         prior = deg / max(float(deg.max()), 1.0)
     files = _dir_bytes(ds.path)
     return Workload(ds.num_nodes, ds.num_edges, ds.feature_dim, str(ds.feature_dtype), int(ds.features.row_bytes),
-                    int(ds.num_classes or (int(ds.labels.max()) + 1 if ds.labels is not None else 2)), out, 1.0,
+                    int(ds.num_outputs or 2), out, 1.0,
                     ds.num_nodes, f"dataset {ds.path}", prior, sum(files.values()), files)
 
 

@@ -1,6 +1,7 @@
 """Labels and train/val/test splits: node-sized arrays, checked and held in memory.
 
-Labels are class ids ``0..C-1`` (int64), ``-1`` for an unlabelled node. Splits
+Labels are read here; which kinds exist (class ids, multilabel 0/1 rows, regression targets) and how each is
+checked and stored is :mod:`diskgraph.store.label_kinds`. Splits
 are sorted int64 node-index arrays; they may be given as index arrays, boolean
 masks of length ``num_nodes``, or drawn at random (``random:0.6,0.2,0.2``).
 """
@@ -13,7 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..label_kinds import CLASSIFICATION, check_labels, labelled_mask
 from .npy import NpzMember, open_npy, require_file
+
+__all__ = ["check_labels"]  # (declared in diskgraph.store.label_kinds, with the other label kinds)
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -40,8 +44,10 @@ def read_node_array(path: str | os.PathLike, what: str, option: str, column: str
         if column not in table.column_names:
             raise InputError(f"{what} file {p} has no column {column!r} (it has: {', '.join(table.column_names[:8])}); name the right column")
         col = table.column(column)
+        if col.null_count and option == "--labels" and pa.types.is_floating(col.type):
+            return col.to_numpy()  # empty = NaN: an unlabelled node of regression targets
         if col.null_count:
-            raise InputError(f"column {column!r} of {what} file {p} has {col.null_count} empty values; use -1 for unlabelled nodes")
+            raise InputError(f"column {column!r} of {what} file {p} has {col.null_count} empty values; use -1 for unlabelled nodes (NaN in a float column of regression targets)")
         return col.to_numpy()
     raise InputError(f"cannot tell the format of {what} file {p} from its name; use a .npy or .parquet file")
 
@@ -58,45 +64,6 @@ def npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
         return m.read_all()
     finally:
         m.close()
-
-
-def check_labels(labels: np.ndarray, num_nodes: int, num_classes: int | None, label: str,
-                 nodes_from: str) -> tuple[np.ndarray, int]:
-    """Validate labels; returns (int64 labels, number of classes).
-
-    Raises:
-        InputError: not 1-D integers, wrong length, or a value outside ``-1..C-1``.
-    """
-    if labels.ndim != 1:
-        raise InputError(f"{label} has shape {labels.shape}; labels must be a 1-D array with one class id per node")
-    if labels.dtype.kind not in "iu":
-        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-            labels = labels.astype(np.int64)
-        else:
-            raise InputError(f"{label} has dtype {labels.dtype}; labels must be integer class ids (-1 for unlabelled): convert them")
-    if labels.shape[0] != num_nodes:
-        raise InputError(f"{label} has {labels.shape[0]} labels but the graph has {num_nodes} nodes ({nodes_from}); give one label per node")
-    labels = labels.astype(np.int64, copy=False)
-    if labels.size:
-        lo = int(labels.min())
-        if lo < -1:
-            i = int(np.argmax(labels < -1))
-            raise InputError(f"{label} holds label {lo} at node {i}; labels must be class ids 0..C-1, or -1 for an unlabelled node")
-        hi = int(labels.max())
-        if hi >= max(num_nodes, 2):
-            i = int(np.argmax(labels == hi))
-            raise InputError(f"{label} holds label {hi} at node {i}, more classes than the graph's {num_nodes} nodes; "
-                             "labels must be dense class ids 0..C-1: renumber them (np.unique(labels, "
-                             "return_inverse=True))")
-        if num_classes is not None and hi >= num_classes:
-            i = int(np.argmax(labels >= num_classes))
-            raise InputError(f"{label} holds label {hi} at node {i} but --num-classes is {num_classes}; fix the label or raise --num-classes")
-    else:
-        hi = -1
-    if num_classes is not None and num_classes > max(num_nodes, 2):
-        raise InputError(f"--num-classes {num_classes} is more classes than the graph's {num_nodes} nodes; pass the "
-                         "number of classes the labels use")
-    return labels, int(num_classes if num_classes is not None else hi + 1)
 
 
 def as_index_split(values: np.ndarray, num_nodes: int, name: str, label: str) -> np.ndarray:
@@ -137,14 +104,18 @@ def parse_random_split(spec: str) -> tuple[float, float, float]:
 
 
 def random_splits(fractions: tuple[float, float, float], seed: int, num_nodes: int,
-                  labels: np.ndarray | None) -> dict[str, np.ndarray]:
+                  labels: np.ndarray | None, task: str = CLASSIFICATION) -> dict[str, np.ndarray]:
     """Random disjoint splits over the labelled nodes (all nodes when there are no labels).
+
+    ``labels`` are stored labels of kind ``task``; which nodes are labelled is
+    :func:`~diskgraph.store.label_kinds.labelled_mask` (class id >= 0, a regression row not NaN, every node of a
+    multilabel dataset).
 
     A permutation from ``numpy.random.default_rng(seed)``; the first
     ``round(f_train * n)`` go to train, the next ``round(f_val * n)`` to val,
     the next ``round(f_test * n)`` to test; each split is sorted.
     """
-    pool = np.flatnonzero(labels >= 0) if labels is not None else np.arange(num_nodes, dtype=np.int64)
+    pool = np.flatnonzero(labelled_mask(labels, task)) if labels is not None else np.arange(num_nodes, dtype=np.int64)
     perm = np.random.default_rng(seed).permutation(pool)
     n = pool.size
     a = int(round(fractions[0] * n))

@@ -2,7 +2,8 @@
 
 Keys: ``edges`` int [2, E] (or ``edges_upper`` [2, E] with each undirected edge
 once, read in both directions), optional ``features`` [N, F], optional
-``labels`` [N], optional ``train_idx``/``val_idx``/``test_idx`` (index arrays)
+``labels`` ([N] class ids or regression targets, [N, C] multilabel 0/1 or regression targets: see
+:mod:`~diskgraph.store.label_kinds`), optional ``train_idx``/``val_idx``/``test_idx`` (index arrays)
 or ``train_mask``/``val_mask``/``test_mask`` (boolean masks). Edges and
 features are streamed out of the archive; labels and splits are node-sized and
 loaded.

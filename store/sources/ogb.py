@@ -5,7 +5,8 @@ directly, are accepted too)::
 
     DIR/raw/edge.csv.gz            E rows "src,dst", no header (src → dst, PyG's message direction)
     DIR/raw/node-feat.csv.gz       N rows of F floats (optional)
-    DIR/raw/node-label.csv.gz      N rows of one class id; "nan" or empty = unlabelled (-1) (optional)
+    DIR/raw/node-label.csv.gz      N rows of one class id; "nan" or empty = unlabelled (-1) (optional); several
+                                   columns: multilabel when all 0/1, else regression targets (empty = NaN)
     DIR/raw/num-node-list.csv.gz   one row: N (optional)
     DIR/split/SCHEME/{train,valid,test}.csv.gz   one node id per row (``valid`` → ``val``)
 
@@ -82,8 +83,8 @@ def _typed_batches(path: Path, what: str, typ: pa.DataType):
     return names, _batches(path, what, {n: typ for n in names})
 
 
-def read_column(path: Path, what: str, kind: str) -> np.ndarray:
-    """A one-column CSV (``kind`` ``ids``: int64 node ids; ``labels``: int64 class ids, empty/nan → -1).
+def read_column(path: Path, what: str, kind: str, task: str | None = None) -> np.ndarray:
+    """A one-column CSV (``kind`` ``ids``: int64 node ids; ``labels``: see :func:`ogb_labels`, given ``task``).
 
     Two or more label columns come back as a float64 ``[N, C]`` array (nan kept) for the importer to judge.
     """
@@ -98,14 +99,21 @@ def read_column(path: Path, what: str, kind: str) -> np.ndarray:
     a = np.concatenate(parts) if parts else np.zeros((0, len(names)))
     if kind == "ids":
         return a[:, 0].astype(np.int64)
-    if a.shape[1] != 1:
-        return a
-    v = a[:, 0]
-    bad = ~np.isnan(v) & ((v != np.round(v)) | (v < 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise InputError(f"{what} file {path} holds {v[i]} in row {i + 1}; labels must be class ids 0..C-1, nan or empty for unlabelled")
-    return np.where(np.isnan(v), -1, v).astype(np.int64)
+    return ogb_labels(a, task)
+
+
+def ogb_labels(y: np.ndarray, task: str | None) -> np.ndarray:
+    """OGB's labels as the importer takes them: one column of whole numbers >= 0 (nan = unlabelled) becomes int64
+    class ids with -1 for nan, unless ``task`` is ``regression``; anything else (fractions, several columns) is
+    returned as given (nan kept) for the importer to tell or check the label kind."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim == 1 and y.dtype.kind == "f" and task != "regression":
+        known = y[~np.isnan(y)]
+        if np.all(known == np.round(known)) and np.all(known >= 0) and np.all(np.isfinite(known)):
+            return np.where(np.isnan(y), -1, y).astype(np.int64)
+    return y
 
 
 class CsvFeatures(FeatureSource):
@@ -179,8 +187,11 @@ def dataset_name(directory: str | os.PathLike) -> str:
     return p.name.replace("_", "-")
 
 
-def open_ogb(directory: str | os.PathLike, split: str | None = None) -> tuple[NpzInputs, int | None]:
+def open_ogb(directory: str | os.PathLike, split: str | None = None,
+             task: str | None = None) -> tuple[NpzInputs, int | None]:
     """Open an OGB node-property-prediction directory; returns (inputs, node count from num-node-list or None).
+
+    ``task`` is the import's label kind, when given (``regression`` keeps one column of whole numbers as targets).
 
     Raises:
         InputError: the directory or its edge file is missing, a file cannot be read, or the split scheme is ambiguous.
@@ -203,11 +214,7 @@ def open_ogb(directory: str | os.PathLike, split: str | None = None) -> tuple[Np
             num_nodes = int(np.asarray(npz_array(npz, "num_nodes_list")).ravel()[0])
         lab = raw / "node-label.npz"
         if lab.is_file():
-            y = np.asarray(npz_array(lab, "node_label"))
-            if y.ndim == 2 and y.shape[1] == 1:
-                y = y[:, 0]
-            if y.ndim == 1 and y.dtype.kind == "f":
-                y = np.where(np.isnan(y), -1, y)
+            y = ogb_labels(npz_array(lab, "node_label"), task)
             labels, labels_label = y, f"member 'node_label' of npz file {lab}"
     else:
         edge_file = _find(raw, "edge")
@@ -225,7 +232,7 @@ def open_ogb(directory: str | os.PathLike, split: str | None = None) -> tuple[Np
         features = CsvFeatures(feat, num_nodes) if feat is not None else None
         lab = _find(raw, "node-label")
         if lab is not None:
-            labels, labels_label = read_column(lab, "labels", "labels"), f"labels file {lab}"
+            labels, labels_label = read_column(lab, "labels", "labels", task), f"labels file {lab}"
     splits: dict[str, tuple[np.ndarray, str]] = {}
     sdir = _split_dir(root, raw, split)
     if sdir is not None:

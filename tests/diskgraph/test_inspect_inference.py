@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from diskgraph.store.inference_output import OutputWriter
+from diskgraph.store.inference_output import INFERENCE_VERSION, OutputWriter
 
 RUN = {"path": "/runs/cora-sage", "best_epoch": 7}
 MODEL = {"name": "sage", "hidden": 16, "layers": 2, "fanouts": [10, 5]}
@@ -52,9 +52,10 @@ def test_inspect_prints_an_inference_output(cli, predict_out):
     r = cli.run("inspect", predict_out)
     assert r.rc == 0, r.err
     lines = r.out.splitlines()
-    assert lines[0].startswith(f"output        {predict_out}") and "predict output, format version 1" in lines[0]
+    assert lines[0].startswith(f"output        {predict_out}") and f"predict output, format version {INFERENCE_VERSION}" in lines[0]
     assert "kind          predict  mode exact" in r.out
     assert "rows          40  (nodes all)" in r.out
+    assert "task          classification, 3 classes  (rows predicted per class: 0: " in r.out
     assert any(line.startswith("array logits") and "40 x 3 float32" in line and "480 B" in line for line in lines)
     assert any(line.startswith("array node_ids") and "40 int64" in line for line in lines)
     assert any(line.startswith("array predictions") for line in lines)
@@ -71,7 +72,10 @@ def test_inspect_json(cli, predict_out):
     assert r.rc == 0, r.err
     info = json.loads(r.out)
     assert info["kind"] == "predict" and info["mode"] == "exact" and info["num_rows"] == 40
-    assert info["format"] == "diskgraph.inference" and info["format_version"] == 1
+    assert info["format"] == "diskgraph.inference" and info["format_version"] == INFERENCE_VERSION
+    assert info["task"] == {"kind": "classification", "num_outputs": 3}  # (a body without a task: classification)
+    counts = np.bincount(np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32).argmax(1), minlength=3)
+    assert info["prediction_summary"]["predicted_counts"] == {str(i): int(k) for i, k in enumerate(counts)}
     assert info["arrays"]["logits"] == {"shape": [40, 3], "dtype": "float32", "bytes": 480}
     assert info["arrays"]["predictions"] == {"shape": [40], "dtype": "int64", "bytes": 320}
     assert info["run"] == RUN and info["model"] == MODEL and info["dataset"] == DATASET

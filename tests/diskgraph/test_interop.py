@@ -171,7 +171,7 @@ def test_from_ogb_binary_layout(tmp_path, csc_oracle):
 @pytest.mark.parametrize("breakage, needle", [
     ("missing", "does not exist"),
     ("no-edges", "edge.csv.gz"),
-    ("bad-label", "labels must be class ids"),
+    ("bad-label", "NaN in some but not all targets of node 0"),
     ("short-feat", "rows"),
     ("bad-split", "outside"),
 ])
@@ -183,7 +183,7 @@ def test_from_ogb_refusals(tmp_path, no_leftovers, breakage, needle):
     elif breakage == "no-edges":
         (root / "raw" / "edge.csv.gz").unlink()
     elif breakage == "bad-label":
-        _write_gz(root / "raw" / "node-label.csv.gz", ["1.5"] * N)
+        _write_gz(root / "raw" / "node-label.csv.gz", ["1.5,"] + ["1.5,2"] * (N - 1))  # regression, a row half NaN
     elif breakage == "short-feat":
         _write_gz(root / "raw" / "node-feat.csv.gz", [",".join("0.5" for _ in range(F))] * (N - 3))
     elif breakage == "bad-split":

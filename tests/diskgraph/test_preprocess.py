@@ -221,6 +221,7 @@ def test_preprocess_all_refuses_a_dataset_imported_differently(tmp_path, cli, re
     assert cli.run(*base).rc == 0
     refused(cli.run(*base, "--dedup"), f"dataset {out}", "--dedup off there, on in this run", "--overwrite")
     refused(cli.run(*base[:-1], "--seed", "1"), "--seed 0 there, 1 in this run", "--overwrite")
+    refused(cli.run(*base, "--task", "regression"), "--task not given there, regression in this run", "--overwrite")
     os.utime(raw / "labels.npy", ns=(1, 1))
     refused(cli.run(*base), "--labels", "changed", "--overwrite")
     assert cli.run(*base, "--overwrite").rc == 0  # imported again (and sampled and packed into it)

@@ -21,14 +21,8 @@ BATCH = 16
 
 
 @pytest.fixture(scope="module")
-def cora(tmp_path_factory, shared_dataset):
-    from diskgraph.cli import main
-
-    out = tmp_path_factory.mktemp("api") / "cora"
-    rc = main(["preprocess", "all", "--npz", str(shared_dataset("cora")), "--out", str(out), "--fanouts", "10,5",
-               "--batch-size", str(BATCH), "--seed", "0", "-q"])
-    assert rc == 0
-    return out
+def cora(prepared_cora):
+    return prepared_cora("10,5", BATCH)
 
 
 def _indices(loader) -> list[int]:

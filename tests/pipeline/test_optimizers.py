@@ -159,7 +159,7 @@ def test_resume_with_another_optimizer_or_schedule_is_refused(ident, tmp_path):
 
 
 def test_early_stopping_without_val_split_is_refused(ident, tmp_path):
-    with pytest.raises(InputError, match="--early-stopping 2 watches val_loss, but this run has no val split"):
+    with pytest.raises(InputError, match="--early-stopping watches val_loss, but this run has no val split"):
         _trainer(ident, tmp_path / "run", splits=("train", "test"), early_stopping=2, early_stopping_metric="val_loss")
     assert loader_threads() == []
 

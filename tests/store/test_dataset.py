@@ -58,7 +58,7 @@ def test_open_dataset_reads_back_everything(make_dataset, raw, csc_oracle):
                                       "topology/indices", "topology/indptr"]
     assert "num_nodes=300" in repr(ds)
     m = ds.manifest
-    assert m["format"] == "diskgraph.dataset" and m["format_version"] == 2
+    assert m["format"] == "diskgraph.dataset" and m["format_version"] == 3 and m["task"] == "classification"
     assert m["features"]["bytes"] == raw["x"].nbytes and m["features"]["row_bytes"] == F * 4
     assert m["options"]["dedup"] is True and m["import"]["input_edges"] == raw["src"].size
     assert m["import"]["duplicates_dropped"] == raw["src"].size - indices.size

@@ -11,7 +11,7 @@ import pytest
 
 from diskgraph.store.errors import FormatError, InputError
 from diskgraph.store.inference_output import (CHUNK_BYTES, INFERENCE_FORMAT, INFERENCE_VERSION, OutputWriter,
-                                              open_output, write_parquet)
+                                              open_output, output_task, predict_columns, predict_rows, write_parquet)
 from diskgraph.store.manifest import write_manifest
 
 PREDICT = {"node_ids": ((), "int64"), "logits": ((5,), "float32"), "predictions": ((), "int64")}
@@ -339,3 +339,137 @@ def test_flipped_byte_in_chunk_padding_is_not_a_problem(tmp_path):
     assert open_output(out).verify() == []
     flip(out / "predictions" / "c" / "7", 0)
     assert len(open_output(out).verify()) == 1
+
+
+# -- tasks (format version 2) and version 1 outputs ------------------------------------------------------------------
+
+def _write_task(out, task: dict, outputs: np.ndarray, chunk_rows: int = 4):
+    """A predict output of ``task`` whose arrays come from the model outputs ``outputs`` [n, W] (predict_rows)."""
+    out.mkdir()
+    n = len(outputs)
+    w = OutputWriter(out, n, predict_columns(task), chunk_rows=chunk_rows)
+    rows = predict_rows(task, outputs)
+    w.append(node_ids=np.arange(n), **rows)
+    w.finish({**BODY, "task": task})
+    return rows
+
+
+def _rewrite(out, **changes):
+    """Rewrite ``out``'s manifest with ``changes`` (a key set to None is dropped) as a well-formed manifest."""
+    m = json.loads((out / "manifest.json").read_text())
+    version = changes.pop("format_version", INFERENCE_VERSION)
+    body = {k: v for k, v in {**m, **changes}.items() if v is not None and k not in
+            ("format", "format_version", "created_by", "created_at", "checksum")}
+    write_manifest(out, INFERENCE_FORMAT, version, body)
+
+
+@pytest.mark.parametrize("task, arrays", [
+    (output_task("classification", 5), {"logits": ((17, 5), "float32"), "predictions": ((17,), "int64")}),
+    (output_task("multilabel", 5), {"logits": ((17, 5), "float32"), "predictions": ((17, 5), "uint8")}),
+    (output_task("regression", 1), {"predictions": ((17,), "float32")}),
+    (output_task("regression", 1, [1]), {"predictions": ((17, 1), "float32")}),
+    (output_task("regression", 3, [3]), {"predictions": ((17, 3), "float32")}),
+])
+def test_predict_arrays_per_task(tmp_path, task, arrays):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    width = task["num_outputs"]
+    outputs = np.random.default_rng(2).standard_normal((17, width)).astype(np.float32)
+    rows = _write_task(tmp_path / "out", task, outputs)
+    o = open_output(tmp_path / "out")
+    assert o.task == task and o.manifest["task"] == task and o.verify() == []
+    assert o.array_names == ["node_ids", *arrays]
+    for name, (shape, dtype) in arrays.items():
+        got = o.read(name)
+        assert got.shape == shape and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, rows[name])
+    kind = task["kind"]
+    pred = o.read("predictions")
+    if kind == "classification":
+        np.testing.assert_array_equal(pred, outputs.argmax(1))
+    elif kind == "multilabel":
+        np.testing.assert_array_equal(pred, (outputs > 0).astype(np.uint8))
+    else:
+        np.testing.assert_array_equal(pred.reshape(17, width), outputs)
+    p = tmp_path / "p.parquet"
+    write_parquet(o, p, rows_per_group=5)
+    t = pq.read_table(p)
+    assert t.column_names == ["node_id", "prediction", *(["logits"] if kind != "regression" else [])]
+    assert t.schema.metadata[b"diskgraph.task"] == kind.encode()
+    want_type = {"classification": pa.int64(), "multilabel": pa.list_(pa.uint8(), width),
+                 "regression": pa.float32() if not task.get("target_shape") else pa.list_(pa.float32(), width)}[kind]
+    assert t.schema.field("prediction").type == want_type
+    got = t["prediction"].to_pylist()
+    np.testing.assert_array_equal(np.array(got, dtype=pred.dtype), pred)
+    summary = o.prediction_summary(slice_rows=4)
+    assert summary["task"] == kind and summary["num_outputs"] == width
+    if kind == "classification":
+        assert summary["predicted_counts"] == {str(i): int(k) for i, k in enumerate(np.bincount(pred, minlength=5))}
+    elif kind == "multilabel":
+        assert summary["predicted_positives"] == {str(i): int(k) for i, k in enumerate(pred.sum(0))}
+        assert summary["mean_positives"] == pytest.approx(pred.sum() / 17)
+    else:
+        np.testing.assert_allclose(summary["mean"], outputs.astype(np.float64).mean(0), rtol=1e-9)
+        np.testing.assert_allclose(summary["std"], outputs.astype(np.float64).std(0), rtol=1e-6)
+
+
+def test_writer_refuses_arrays_that_are_not_the_tasks(tmp_path):
+    reg = output_task("regression", 1)
+    for i, (task, columns) in enumerate([
+        (reg, {"node_ids": ((), "int64"), "logits": ((1,), "float32"), "predictions": ((), "float32")}),
+        (reg, {"node_ids": ((), "int64"), "predictions": ((1,), "float32")}),  # [M, 1] for [N] targets
+        (output_task("multilabel", 5), PREDICT),  # int64 [M] predictions
+    ]):
+        (tmp_path / str(i)).mkdir()
+        w = OutputWriter(tmp_path / str(i), 0, columns)
+        with pytest.raises(ValueError, match=f"a {task['kind']} predict output needs the arrays"):
+            w.finish({**BODY, "task": task})
+    with pytest.raises(ValueError, match="not one of"):
+        output_task("ranking", 3)
+    with pytest.raises(ValueError, match="positive whole number"):
+        output_task("multilabel", 0)
+    with pytest.raises(ValueError, match="does not hold"):
+        output_task("regression", 3, [2])
+
+
+def test_version_1_outputs_are_read_as_classification(tmp_path):
+    """A version 1 output (before label kinds: no task) opens, exports and summarizes as classification."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    ids, logits, preds = write_predict(out)
+    _rewrite(out, format_version=1, task=None)
+    o = open_output(out)
+    assert o.manifest["format_version"] == 1 and "task" not in o.manifest
+    assert o.task == {"kind": "classification", "num_outputs": 5}
+    write_parquet(o, tmp_path / "v1.parquet")
+    t = pq.read_table(tmp_path / "v1.parquet")
+    assert t.column_names == ["node_id", "prediction", "logits"]
+    np.testing.assert_array_equal(t["prediction"].to_numpy(), preds)
+    assert sum(o.prediction_summary()["predicted_counts"].values()) == 50
+    e_out = tmp_path / "emb"
+    write_embed(e_out)
+    _rewrite(e_out, format_version=1)
+    assert open_output(e_out).task is None and open_output(e_out).kind == "embed"
+
+
+def test_bad_or_unknown_tasks_are_refused(tmp_path):
+    out = tmp_path / "out"
+    write_predict(out)
+    _rewrite(out, task={"kind": "ranking", "num_outputs": 5})
+    with pytest.raises(FormatError, match="task 'ranking', which this diskgraph does not know; upgrade diskgraph"):
+        open_output(out)
+    _rewrite(out, task={"kind": "classification", "num_outputs": "five"})
+    with pytest.raises(FormatError, match="bad task entry"):
+        open_output(out)
+    _rewrite(out, task={"kind": "multilabel", "num_outputs": 5})  # int64 [M] predictions are not multilabel ones
+    with pytest.raises(FormatError, match=r"predictions.*a multilabel predict output with 5 outputs has predictions "
+                                          r"uint8") as e:
+        open_output(out)
+    assert "run the inference again" in str(e.value)
+    _rewrite(out, task={"kind": "regression", "num_outputs": 1})  # regression has no logits but needs predictions
+    with pytest.raises(FormatError, match="float32"):
+        open_output(out)
+    _rewrite(out, task={"kind": "classification", "num_outputs": 5})
+    assert open_output(out).task["kind"] == "classification"

@@ -157,9 +157,10 @@ def _case_labels_wrong_length(p):
     return base_args(p, labels=True), [str(p["labels"]), "9 labels", "10 nodes"]
 
 
-def _case_labels_not_integers(p):
+def _case_labels_not_integers(p):  # (without --task, fractions are regression targets)
     _save(p["labels"], np.full(N, 0.5))
-    return base_args(p, labels=True), [str(p["labels"]), "float64"]
+    return base_args(p, labels=True) + ["--task", "classification"], [str(p["labels"]), "0.5 at node 0",
+                                                                       "--task classification"]
 
 
 def _case_overlapping_splits(p):
