@@ -16,47 +16,25 @@ import logging
 import re
 import sys
 
-from . import cli_daemon, cli_generate, cli_infer, cli_inspect, cli_preprocess, cli_train
+from . import cli_daemon, cli_generate, cli_infer, cli_inspect, cli_train
 from . import cli_plan
 from .config import apply_config, render_config
 from .cli_common import fanouts
 from .cli_failures import Before, environment_failure, output_of
+from .cli_parsers import add_preprocess, root_parser
 from .store.errors import InputError
 from .store.progress import set_quiet
 
 _NEGATIVE_LIST = re.compile(r"-\d+(\s*,\s*-?\d+)*,?")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with refusals in diskgraph's form: one line on stderr, exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"diskgraph: error: {self.prog}: {message}; see `{self.prog} --help`\n")
-
-
 # -- entry point -----------------------------------------------------------------------------------
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and its leaf parsers by section name."""
-    from . import __version__
-
-    parser = _Parser(
-        prog="diskgraph",
-        description="Train graph neural networks on graphs larger than memory. "
-                    "Start with `diskgraph generate` or `diskgraph preprocess import`, then `diskgraph inspect`.",
-    )
-    parser.add_argument("--version", action="version", version=f"diskgraph {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    pre = sub.add_parser("preprocess", help="import raw inputs, sample plans, pack features",
-                         description="Preprocessing stages. Each writes a versioned directory atomically: "
-                                     "import → DATASET, sample → DATASET/plans/NAME, pack → DATASET/packs/NAME; "
-                                     "`all` runs them in one go.")
-    pre_sub = pre.add_subparsers(dest="subcommand", metavar="STAGE")
+    parser, sub = root_parser()
     leaves = {
-        "import": cli_preprocess.add_import(pre_sub),
-        "sample": cli_preprocess.add_sample(pre_sub),
-        "pack": cli_preprocess.add_pack(pre_sub),
-        "all": cli_preprocess.add_all(pre_sub),
+        **add_preprocess(sub),
         "generate": cli_generate.add_generate(sub),
         "inspect": cli_inspect.add_inspect(sub),
         "train": cli_train.add_train(sub),
@@ -69,13 +47,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "logs": cli_daemon.add_logs(sub),
         "cancel": cli_daemon.add_cancel(sub),
     }
-    pre.set_defaults(func=lambda a: _usage(pre))
     return parser, leaves
-
-
-def _usage(p: argparse.ArgumentParser) -> int:
-    p.print_help(sys.stderr)
-    return 2
 
 
 def _attach_negative_lists(argv: list[str], leaves: dict[str, argparse.ArgumentParser]) -> list[str]:

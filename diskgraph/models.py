@@ -67,6 +67,7 @@ agree with the CPU to rounding).
 from __future__ import annotations
 
 import operator
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,7 @@ from .pipeline.blocks import Block
 from .store.errors import InputError
 
 MODELS = ("sage", "gcn", "gat")
-"""The model names :func:`build_model` accepts."""
+"""The model names :func:`build_model` accepts (each with its cost terms in :data:`COSTS`)."""
 
 
 def _gather_sum(block: Block, h: torch.Tensor) -> torch.Tensor:
@@ -145,7 +146,11 @@ class GCNConv(nn.Module):
     @staticmethod
     def degrees(block: Block, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(d_out [num_src], d_in [num_dst])`` of the block with one self loop per destination."""
-        d_out = torch.bincount(block.indices, minlength=block.num_src).to(dtype)
+        # index_add_ into a tensor of the known size, not bincount: on CUDA bincount reads the largest index back to
+        # size its output (a wait on the device). Integer counts, so the same values as bincount.
+        idx = block.indices
+        d_out = torch.zeros(block.num_src, dtype=idx.dtype, device=idx.device).index_add_(
+            0, idx, torch.ones_like(idx)).to(dtype)
         d_out[: block.num_dst] += 1
         d_in = block.in_degree.to(dtype) + 1
         return d_out, d_in
@@ -340,3 +345,85 @@ def build_model(name: str, in_dim: int, hidden: int, num_classes: int, num_layer
 def count_parameters(model: nn.Module) -> int:
     """Trainable parameters (elements of every parameter that requires a gradient)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# -- what each model costs ---------------------------------------------------------------------------
+# The capacity planner (:mod:`diskgraph.capacity`) prices a model step from these terms and its calibrated fit; a
+# model in MODELS needs an entry in COSTS.
+
+class LayerCost(NamedTuple):
+    """How one model's layers are sized and what they cost, for the capacity planner.
+
+    Attributes:
+        out_width: ``(width, last, heads) -> int``, a layer's output width as :func:`build_model` makes it from the
+            nominal width (``hidden``, or ``num_classes`` for the ``last`` layer).
+        work: ``(ns, nd, e, din, dout, heads) -> (dense, edge_width, source_elements)`` of one layer over a block of
+            ``ns`` sources, ``nd`` destinations and ``e`` sampled edges: multiply-adds of its dense products,
+            elements per edge it moves, and elements of source-side tensors it makes.
+        weight_matrices: weight matrices (each with a bias, as the planner counts) per layer.
+    """
+
+    out_width: Callable[[int, bool, int], int]
+    work: Callable[[float, float, float, int, int, int], tuple[float, float, float]]
+    weight_matrices: int = 1
+
+
+def _same_width(width: int, last: bool, heads: int) -> int:
+    return width
+
+
+def _sage_work(ns, nd, e, din, dout, heads):
+    # W_self on the destinations; W_neigh on the sources before the mean when that shrinks them, else after it
+    return nd * din * dout + (ns if din > dout else nd) * din * dout, min(din, dout), ns * dout if din > dout else 0.0
+
+
+def _gcn_work(ns, nd, e, din, dout, heads):
+    # the normalised sources, then one product before or after the sum (whichever is narrower)
+    return (ns if din > dout else nd) * din * dout, min(din, dout), ns * din + (ns * dout if din > dout else 0.0)
+
+
+def _gat_width(width: int, last: bool, heads: int) -> int:
+    return width * heads if last else (width // heads) * heads
+
+
+def _gat_work(ns, nd, e, din, dout, heads):
+    # z = W x on every source; per edge the message and its attention scores, softmax and dropout
+    return ns * din * dout, dout + 6 * heads, ns * (dout + 2 * heads)
+
+
+COSTS = {"sage": LayerCost(_same_width, _sage_work, weight_matrices=2), "gcn": LayerCost(_same_width, _gcn_work),
+         "gat": LayerCost(_gat_width, _gat_work)}
+"""Model name → its :class:`LayerCost`."""
+
+
+def layer_dims(model: str, in_dim: int, hidden: int, classes: int, layers: int, heads: int = 4) -> list[tuple[int, int]]:
+    """(input width, output width) of every layer as :func:`build_model` builds them."""
+    dims = [in_dim] + [hidden] * (layers - 1) + [classes]
+    width = COSTS[model].out_width
+    return [(dims[i], width(dims[i + 1], i == layers - 1, heads)) for i in range(layers)]
+
+
+def work_terms(model: str, sizes, edges, in_dim: int, hidden: int, classes: int, heads: int = 4) -> list[float]:
+    """``[1, dense_flops, edge_elements, node_elements, activation_elements]`` of one minibatch of ``model``.
+
+    ``sizes`` = ``[n_0, …, n_L]`` (seeds … inputs), ``edges`` = sampled edges per hop ``[e_1, …, e_L]``.
+    GNN layer ``l`` (0-based) runs hop ``L - l``: sources ``n_{L-l}``, destinations ``n_{L-l-1}``. Node elements
+    are the layer's source elements (:class:`LayerCost`) + ``4 × destinations × output width``.
+    """
+    L = len(edges)
+    work = COSTS[model].work
+    dense = edge_el = node_el = 0.0
+    for l_, (din, dout) in enumerate(layer_dims(model, in_dim, hidden, classes, L, heads)):
+        h = L - l_
+        ns, nd, e = float(sizes[h]), float(sizes[h - 1]), float(edges[h - 1])
+        d, w, src_el = work(ns, nd, e, din, dout, heads)
+        dense += d
+        edge_el += e * w
+        node_el += src_el + 4 * nd * dout
+    return [1.0, 2.0 * dense, edge_el, node_el, edge_el + node_el]
+
+
+def parameter_estimate(model: str, in_dim: int, hidden: int, classes: int, layers: int, heads: int = 4) -> int:
+    """Parameters of ``model`` as the planner counts them: per layer its weight matrices, each with a bias."""
+    return sum(a * b + b for a, b in layer_dims(model, in_dim, hidden, classes, layers, heads)) * \
+        COSTS[model].weight_matrices

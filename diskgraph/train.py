@@ -127,6 +127,23 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def rank_device(local_rank: int) -> torch.device:
+    """The GPU of the data-parallel rank ``local_rank`` (``LOCAL_RANK``): ``cuda:LOCAL_RANK`` when this process sees
+    that many GPUs (all of the node's), ``cuda:0`` when it sees exactly one (``CUDA_VISIBLE_DEVICES`` set per rank, as
+    Slurm and Kubernetes do).
+
+    Raises:
+        InputError: neither — the process sees some GPUs, but not one per rank.
+    """
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count > local_rank:
+        return torch.device("cuda", local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise InputError(f"rank with LOCAL_RANK {local_rank} sees {count} GPU(s), neither one per local rank nor exactly "
+                     "one; give each process all of the node's GPUs or exactly one (CUDA_VISIBLE_DEVICES)")
+
+
 def _open_pack(dataset: Path, name: str, ctx):
     """The pack this process trains from and whether it is already this rank's share (a split plan's pack).
 
@@ -173,7 +190,7 @@ def run_training(dataset: str | os.PathLike, opts: TrainOptions) -> dict:
     if world is not None and opts.reference:
         raise InputError("--reference trains in memory in one process; run it without torchrun")
     if world is not None and device.type == "cuda":
-        device = torch.device("cuda", world[2])  # LOCAL_RANK
+        device = rank_device(world[2])
         torch.cuda.set_device(device)
     ctx = distributed.init(device)
     ok = False

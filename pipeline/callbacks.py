@@ -4,7 +4,9 @@ The trainer (:class:`~diskgraph.pipeline.trainer.Trainer`, and :func:`diskgraph.
 the order given:
 
 - ``on_fit_start(trainer)`` — before the first epoch (also of a resumed run);
-- ``on_batch_end(trainer, batch, loss)`` — after each training step (``loss``: the minibatch's mean loss, a float);
+- ``on_batch_end(trainer, batch, loss)`` — after each training step (``loss``: the minibatch's mean loss, a detached
+  0-d tensor on the compute device; ``float(loss)`` gives its value but, on a GPU, waits until the step has run, so
+  the loop cannot queue the next step meanwhile — read it only when you need it, e.g. every N steps);
 - ``on_epoch_end(trainer, record)`` — after each epoch's evaluation, with the epoch's record (the line
   ``metrics.jsonl`` gets: ``loss``, ``train_acc``, ``val_acc``, stage times, bytes read, …);
 - ``on_fit_end(trainer, summary)`` — with the summary (the best-validation model's test metrics).
@@ -31,7 +33,7 @@ class Callback:
     def on_fit_start(self, trainer) -> None:
         pass
 
-    def on_batch_end(self, trainer, batch, loss: float) -> None:
+    def on_batch_end(self, trainer, batch, loss) -> None:
         pass
 
     def on_epoch_end(self, trainer, record: dict) -> None:
@@ -113,7 +115,7 @@ class Checkpoint(Callback):
             raise InputError(f"Checkpoint(every={every}) must be at least 1 minibatch")
         self.every = int(every)
 
-    def on_batch_end(self, trainer, batch, loss: float) -> None:
+    def on_batch_end(self, trainer, batch, loss) -> None:
         if trainer.position % self.every == 0:
             trainer.request_checkpoint()
 

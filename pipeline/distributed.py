@@ -80,11 +80,16 @@ def world_from_env() -> tuple[int, int, int, int] | None:
     return rank, world, local_rank, local_world
 
 
+BACKEND_ENV = "DISKGRAPH_DIST_BACKEND"
+"""Overrides the process group's backend (``gloo`` or ``nccl``)."""
+
+
 def init(device: torch.device) -> DistContext | None:
     """Join the process group torchrun describes (None when not launched by it, or with one process).
 
-    Uses NCCL when ``device`` is CUDA (and makes ``cuda:LOCAL_RANK`` current; the caller picks that device),
-    gloo otherwise. Sets torch's intra-op threads to ``max(1, CPUs // LOCAL_WORLD_SIZE)`` unless
+    Uses NCCL when ``device`` is CUDA (the caller picks the device: :func:`diskgraph.train.rank_device`), gloo
+    otherwise; ``DISKGRAPH_DIST_BACKEND=gloo|nccl`` overrides the choice (gloo also reduces CUDA tensors: it lets
+    several ranks share one GPU, which NCCL refuses). Sets torch's intra-op threads to ``max(1, CPUs // LOCAL_WORLD_SIZE)`` unless
     ``OMP_NUM_THREADS`` was set (torchrun sets it to 1 when it starts several processes).
     """
     world = world_from_env()
@@ -93,7 +98,10 @@ def init(device: torch.device) -> DistContext | None:
     rank, size, local_rank, local_size = world
     import torch.distributed as dist
 
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = os.environ.get(BACKEND_ENV) or ("nccl" if device.type == "cuda" else "gloo")
+    if backend not in ("gloo", "nccl") or (backend == "nccl" and device.type != "cuda"):
+        raise InputError(f"{BACKEND_ENV}={backend} is not a backend for --device {device.type}; use gloo"
+                         + (" or nccl" if device.type == "cuda" else ""))
     if backend == "nccl" and not dist.is_nccl_available():
         raise InputError("training on CUDA across processes needs NCCL, which this torch lacks; install a CUDA build "
                          "of torch or train with --device cpu (gloo)")

@@ -40,7 +40,11 @@ from ..store.feature_mmap import MappedFeatures
 from ..store.label_kinds import gather_targets
 from ..store.plan import SampledMinibatch
 from .blocks import Batch, make_block
-from .cache import storage_tensor, torch_dtype
+from .stages import END, Stage, StageRun, overlap_stats
+from .tiers import storage_tensor, torch_dtype
+
+SAMPLE_THREAD = "diskgraph-sample"
+ASSEMBLE_THREAD = "diskgraph-memory-assemble"
 
 
 class InMemoryLoader:
@@ -59,13 +63,14 @@ class InMemoryLoader:
             the split are checked in every mode.
         share_features_with: another loader of the same dataset and ``features`` mode whose table (or memory
             maps) this one uses instead of loading its own (the train, val and test loaders of one run).
+        queue_depth: minibatches the sampling and assembling threads may run ahead of the consumer.
     """
 
     FEATURE_MODES = ("ram", "mmap", "mmap-random")
 
     def __init__(self, dataset: Dataset | str | os.PathLike, split: str, *, fanouts: Sequence[int], batch_size: int,
                  seed: int = 0, device: torch.device | str = "cpu", features: str = "ram",
-                 share_features_with: "InMemoryLoader | None" = None):
+                 share_features_with: "InMemoryLoader | None" = None, queue_depth: int = 2):
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         ds = self.dataset
         if split not in ds.splits:
@@ -110,7 +115,9 @@ class InMemoryLoader:
             self.mapped = MappedFeatures(ds.features, advice="random" if features == "mmap-random" else "normal")
         self.per_epoch = -(-self.nodes.size // self.batch_size)
         self._seed_cache: tuple[int, np.ndarray] | None = None
-        self._stats: dict = {}
+        self.queue_depth = int(queue_depth)
+        self._active: StageRun | None = None
+        self._last: StageRun | None = None
 
     def __len__(self) -> int:
         """Minibatches in one epoch."""
@@ -148,40 +155,68 @@ class InMemoryLoader:
         return self._iterate(order, int(start))
 
     def _iterate(self, order: np.ndarray, start: int):
-        tot = dict.fromkeys(("sample_s", "assemble_s", "compute_s", "minibatches", "inputs", "seeds"), 0)
-        self._stats = tot
-        t_start = time.perf_counter()
+        """Sampling and feature gathering run ahead of the consumer in the stage harness's threads
+        (:mod:`diskgraph.pipeline.stages`), as the packed loader's read and assemble stages do."""
+        if self._active is not None:
+            self._active.shutdown()
+        stages = [Stage("sample", SAMPLE_THREAD, source=lambda run: self._sample(run, order, start)),
+                  Stage("assemble", ASSEMBLE_THREAD, transform=self._assemble_one)]
+        run = StageRun(stages, self.queue_depth)
+        use = run.totals["consume"] = {"compute_s": 0.0, "wait_s": 0.0, "inputs": 0, "seeds": 0}
+        self._active = run
         try:
-            for pos in range(start, len(order)):
+            run.begin()
+            while True:
                 t0 = time.perf_counter()
-                mb = self.minibatch(int(order[pos]))
-                blocks = [make_block(ns, nd, ptr, idx) for ns, nd, ptr, idx in mb.blocks()]
+                batch = run.get_output()
+                use["wait_s"] += time.perf_counter() - t0
+                if batch is END:
+                    break
+                use["inputs"] += batch.stats["inputs"]
+                use["seeds"] += batch.stats["seeds"]
                 t1 = time.perf_counter()
-                if self.mapped is not None:
-                    x = storage_tensor(self.mapped.gather(mb.input_nodes), self.dataset.feature_dtype).to(torch.float32)
-                else:
-                    nodes = torch.from_numpy(np.ascontiguousarray(mb.input_nodes, dtype=np.int64))
-                    x = self.features.index_select(0, nodes).to(torch.float32)
-                y = torch.from_numpy(gather_targets(self.labels, mb.seeds, self.task))
-                if self.device.type != "cpu":
-                    x, y = x.to(self.device), y.to(self.device)
-                    blocks = [b.to(self.device) for b in blocks]
-                t2 = time.perf_counter()
-                n = int(mb.input_nodes.shape[0])
-                stats = {"sample_s": t1 - t0, "read_s": 0.0, "assemble_s": t2 - t1, "bytes_read": 0,
-                         "rows_gpu": 0, "rows_host": 0, "rows_cold": 0, "rows_memory": n, "inputs": n,
-                         "seeds": int(y.shape[0])}
-                tot["sample_s"] += t1 - t0
-                tot["assemble_s"] += t2 - t1
-                tot["minibatches"] += 1
-                tot["inputs"] += n
-                tot["seeds"] += int(y.shape[0])
-                t3 = time.perf_counter()
-                yield Batch(split=self.split, position=pos, index=int(order[pos]), blocks=blocks, x=x, y=y,
-                            input_nodes=mb.input_nodes, stats=stats)
-                tot["compute_s"] += time.perf_counter() - t3
+                yield batch
+                use["compute_s"] += time.perf_counter() - t1
         finally:
-            tot["epoch_s"] = time.perf_counter() - t_start
+            run.shutdown()
+            if self._active is run:
+                self._active = None
+                self._last = run
+
+    def _sample(self, run: StageRun, order: np.ndarray, start: int):
+        """The sampling stage: each minibatch's blocks and its seeds' targets."""
+        tot = run.totals["sample"]
+        for pos in range(start, len(order)):
+            if run.stop.is_set():
+                return
+            t0 = time.perf_counter()
+            mb = self.minibatch(int(order[pos]))
+            blocks = [make_block(ns, nd, ptr, idx) for ns, nd, ptr, idx in mb.blocks()]
+            y = torch.from_numpy(gather_targets(self.labels, mb.seeds, self.task))
+            busy = time.perf_counter() - t0
+            tot["busy_s"] += busy
+            yield pos, int(order[pos]), mb, blocks, y, busy
+
+    def _assemble_one(self, run: StageRun, item, wait_in: float) -> Batch:
+        """The assemble stage: the input rows from the table (or the memory maps), everything on the device."""
+        pos, row, mb, blocks, y, sample_s = item
+        t1 = time.perf_counter()
+        if self.mapped is not None:
+            x = storage_tensor(self.mapped.gather(mb.input_nodes), self.dataset.feature_dtype).to(torch.float32)
+        else:
+            nodes = torch.from_numpy(np.ascontiguousarray(mb.input_nodes, dtype=np.int64))
+            x = self.features.index_select(0, nodes).to(torch.float32)
+        if self.device.type != "cpu":
+            x, y = x.to(self.device), y.to(self.device)
+            blocks = [b.to(self.device) for b in blocks]
+        busy = time.perf_counter() - t1
+        run.totals["assemble"]["busy_s"] += busy
+        n = int(mb.input_nodes.shape[0])
+        stats = {"sample_s": sample_s, "read_s": 0.0, "assemble_s": busy, "assemble_input_wait_s": wait_in,
+                 "bytes_read": 0, "rows_gpu": 0, "rows_host": 0, "rows_cold": 0, "rows_memory": n, "inputs": n,
+                 "seeds": int(y.shape[0])}
+        return Batch(split=self.split, position=pos, index=row, blocks=blocks, x=x, y=y, input_nodes=mb.input_nodes,
+                     stats=stats)
 
     def close(self) -> None:
         """Release the memory maps (``mmap`` modes)."""
@@ -190,16 +225,18 @@ class InMemoryLoader:
 
     def epoch_stats(self) -> dict:
         """Sums over the running (or last) epoch, with the keys of :meth:`PackedLoader.epoch_stats` that apply."""
-        t = self._stats
-        if not t:
+        run = self._active or self._last
+        if run is None:
             return {}
-        epoch_s = t.get("epoch_s", 0.0)
-        busy = {"sample": t["sample_s"], "assemble": t["assemble_s"], "compute": t["compute_s"]}
-        slowest = max(busy, key=busy.get)
-        return {"minibatches": t["minibatches"], "epoch_s": epoch_s, "sample_busy_s": t["sample_s"],
-                "read_busy_s": 0.0, "assemble_busy_s": t["assemble_s"], "compute_s": t["compute_s"],
-                "bytes_read": 0, "inputs": t["inputs"], "seeds": t["seeds"], "rows_gpu": 0, "rows_host": 0,
-                "rows_cold": 0, "rows_memory": t["inputs"],
-                "minibatches_per_s": t["minibatches"] / epoch_s if epoch_s > 0 else 0.0,
-                "slowest_stage": slowest, "slowest_stage_s": busy[slowest],
-                "overlap": epoch_s / busy[slowest] if busy[slowest] > 0 else None}
+        smp, asm, use = run.totals["sample"], run.totals["assemble"], run.totals["consume"]
+        epoch_s = run.epoch_s
+        minibatches = int(asm["minibatches"])
+        busy = {"sample": float(smp["busy_s"]), "assemble": float(asm["busy_s"]), "compute": float(use["compute_s"])}
+        out = {"minibatches": minibatches, "epoch_s": epoch_s, "sample_busy_s": busy["sample"],
+               "read_busy_s": 0.0, "assemble_busy_s": busy["assemble"], "compute_s": busy["compute"],
+               "sample_put_wait_s": float(smp["put_wait_s"]), "assemble_input_wait_s": float(asm["input_wait_s"]),
+               "assemble_put_wait_s": float(asm["put_wait_s"]), "consumer_wait_s": float(use["wait_s"]),
+               "bytes_read": 0, "inputs": int(use["inputs"]), "seeds": int(use["seeds"]), "rows_gpu": 0, "rows_host": 0,
+               "rows_cold": 0, "rows_memory": int(use["inputs"]),
+               "minibatches_per_s": minibatches / epoch_s if epoch_s > 0 else 0.0, **overlap_stats(epoch_s, busy)}
+        return out

@@ -1,4 +1,4 @@
-"""Measurements the trainer logs: accuracy, ROC-AUC, bytes read from disk, peak memory."""
+"""Measurements the trainer logs: accuracy, ROC-AUC, bytes read from disk, peak memory (host, and GPU per epoch)."""
 
 from __future__ import annotations
 
@@ -53,7 +53,22 @@ def peak_rss_bytes() -> int:
 
 
 def peak_gpu_bytes(device: torch.device) -> int:
-    """Peak memory torch allocated on a CUDA device (0 on CPU)."""
+    """Peak memory torch allocated on a CUDA device since the last :func:`reset_peak_gpu_bytes` (0 on CPU)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return 0
+
+
+def reserved_gpu_bytes(device: torch.device) -> int:
+    """Peak memory torch's caching allocator reserved on a CUDA device since the last :func:`reset_peak_gpu_bytes`
+    (what ``nvidia-smi`` sees of the process, less CUDA's own context; 0 on CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_reserved(device))
+    return 0
+
+
+def reset_peak_gpu_bytes(device: torch.device) -> None:
+    """Start the peaks of :func:`peak_gpu_bytes` and :func:`reserved_gpu_bytes` again (the trainer: at each epoch's
+    start, so they are per epoch); nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -41,14 +41,19 @@ from .metrics import roc_auc
 class SumMetric:
     """A metric computed from sums over minibatches.
 
-    Subclasses give :meth:`sums` (a dict of floats for one minibatch; the trainer adds them up) and :meth:`value`
-    (the metric from the added sums). ``name`` is the key suffix in the logs; ``higher_is_better`` its direction.
+    Subclasses give :meth:`sums` (a dict of 0-d tensors for one minibatch, on the outputs' device; the trainer adds
+    them up on that device and reads them once per epoch) and :meth:`value` (the metric from the added sums, as
+    floats). ``name`` is the key suffix in the logs; ``higher_is_better`` its direction.
+
+    :meth:`sums` should not read a value on the host (``float(t)``, ``t.item()``, ``bool(t)``, indexing with a boolean
+    mask): on a GPU that waits for the training step to finish. A number instead of a tensor is accepted (it is added
+    as it is).
     """
 
     name: str = ""
     higher_is_better: bool = True
 
-    def sums(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def sums(self, out: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def value(self, sums: dict[str, float]) -> float:
@@ -79,7 +84,7 @@ class Accuracy(SumMetric):
 
     def sums(self, out, y):
         known = y >= 0  # -1: an unlabelled seed
-        return {"correct": float((out.argmax(dim=1) == y)[known].sum()), "total": float(known.sum())}
+        return {"correct": ((out.argmax(dim=1) == y) & known).sum(), "total": known.sum()}
 
     def value(self, s):
         return s["correct"] / s["total"] if s.get("total") else float("nan")
@@ -92,19 +97,29 @@ class MicroF1(SumMetric):
 
     def sums(self, out, y):
         pred, true = out > 0, y > 0.5
-        return {"tp": float((pred & true).sum()), "fp": float((pred & ~true).sum()), "fn": float((~pred & true).sum())}
+        return {"tp": (pred & true).sum(), "fp": (pred & ~true).sum(), "fn": (~pred & true).sum()}
 
     def value(self, s):
         denom = 2 * s.get("tp", 0.0) + s.get("fp", 0.0) + s.get("fn", 0.0)
         return 2 * s["tp"] / denom if denom else float("nan")
 
 
-def _as_targets(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, y)`` of the labelled seeds (a NaN target is an unlabelled one), ``out`` shaped as ``y`` (a ``[B]``
-    target against ``[B, 1]`` outputs)."""
+def _as_targets(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, y, known)``: ``out`` shaped as ``y`` (a ``[B]`` target against ``[B, 1]`` outputs), and both set to 0
+    where the target is unknown (NaN: an unlabelled seed; ``known`` is False there). Masking, not indexing: no wait
+    on the device for the number of labelled seeds."""
     out = out[:, 0] if y.dim() == 1 and out.dim() == 2 else out
     known = ~torch.isnan(y)
-    return (out, y) if bool(known.all()) else (out[known], y[known])
+    zero = torch.zeros((), dtype=out.dtype, device=out.device)
+    return torch.where(known, out, zero), torch.where(known, y, zero.to(y.dtype)), known
+
+
+def _mse_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the known targets: the mean over all (unknown ones are 0 - 0) scaled by
+    ``all / known`` — exactly 1, so exactly ``F.mse_loss`` (and its gradient), when every target is known."""
+    out, y, known = _as_targets(out, y)
+    loss = F.mse_loss(out, y)
+    return loss * (known.numel() / known.sum()).to(loss.dtype)
 
 
 class RMSE(SumMetric):
@@ -114,9 +129,9 @@ class RMSE(SumMetric):
     higher_is_better = False
 
     def sums(self, out, y):
-        out, y = _as_targets(out, y)
+        out, y, known = _as_targets(out, y)
         d = out.double() - y.double()
-        return {"squared_error": float((d * d).sum()), "values": float(y.numel())}
+        return {"squared_error": (d * d).sum(), "values": known.sum()}
 
     def value(self, s):
         return float(np.sqrt(s["squared_error"] / s["values"])) if s.get("values") else float("nan")
@@ -129,8 +144,8 @@ class MAE(SumMetric):
     higher_is_better = False
 
     def sums(self, out, y):
-        out, y = _as_targets(out, y)
-        return {"absolute_error": float((out.double() - y.double()).abs().sum()), "values": float(y.numel())}
+        out, y, known = _as_targets(out, y)
+        return {"absolute_error": (out.double() - y.double()).abs().sum(), "values": known.sum()}
 
     def value(self, s):
         return s["absolute_error"] / s["values"] if s.get("values") else float("nan")
@@ -174,7 +189,7 @@ class Task:
             return F.cross_entropy(out, y, weight=w, ignore_index=-1)
         if self.kind == "multilabel":
             return F.binary_cross_entropy_with_logits(out, y, pos_weight=w)
-        return F.mse_loss(*_as_targets(out, y))
+        return _mse_loss(out, y)
 
     def metric(self, name: str) -> SumMetric | WholeMetric | None:
         return next((m for m in self.metrics if m.name == name), None)

@@ -23,7 +23,7 @@ How it is done here, with no compiled code of our own:
 The registration steps run in a short-lived helper thread: a failed CUDA
 runtime call leaves a per-thread "last error" that a later kernel-launch check
 in the same thread would raise, so failures must not happen on the caller's
-thread. Callers fall back to a pinned copy (see :mod:`diskgraph.pipeline.cache`)
+thread. Callers fall back to a pinned copy (see :mod:`diskgraph.pipeline.tiers`)
 when :class:`UVAError` is raised.
 """
 

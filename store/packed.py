@@ -313,29 +313,6 @@ class Pack:
                               f"{entry.offset + entry.padded_nbytes}) does not match its checksum; the pack is damaged, "
                               f"{REPACK}")
 
-    def assemble(self, split: str, i: int, tiers_in_memory: dict[str, np.ndarray] | None = None,
-                 direct: bool = True, out: np.ndarray | None = None) -> np.ndarray:
-        """Minibatch ``i``'s input features ``[n_inputs, F]`` (CPU reference path).
-
-        Rows come from the tiers by slot and from the extent by slot, in the
-        plan's input-node order; equal, bit for bit, to ``features[input_nodes]``.
-
-        Args:
-            tiers_in_memory: ``{"gpu": rows, "host": rows}`` (default: :meth:`load_tiers`).
-        """
-        e = self.entry(split, i)
-        tiers = tiers_in_memory if tiers_in_memory is not None else self.load_tiers()
-        if out is None:
-            out = np.empty((e.num_inputs, self.feature_dim), dtype=self.storage_dtype)
-        for name, code in (("gpu", GPU), ("host", HOST)):
-            at = np.flatnonzero(e.tier == code)
-            if at.size:
-                out[at] = np.asarray(tiers[name])[e.slot[at]]
-        at = np.flatnonzero(e.tier == COLD)
-        if at.size:
-            out[at] = self.read_extent(split, i, direct=direct, entry=e)[e.slot[at]]
-        return out
-
     def close(self) -> None:
         """Close the extent files."""
         for r in self._readers.values():

@@ -1,5 +1,5 @@
 """Sizes, memory and times of a plan, from a sampled :class:`~diskgraph.capacity.workload.Workload` and a
-:class:`~diskgraph.capacity.hardware.Hardware` profile. Every figure carries how it was derived.
+:class:`~diskgraph.capacity.profile.Hardware` profile. Every figure carries how it was derived.
 
 Disk: the plan's Arrow files are the sampled rows' serialized bytes (each standing for ``minibatches /
 sampled`` rows) plus an empty file's bytes; its counts are 4 bytes per node and split. The pack's cold
@@ -20,7 +20,8 @@ and assemble (the pipeline filling). The bottleneck is the stage with the larges
 Memory of training (anonymous memory, which a memory cap cannot reclaim): the calibrated process
 baseline (a real training run of a 2,000-node graph) + the tiers + per loader (train, val, test)
 ``queue_depth + 2`` float32 ``x`` buffers of the split's largest minibatch and ``queue_depth + 2`` staging
-buffers of its largest extent + ``2 * queue_depth + 3`` minibatches in flight (blocks, tier positions,
+buffers of its largest extent (on CUDA also one device buffer of that extent, the staged rows' copy on the
+device) + ``2 * queue_depth + 3`` minibatches in flight (blocks, tier positions,
 gathered hot rows) + the largest training step's activations (calibrated bytes per activation element) +
 parameters with gradients and Adam moments.
 """
@@ -31,8 +32,10 @@ import math
 
 import numpy as np
 
+from ..models import parameter_estimate, work_terms
 from ..store.direct_io import ALIGNMENT
-from .hardware import Hardware, layer_dims, work_terms
+from .compute import time_model_steps
+from .profile import Hardware
 from .workload import ColdRows, Workload, cold_rows, empty_ipc_file_bytes
 
 PLAN_METADATA_BYTES = 3 << 10
@@ -147,7 +150,7 @@ def pipelined_epoch(bounds, stages, factor: float = 1.0, fill_s: float = 0.0) ->
 def local_compute_scale(w: Workload, hw: Hardware, cfg: dict) -> dict | None:
     """Time training steps and evaluation forwards of the model on a few of the sampled minibatches, on this
     machine (each the mean of the fastest quarter of several, after warm-up steps:
-    :data:`~diskgraph.capacity.hardware.STEP_TIMING`),
+    :data:`~diskgraph.capacity.timing.STEP_TIMING`),
     and return how far the calibrated fit is off for them (``{"train": x, "eval": y, ...}``): the
     estimate is then scaled by it. Only when the profile was calibrated on this host for this device (a plan for
     other hardware keeps the profile's fit as it is); None otherwise."""
@@ -174,8 +177,8 @@ def local_compute_scale(w: Workload, hw: Hardware, cfg: dict) -> dict | None:
 
 
 def hw_time(cfg: dict, w: Workload, mbs, dev):
-    from .hardware import time_model_steps
-
+    """Seconds of the training steps and evaluation forwards of the plan's model on ``mbs`` (see
+    :func:`~diskgraph.capacity.compute.time_model_steps`)."""
     return time_model_steps(cfg["model"], mbs, w.feature_dim, cfg["hidden"], w.num_classes, cfg["heads"], dev)
 
 
@@ -194,7 +197,7 @@ def training_memory(w: Workload, hw: Hardware, cr: ColdRows, cfg: dict, fp: dict
     else:
         parts_host["gpu_tier"] = tier_host["gpu"]
     parts_host["host_tier"] = tier_host["host"]
-    x_bytes = staging = 0
+    x_bytes = staging = device_copy = 0
     for name, s in w.splits.items():
         if not s.k:
             continue
@@ -202,6 +205,7 @@ def training_memory(w: Workload, hw: Hardware, cr: ColdRows, cfg: dict, fp: dict
         max_pad = int(_round_up(cr.cold[name] * rb).max())
         x_bytes += (qd + 2) * max_in * f * 4 + (max_in * rb if w.feature_dtype != "float32" else 0)
         staging += (qd + 2) * max_pad
+        device_copy += max_pad  # CUDA: the loader's device copy of its staged extent (its own buffer)
     (parts_gpu if cuda else parts_host)["x_buffers"] = x_bytes
     parts_host["staging"] = staging
     # minibatches in flight between the stages (2 queues of queue_depth, one in each stage and the consumer's):
@@ -221,12 +225,11 @@ def training_memory(w: Workload, hw: Hardware, cr: ColdRows, cfg: dict, fp: dict
         act_el = max(work_terms(cfg["model"], train.sizes[i], train.edges[i], f, cfg["hidden"], w.num_classes,
                                 cfg["heads"])[4] for i in range(train.k))
     act = int(act_el * float(hw.get("process.bytes_per_activation_element", 4.0)))
-    params = sum(a * b + b for a, b in layer_dims(cfg["model"], f, cfg["hidden"], w.num_classes, w.num_hops,
-                                                   cfg["heads"])) * (2 if cfg["model"] == "sage" else 1)
+    params = parameter_estimate(cfg["model"], f, cfg["hidden"], w.num_classes, w.num_hops, cfg["heads"])
     (parts_gpu if cuda else parts_host)["activations"] = act
     (parts_gpu if cuda else parts_host)["parameters"] = int(params * 4 * 4)
     if cuda:
-        parts_gpu["staging_device_copy"] = max(int(_round_up(cr.cold[n] * rb).max()) for n, s in w.splits.items() if s.k)
+        parts_gpu["staging_device_copy"] = device_copy  # one per loader (train, val, test)
     out = {"host_bytes": int(sum(parts_host.values())), "host_parts": parts_host}
     if cuda:
         out.update(gpu_bytes=int(sum(parts_gpu.values())), gpu_parts=parts_gpu)
@@ -414,7 +417,8 @@ def estimate_plan(w: Workload, hw: Hardware, *, model: str = "sage", hidden: int
                        "calibrated fit of the profile (no steps timed here: another host's profile, or --no-time-steps)",
             "epoch": ep["how"],
             "memory": "calibrated process baseline + tiers + per loader (queue_depth + 2) x buffers and staging "
-                      "buffers of the split's largest minibatch and extent + 2 x queue_depth + 3 minibatches in "
+                      "buffers of the split's largest minibatch and extent (on CUDA also one device copy of that "
+                      "extent) + 2 x queue_depth + 3 minibatches in "
                       "flight + the largest step's activations (calibrated bytes per element) + parameters, gradients "
                       "and Adam moments",
         },

@@ -90,7 +90,7 @@ from pathlib import Path
 import numpy as np
 
 from ..store.errors import InputError
-from .hardware import Hardware
+from .profile import Hardware
 
 MANIFEST_BYTES = 2048
 """About the bytes of an inference output's ``manifest.json`` (paths, checksums, the model and the summary)."""

@@ -71,3 +71,21 @@ def repeats_for(items: int, timings: int = 32) -> int:
     """How many times to time each of ``items`` items so that at least ``timings`` timings are taken
     (at least once each, at most ``timings`` times)."""
     return max(1, min(timings, -(-timings // max(items, 1))))
+
+
+# -- how each measurement is timed -------------------------------------------------------------------
+
+CALIBRATION_TIMING = {"warmup": 1, "reps": 5, "min_seconds": 0.05, "max_reps": 25}
+"""How the calibration times its gathers and read stage (:func:`robust_seconds`): one warm-up call, then at least 5
+timed calls, more until 0.05 s were timed (at most 25); their median (memory-bound work: its fastest calls are the
+cache-warm ones)."""
+CALIBRATION_STEP_TIMING = {**CALIBRATION_TIMING, "statistic": fast_mean}
+"""How the calibration times model steps: as :data:`CALIBRATION_TIMING`, but the mean of the fastest quarter
+(:func:`fast_mean`), the statistic the steps a plan times (:data:`STEP_TIMING`) are compared with."""
+QUICK_TIMING = {"warmup": 1, "reps": 3, "min_seconds": 0.0, "max_reps": 3, "statistic": fast_mean}
+"""``--quick-calibration``'s model steps: one warm-up call, then the fastest of 3."""
+STEP_TIMING = {"warmup": 2, "reps": 5, "min_seconds": 0.3, "max_reps": 40, "statistic": fast_mean}
+"""How a plan times model steps on its own minibatches (:func:`~diskgraph.capacity.estimate.local_compute_scale`):
+two warm-up steps, then at least 5 timed steps, more until 0.3 s were timed (at most 40), the mean of the fastest
+quarter: interference in bursts that cover up to three quarters of the window is left out. On a small graph's
+steps (milliseconds each) that is a few dozen steps per minibatch."""

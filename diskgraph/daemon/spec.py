@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ..cli_common import fanouts as _fanouts_type
 from ..cli_common import parse_fanouts, positive_int
+from ..cli_parsers import job_leaves
 from ..units import parse_bytes
 
 if sys.version_info >= (3, 11):
@@ -132,9 +133,7 @@ def parse_body(body: bytes, content_type: str = "application/json") -> dict:
 
 def leaves() -> dict[str, argparse.ArgumentParser]:
     """Fresh leaf parsers of the CLI (spec section → parser) that raise :class:`SpecError` instead of exiting."""
-    from ..cli import build_parser
-
-    _, all_leaves = build_parser()
+    all_leaves = job_leaves()
     out = {}
     for section, leaf_name in SECTIONS.items():
         leaf = all_leaves[leaf_name]

@@ -14,9 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diskgraph.capacity import hardware as hwmod
+from diskgraph.capacity import calibration, compute, probes
 from diskgraph.capacity.estimate import epoch_time, estimate_plan
-from diskgraph.capacity.hardware import Hardware, apply_overrides, load_profile, nnls, save_profile
+from diskgraph.capacity.fit import nnls
+from diskgraph.capacity.profile import (PROFILE_FORMAT, PROFILE_VERSION, Hardware, apply_overrides, load_profile,
+                                        save_profile)
 from diskgraph.capacity.workload import cold_rows, sample_workload
 from diskgraph.generate import generate_dataset
 from diskgraph.preprocess import run_pack, run_sample
@@ -38,11 +40,11 @@ def profile(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("hw")
     dev = torch.device("cpu")
     rss = int(open("/proc/self/status").read().split("RssAnon:")[1].split()[0]) * 1024
-    prof = {"format": hwmod.PROFILE_FORMAT, "version": hwmod.PROFILE_VERSION, "machine": hwmod._machine("cpu"),
-            "disk": hwmod.measure_disk(tmp, 16 * MiB, random_reads=50), "memory": hwmod.measure_memory(8 * MiB),
-            "gather": hwmod.measure_gather(dev, rows=2000, table_rows=4000),
-            "read_stage": hwmod.measure_read_stage(quick=True),
-            "compute": hwmod.measure_compute(dev, models=("sage",), quick=True),
+    prof = {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "machine": probes.measure_machine("cpu"),
+            "disk": probes.measure_disk(tmp, 16 * MiB, random_reads=50), "memory": probes.measure_memory(8 * MiB),
+            "gather": probes.measure_gather(dev, rows=2000, table_rows=4000),
+            "read_stage": probes.measure_read_stage(quick=True),
+            "compute": compute.measure_compute(dev, models=("sage",), quick=True),
             "process": {"base_anon_bytes": rss, "bytes_per_activation_element": 4.0}}
     return save_profile(Hardware(prof), tmp / "hardware.json")
 
@@ -162,7 +164,7 @@ def test_profile_files(tmp_path):
     p = tmp_path / "hw.json"
     with pytest.raises(InputError, match="does not exist"):
         load_profile(p)
-    save_profile(Hardware({"format": hwmod.PROFILE_FORMAT, "version": hwmod.PROFILE_VERSION + 1}), p)
+    save_profile(Hardware({"format": PROFILE_FORMAT, "version": PROFILE_VERSION + 1}), p)
     with pytest.raises(InputError, match="newer"):
         load_profile(p)
 
@@ -178,7 +180,7 @@ def test_nnls_keeps_coefficients_non_negative():
 
 @pytest.mark.slow
 def test_calibrate_command(cli, tmp_path):
-    from diskgraph.capacity.hardware import calibration_seconds
+    from diskgraph.capacity.calibration import calibration_seconds
 
     prof = tmp_path / "hw.json"
     r = cli.run("plan", "--calibrate", "--quick-calibration", "--profile", prof, "--probe-dir", tmp_path)
@@ -311,13 +313,14 @@ def _fake_measurements(monkeypatch, seconds: list):
         return fn
 
     disk = {"seq_read_Bps": 1e9, "rand_read_iops": 1e4, "read_latency_s": 1e-4, "write_Bps": 1e9}
-    monkeypatch.setattr(hwmod, "measure_disk", ticking(0, disk))
-    monkeypatch.setattr(hwmod, "measure_memory", ticking(0, {"copy_Bps": 1e10}))
-    monkeypatch.setattr(hwmod, "measure_gather", ticking(3, {}))
-    monkeypatch.setattr(hwmod, "measure_read_stage", ticking(len(hwmod.READ_STAGE_SHAPES), {}))
-    monkeypatch.setattr(hwmod, "measure_compute", ticking(3 * len(hwmod.COMPUTE_SHAPES) + 1, {}))
-    monkeypatch.setattr(hwmod, "measure_process_memory", ticking(0, {}))
-    monkeypatch.setattr(hwmod, "measure_pipeline", ticking(0, {"epoch_factor": 1.0}))
+    # calibrate() calls the measurements by the names calibration.py imported them under
+    monkeypatch.setattr(calibration, "measure_disk", ticking(0, disk))
+    monkeypatch.setattr(calibration, "measure_memory", ticking(0, {"copy_Bps": 1e10}))
+    monkeypatch.setattr(calibration, "measure_gather", ticking(3, {}))
+    monkeypatch.setattr(calibration, "measure_read_stage", ticking(len(probes.READ_STAGE_SHAPES), {}))
+    monkeypatch.setattr(calibration, "measure_compute", ticking(3 * len(compute.COMPUTE_SHAPES) + 1, {}))
+    monkeypatch.setattr(calibration, "measure_process_memory", ticking(0, {}))
+    monkeypatch.setattr(calibration, "measure_pipeline", ticking(0, {"epoch_factor": 1.0}))
 
 
 class _Terminal(io.StringIO):
@@ -326,7 +329,7 @@ class _Terminal(io.StringIO):
 
 
 def test_calibration_says_how_long_and_shows_progress(cli, monkeypatch, caplog, tmp_path):
-    from diskgraph.capacity.hardware import calibrate, calibration_seconds, duration_text
+    from diskgraph.capacity.calibration import calibrate, calibration_seconds, duration_text
     from diskgraph.store.progress import set_quiet
 
     pieces: list = []
@@ -353,3 +356,36 @@ def test_calibration_says_how_long_and_shows_progress(cli, monkeypatch, caplog, 
     monkeypatch.undo()
     r = cli.run("plan", "--help")
     assert r.rc == 0 and about in " ".join(r.out.split()), "the help must state the time calibrate() announces"
+
+
+def test_each_loader_counts_its_own_device_copy_of_the_cold_extent(small_workload):
+    """On CUDA each loader (train, val, test) copies its staged extents to a device buffer of its own, as large as its
+    split's largest extent: the plan counts one per loader, not one per run."""
+    from diskgraph.capacity.estimate import footprint, training_memory
+
+    w, cr = small_workload
+    cfg = {"model": "sage", "hidden": 64, "heads": 4, "queue_depth": 2}
+    largest = {n: int(np.ceil(cr.cold[n] * w.row_bytes / 4096).max()) * 4096 for n, s in w.splits.items() if s.k}
+    assert set(largest) == {"train", "val", "test"} and min(largest.values()) > 0
+    fp = footprint(w, cr)
+    mem = training_memory(w, Hardware({"machine": {"device": "cuda", "cores": 2}}), cr, cfg, fp)
+    assert mem["gpu_parts"]["staging_device_copy"] == sum(largest.values())
+    assert mem["gpu_bytes"] == sum(mem["gpu_parts"].values())
+    cpu = training_memory(w, Hardware({"machine": {"device": "cpu", "cores": 2}}), cr, cfg, fp)
+    assert "staging_device_copy" not in cpu["host_parts"] and "gpu_parts" not in cpu
+
+
+def test_every_model_has_cost_terms_next_to_it():
+    """The planner takes each model's widths and costs from the model registry (diskgraph.models.COSTS)."""
+    from diskgraph.models import COSTS, MODELS, build_model, layer_dims, parameter_estimate, work_terms
+
+    assert set(COSTS) == set(MODELS)
+    for name in MODELS:
+        model = build_model(name, 24, 16, 5, 2, heads=4)
+        # (input width, width of the layer's weight product; all heads together for gat)
+        assert layer_dims(name, 24, 16, 5, 2, heads=4) == [
+            (layer.in_dim, layer.out_dim * (layer.heads if name == "gat" else 1)) for layer in model.layers]
+        terms = work_terms(name, [8, 30, 90], [40, 120], 24, 16, 5, heads=4)
+        assert len(terms) == 5 and terms[0] == 1.0 and all(t > 0 for t in terms[1:])
+        assert terms[4] == terms[2] + terms[3]
+        assert parameter_estimate(name, 24, 16, 5, 2, heads=4) > 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diskgraph.capacity.hardware import PROFILE_FORMAT, PROFILE_VERSION, Hardware, save_profile
+from diskgraph.capacity.profile import PROFILE_FORMAT, PROFILE_VERSION, Hardware, save_profile
 from diskgraph.capacity.inference import estimate_inference, estimate_inference_for_dataset
 from diskgraph.generate import generate_dataset
 from diskgraph.store.dataset import open_dataset
@@ -118,7 +118,7 @@ def _check(est: dict, summary: dict, out_files: dict, scratch: dict) -> None:
 def test_predict_footprint_and_partitions_match_the_run(monkeypatch, graph, run, profile, tmp_path, budget):
     """At 200 KB layer 1's table (the projected features) is written in partition order: one unpadded file, read by
     runs; the state file records it."""
-    from diskgraph.capacity.hardware import load_profile
+    from diskgraph.capacity.profile import load_profile
 
     summary, out_files, scratch = _predict(monkeypatch, graph, run, tmp_path / "pred", memory_budget=budget)
     est = estimate_inference_for_dataset(graph, load_profile(profile), model="sage", hidden=16, layers=2,
@@ -137,7 +137,7 @@ def test_predict_footprint_and_partitions_match_the_run(monkeypatch, graph, run,
 
 
 def test_embed_of_a_node_set_matches_the_run(monkeypatch, graph, run, profile, tmp_path):
-    from diskgraph.capacity.hardware import load_profile
+    from diskgraph.capacity.profile import load_profile
 
     opts = dict(kind="embed", layer=1, dtype="float16", nodes="train", memory_budget=300_000)
     summary, out_files, scratch = _predict(monkeypatch, graph, run, tmp_path / "emb", **opts)
@@ -160,7 +160,7 @@ def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path,
                                                        budget, ordered):
     """The estimate against the layer-wise engine itself, run on an untrained model of each kind (scratch: at its
     largest, when a layer's state is written), with tables in node order and in partition order."""
-    from diskgraph.capacity.hardware import load_profile
+    from diskgraph.capacity.profile import load_profile
     from diskgraph.layer_programs import layer_programs
     from diskgraph.models import build_model
     from diskgraph.pipeline import layerwise
@@ -217,7 +217,7 @@ def test_engine_partitions_and_scratch_for_every_model(graph, profile, tmp_path,
 
 
 def test_summary_graph_uses_even_in_degrees(profile):
-    from diskgraph.capacity.hardware import load_profile
+    from diskgraph.capacity.profile import load_profile
 
     hw = load_profile(profile)
     est = estimate_inference(num_nodes=1_000_000, num_edges=15_000_000, feature_dim=128, feature_row_bytes=512,

@@ -18,7 +18,8 @@ from loader_helpers import build_identity
 
 from diskgraph.pipeline import cache as cache_mod
 from diskgraph.pipeline import uva
-from diskgraph.pipeline.cache import FeatureCache, shared_cache, storage_tensor
+from diskgraph.pipeline.cache import FeatureCache, shared_cache
+from diskgraph.pipeline.tiers import storage_tensor
 from diskgraph.pipeline.uva import RegisteredHostTensor, UVAError
 from diskgraph.store.dataset import open_dataset
 from diskgraph.store.direct_io import aligned_empty, round_up

@@ -103,7 +103,7 @@ CASES = [("sage", 16), ("sage", 40), ("gcn", 16), ("gcn", 40), ("gat", 16)]
 def test_logits_equal_the_full_neighborhood_forward(graph, tmp_path, monkeypatch, name, hidden, storage, case):
     """``grid``: G larger than the budget, streamed in slices once per destination partition; ``resident``: several
     partitions, G read once and kept; ``roomy``: one partition."""
-    from diskgraph.pipeline import layerwise
+    from diskgraph.pipeline import layer_layout as layerwise  # plan_layout reads MIN_SLICE_BYTES there
 
     model = _model(name, hidden)
     ref = _oracle(model, *graph[1:])
@@ -194,7 +194,7 @@ def test_partition_ordered_tables_are_read_by_runs_and_stay_exact(graph, tmp_pat
     """GCN (40 wide: its tables are written by the engine) under a budget that cuts every layer into several
     partitions: layers 1 and 2 read partition-ordered tables, only their runs, and a run stopped after layer 1
     resumes from the ordered table it wrote."""
-    from diskgraph.pipeline import layerwise
+    from diskgraph.pipeline import layer_layout as layerwise  # plan_layout reads MIN_SLICE_BYTES there
 
     monkeypatch.setattr(layerwise, "MIN_SLICE_BYTES", 4096)
     model = _model("gcn", 40, layers=3)

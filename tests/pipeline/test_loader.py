@@ -141,10 +141,10 @@ def test_queue_depths_and_ring_sizes(ident, depth, ring):
     ident.check_epoch(loader, loader.order(0, seed=PLAN_SEED))
     it = loader.epoch(loader.order(0, seed=PLAN_SEED))
     next(it)
-    assert len(loader._slots) == loader.ring_size
+    assert len(loader.cold.ring.slots) == loader.ring_size
     for _ in it:
         pass
-    assert loader._slots == [] and all(b.x is None for b in loader._out_pool)  # freed between epochs (CPU)
+    assert loader.cold.ring.slots == [] and all(b.x is None for b in loader._pool.buffers)  # freed between epochs (CPU)
 
 
 def test_direct_and_buffered_reads_agree(ident):
@@ -197,7 +197,7 @@ def test_an_assemble_error_raises_in_the_consumer(ident, monkeypatch):
     p = ident.pack("some")
     cache = FeatureCache(p)
 
-    def boom(slots):
+    def boom(slots, staged=None):
         raise RuntimeError("gather failed")
 
     monkeypatch.setattr(cache.host, "gather", boom)

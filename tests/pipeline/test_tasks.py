@@ -16,12 +16,13 @@ from diskgraph.store.errors import InputError
 
 
 def _split_sums(metric, out, y, cut):
-    """The metric's sums over two minibatches, added up (what the trainer does)."""
+    """The metric's sums over two minibatches, added up (what the trainer does, on the device), read as floats."""
     total: dict = {}
     for part in (slice(0, cut), slice(cut, None)):
         for k, v in metric.sums(out[part], y[part]).items():
-            total[k] = total.get(k, 0.0) + v
-    return total
+            assert isinstance(v, torch.Tensor) and v.dim() == 0  # no host read per minibatch
+            total[k] = total.get(k, 0.0) + v.double()
+    return {k: float(v) for k, v in total.items()}
 
 
 @settings(max_examples=40, deadline=None)
@@ -93,3 +94,33 @@ def test_refusals_are_one_sentence():
     assert parse_class_weights("balanced") == "balanced" and parse_class_weights("1,2.5") == [1.0, 2.5]
     (m,) = as_metrics({"mine": lambda out, y: 1.0})
     assert isinstance(m, WholeMetric) and m.name == "mine" and m.higher_is_better
+
+
+def test_unlabelled_seeds_are_masked_without_reading_the_device():
+    rng = np.random.default_rng(3)
+    out = torch.from_numpy(rng.normal(size=(20, 2)).astype(np.float32)).requires_grad_()
+    y = torch.from_numpy(rng.normal(size=(20, 2)).astype(np.float32))
+    t = build_task("regression", 2)
+    # every target known: exactly F.mse_loss and its gradient (the CPU results of earlier versions)
+    loss = t.loss(out, y)
+    loss.backward()
+    grad, out.grad = out.grad.clone(), None
+    ref = F.mse_loss(out, y)
+    ref.backward()
+    assert torch.equal(loss, ref) and torch.equal(grad, out.grad)
+    # NaN targets: left out of the loss (no NaN in the gradient) and of RMSE / MAE
+    y[[1, 7], 0] = float("nan")
+    y[4] = float("nan")
+    known = ~torch.isnan(y)
+    out.grad = None
+    loss = t.loss(out, y)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(float(F.mse_loss(out[known], y[known]).detach()), rel=1e-6)
+    assert torch.isfinite(out.grad).all() and not out.grad[4].any()
+    d = (out.detach().double() - y.double())[known].numpy()
+    assert RMSE().value(_split_sums(RMSE(), out.detach(), y, 9)) == pytest.approx(np.sqrt(np.mean(d * d)))
+    assert MAE().value(_split_sums(MAE(), out.detach(), y, 9)) == pytest.approx(np.mean(np.abs(d)))
+    # classification: class -1 is an unlabelled seed
+    yc = torch.tensor([0, 1, -1, 1, -1, 0])
+    oc = torch.tensor([[1.0, 0], [0, 1], [1, 0], [1, 0], [0, 1], [0, 1]])
+    assert Accuracy().value(_split_sums(Accuracy(), oc, yc, 3)) == pytest.approx(2 / 4)

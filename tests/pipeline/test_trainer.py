@@ -50,7 +50,7 @@ def _close(trainer):
 
 
 _TIMING = ("epoch_s", "eval_s", "stage_s", "io_s", "verify_s", "queue_wait_s", "overlap", "read_bytes", "eval_read_bytes",
-           "read_amplification", "extent_bytes", "peak_rss_bytes", "peak_gpu_bytes", "seconds")
+           "read_amplification", "extent_bytes", "peak_rss_bytes", "peak_gpu_bytes", "reserved_gpu_bytes", "seconds")
 """Fields that measure time or I/O: a crash repeats the minibatches read ahead, so these may differ."""
 
 
@@ -192,3 +192,43 @@ def test_accuracy_parity_with_in_memory_reference_on_cora(shared_dataset, tmp_pa
     gap = abs(np.mean(packed) - np.mean(reference))
     assert np.mean(reference) > 0.75, reference  # the reference itself learns Cora
     assert gap <= 0.01, f"packed {packed} vs in-memory {reference}"
+
+
+def test_device_sums_add_as_python_floats_did():
+    """The epoch's sums on the device: float64 additions in the order Python floats made them (bit-equal on CPU),
+    read once; a resumed epoch starts from the saved numbers."""
+    from diskgraph.pipeline.device_sums import DeviceSums, StepTimer
+    from diskgraph.pipeline.tasks import RMSE, Accuracy
+
+    rng = np.random.default_rng(1)
+    metrics = [Accuracy(), RMSE()]
+    sums = DeviceSums(torch.device("cpu"), 0.25, {"acc": {"correct": 3.0, "total": 4.0}})
+    loss_sum, ref = 0.25, {"correct": 3.0, "total": 4.0}
+    for _ in range(7):
+        n = int(rng.integers(1, 50))
+        loss = torch.tensor(rng.random(), dtype=torch.float32)
+        out = torch.from_numpy(rng.normal(size=(n, 3)).astype(np.float32))
+        y = torch.from_numpy(rng.integers(-1, 3, n))
+        sums.add(loss, n, metrics, out, y)
+        loss_sum += float(loss) * n
+        for k, v in Accuracy().sums(out, y).items():
+            ref[k] += float(v)
+    got_loss, got = sums.read()
+    assert got_loss == loss_sum and got["acc"] == ref and set(got) == {"acc", "rmse"}
+    timer = StepTimer(torch.device("cpu"), 1.5)
+    timer.start()
+    timer.stop()
+    assert timer.seconds() >= 1.5
+
+
+def test_rank_device_with_one_visible_gpu_per_process(monkeypatch):
+    from diskgraph.store.errors import InputError
+    from diskgraph.train import rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for count, rank, want in ((4, 2, "cuda:2"), (1, 3, "cuda:0"), (1, 0, "cuda:0"), (2, 1, "cuda:1")):
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        assert rank_device(rank) == torch.device(want)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(InputError, match="LOCAL_RANK 3 sees 2 GPU"):
+        rank_device(3)

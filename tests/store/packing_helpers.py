@@ -134,6 +134,32 @@ def all_features(ds) -> np.ndarray:
     return ds.features.read_rows(0, ds.num_nodes)
 
 
+def assemble_oracle(pack, split: str, i: int, tiers_in_memory: dict[str, np.ndarray] | None = None,
+                    direct: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """Minibatch ``i``'s input features ``[n_inputs, F]`` assembled the plain way, on the CPU with numpy: rows from
+    the tiers by slot and from the extent by slot, in the plan's input-node order (the oracle the loader's
+    :class:`~diskgraph.pipeline.tiers.FeatureTier` s are checked against; equal, bit for bit, to
+    ``features[input_nodes]``).
+
+    Args:
+        tiers_in_memory: ``{"gpu": rows, "host": rows}`` (default: ``pack.load_tiers()``).
+    """
+    from diskgraph.store.packed import COLD, GPU, HOST
+
+    e = pack.entry(split, i)
+    tiers = tiers_in_memory if tiers_in_memory is not None else pack.load_tiers()
+    if out is None:
+        out = np.empty((e.num_inputs, pack.feature_dim), dtype=pack.storage_dtype)
+    for name, code in (("gpu", GPU), ("host", HOST)):
+        at = np.flatnonzero(e.tier == code)
+        if at.size:
+            out[at] = np.asarray(tiers[name])[e.slot[at]]
+    at = np.flatnonzero(e.tier == COLD)
+    if at.size:
+        out[at] = pack.read_extent(split, i, direct=direct, entry=e)[e.slot[at]]
+    return out
+
+
 def check_all_minibatches(pack, plan, feats: np.ndarray) -> int:
     """assemble == features[input_nodes], bit for bit, for every minibatch of every split; returns the count."""
     tiers = pack.load_tiers()
@@ -142,7 +168,7 @@ def check_all_minibatches(pack, plan, feats: np.ndarray) -> int:
         assert pack.num_minibatches(split) == plan.num_minibatches(split)
         for i in range(pack.num_minibatches(split)):
             nodes = plan.input_nodes(split, i)
-            got = pack.assemble(split, i, tiers)
+            got = assemble_oracle(pack, split, i, tiers)
             want = feats[nodes]
             assert got.dtype == want.dtype and got.shape == want.shape
             assert np.array_equal(got.view(np.uint8), want.view(np.uint8)), f"{split} minibatch {i}"

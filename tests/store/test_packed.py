@@ -20,7 +20,7 @@ from diskgraph.store.packed import PACK_FORMAT, open_pack
 from diskgraph.store.packer import pack_features
 from diskgraph.store.plan import open_plan
 
-from packing_helpers import all_features, identity_dataset, random_plan
+from packing_helpers import all_features, assemble_oracle, identity_dataset, random_plan
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +83,11 @@ def test_fallback_when_o_direct_is_refused(packed, monkeypatch, caplog):
         return real_open(path, flags, *a, **k)
 
     direct_pack = open_pack(out)
-    want = [direct_pack.assemble(s, i) for s in direct_pack.splits for i in range(direct_pack.num_minibatches(s))]
+    want = [assemble_oracle(direct_pack, s, i) for s in direct_pack.splits for i in range(direct_pack.num_minibatches(s))]
     monkeypatch.setattr(os, "open", fake_open)
     pack = open_pack(out)
     with caplog.at_level(logging.WARNING, logger="diskgraph"):
-        got = [pack.assemble(s, i) for s in pack.splits for i in range(pack.num_minibatches(s))]
+        got = [assemble_oracle(pack, s, i) for s in pack.splits for i in range(pack.num_minibatches(s))]
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
     assert not pack.reader("train").direct
     assert len([r for r in caplog.records if "O_DIRECT" in r.getMessage()]) == 1
@@ -99,7 +99,7 @@ def test_assemble_with_given_tiers_and_out(packed):
     tiers = {name: pack.tier_features(name).read_rows(0, pack.tier_features(name).shape[0]) for name in ("gpu", "host")}
     nodes = plan.input_nodes("val", 1)
     dst = np.empty((nodes.size, 16), np.float32)
-    res = pack.assemble("val", 1, tiers_in_memory=tiers, out=dst)
+    res = assemble_oracle(pack, "val", 1, tiers_in_memory=tiers, out=dst)
     assert res is dst and np.array_equal(dst, feats[nodes])
     assert np.array_equal(dst[:, 0], nodes.astype(np.float32))  # identity features: row i holds i
 
