@@ -120,6 +120,13 @@ def _render_stats(info: dict) -> str:
     lines.append(_render_labels(info))
     if info["splits"]:
         lines.append("splits        " + "  ".join(f"{k} {v:,}" for k, v in info["splits"].items()))
+    if info.get("edge_split"):
+        es = info["edge_split"]
+        how = ("random " + ",".join(f"{f:g}" for f in es["fractions"]) + f", seed {es['seed']}"
+               if es.get("fractions") else "from files")
+        lines.append("edge split    " + "  ".join(f"{k} {v:,}" for k, v in es["counts"].items())
+                     + f"  ({how}, {'undirected pairs' if es.get('undirected') else 'directed edges'}; "
+                     "val/test edges left out of the topology)")
     disk = info["disk_bytes"]
     parts = "  ".join(f"{k} {format_bytes(v)}" for k, v in disk.items() if k != "total")
     lines.append(f"on disk       {format_bytes(disk['total'])}  ({parts})")

@@ -54,7 +54,14 @@ def add_import_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--test", metavar="PATH", help="test nodes: index array or boolean mask")
     s.add_argument("--split", metavar="SPEC", help="random split of the labelled nodes, e.g. random:0.6,0.2,0.2 "
                    "(default when labels come without splits: random:0.6,0.2,0.2)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random split and of --edge-split (default: 0)")
+    e = p.add_argument_group("edge split (link prediction)")
+    e.add_argument("--edge-split", metavar="SPEC", help="split the edges into train/val/test supervision edges, e.g. "
+                   "random:0.85,0.05,0.1 (drawn per edge from --seed; with --undirected over unordered pairs); val/test "
+                   "edges are left out of the stored graph, train edges stay in it")
+    e.add_argument("--val-edges", metavar="PATH", help="validation edges instead of --edge-split: .npy [2,E] or [E,2] of "
+                   "edges of the input graph (with --test-edges)")
+    e.add_argument("--test-edges", metavar="PATH", help="test edges instead of --edge-split: .npy [2,E] or [E,2]")
     o = p.add_argument_group("graph options")
     o.add_argument("--undirected", action="store_true", help="add the reverse of every edge")
     o.add_argument("--dedup", action="store_true", help="keep one copy of repeated edges")
@@ -98,8 +105,8 @@ IMPORT_RECORD = "import_command"
 _IMPORT_OPTIONS = ("npz", "ogb", "ogb_split", "edges", "edges_format", "src_column", "dst_column", "features", "features_format",
                    "feature_column", "dtype", "dim", "labels", "label_column", "train", "val", "test", "split", "seed",
                    "undirected", "dedup", "drop_self_loops", "num_nodes", "num_classes", "task", "feature_dtype",
-                   "allow_nonfinite")
-_INPUT_PATHS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test")
+                   "allow_nonfinite", "edge_split", "val_edges", "test_edges")
+_INPUT_PATHS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test", "val_edges", "test_edges")
 
 
 def _fingerprint(path: str) -> dict:
@@ -121,6 +128,7 @@ def _fingerprint(path: str) -> dict:
 def import_record(args: argparse.Namespace, random_split: bool) -> dict:
     """What an import was made from: every option that shapes the dataset (input paths made absolute; the
     seed only when a random split is drawn) and the size and modification time of every input."""
+    random_split = random_split or bool(getattr(args, "edge_split", None))
     options = {k: getattr(args, k, None) for k in _IMPORT_OPTIONS if k != "seed" or random_split}
     for k in _INPUT_PATHS:
         if options[k]:
@@ -153,6 +161,7 @@ def import_difference(recorded: dict | None, wanted: dict) -> str | None:
 
 def import_from_args(args: argparse.Namespace) -> Path:
     """Run the import the parsed options describe; returns the dataset directory."""
+    from .store.edge_splits import EdgeSplitSpec
     from .store.importer import ImportOptions, import_dataset
     from .store.sources.edges import open_edges
     from .store.sources.features import open_features
@@ -168,6 +177,8 @@ def import_from_args(args: argparse.Namespace) -> Path:
         raise InputError("--npz and --ogb both give a whole dataset; pass one of them")
     if args.overwrite and os.path.lexists(args.out):
         check_replaceable(args.out, "diskgraph.dataset", "--out")
+    edge_split = EdgeSplitSpec.from_options(getattr(args, "edge_split", None), getattr(args, "val_edges", None),
+                                            getattr(args, "test_edges", None), args.seed)
     edges = features = labels = None
     labels_label = "labels"
     splits: dict = {}
@@ -209,7 +220,7 @@ def import_from_args(args: argparse.Namespace) -> Path:
     record = import_record(args, random_split is not None)
     return import_dataset(args.out, edges, features=features, labels=labels, labels_label=labels_label,
                           splits=splits or None, random_split=random_split, options=opts,
-                          extra_manifest={IMPORT_RECORD: record})
+                          extra_manifest={IMPORT_RECORD: record}, edge_split=edge_split)
 
 
 def run_import(args: argparse.Namespace) -> int:
@@ -219,9 +230,19 @@ def run_import(args: argparse.Namespace) -> int:
 
 # -- sample ----------------------------------------------------------------------------------------
 
-def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True) -> None:
-    """The options of `preprocess sample` (also part of `preprocess all`)."""
+SAMPLE_TASKS = ("node", "link")
+"""What ``--task`` of ``preprocess sample`` chooses (``preprocess all``'s ``--task`` takes these and the label kinds)."""
+_SAMPLE_TASK_HELP = ("node: minibatches of seed nodes; link: minibatches of positive edges of the dataset's edge split "
+                     "with negatives (link prediction)")
+
+
+def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True, with_task: bool = True) -> None:
+    """The options of `preprocess sample` (also part of `preprocess all`, whose import ``--task`` also takes
+    node/link: ``with_task=False`` there)."""
     g = p.add_argument_group("sampling")
+    if with_task:
+        g.add_argument("--task", choices=SAMPLE_TASKS, default="node",
+                       help=f"{_SAMPLE_TASK_HELP} (default: node)")
     g.add_argument("--fanouts", type=fanouts, default="15,10",
                    help="neighbors drawn per node at each hop, nearest hop first (PyG's num_neighbors order; DGL lists "
                         "them the other way round); -1 = all neighbors; the count is the number of GNN layers (default: 15,10)")
@@ -238,6 +259,15 @@ def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True) -> No
     g.add_argument("--shard", type=shard, metavar="R/W",
                    help="sample (and pack) only share R of W of every epoch's minibatches, into NAME.rankR-of-W, for "
                         "data-parallel training with W ranks (docs/distributed.md)")
+    k = p.add_argument_group("link prediction (--task link)")
+    k.add_argument("--negatives", type=int, default=1, metavar="K",
+                   help="negative destinations per positive training edge (default: 1)")
+    k.add_argument("--negative-sampler", choices=["uniform", "degree"], default="uniform",
+                   help="how training negatives are drawn: uniform over nodes, or degree (∝ degree^0.75) (default: uniform)")
+    k.add_argument("--shared-negatives", action="store_true",
+                   help="draw K negatives once per training minibatch and share them between its positives (as MariusGNN)")
+    k.add_argument("--eval-negatives", type=int, default=100, metavar="M",
+                   help="fixed, filtered negative destinations per val/test edge (none forms a true edge) (default: 100)")
 
 
 def add_sample(sub) -> argparse.ArgumentParser:
@@ -266,7 +296,15 @@ def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Pa
                    seed=args.seed, epochs=args.epochs,
                    eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
                    eval_batch_size=args.eval_batch_size, threads=args.threads, overwrite=args.overwrite,
-                   splits=_splits(args), shard=args.shard)
+                   splits=_splits(args), shard=args.shard, **_link_options(args))
+
+
+def _link_options(args: argparse.Namespace) -> dict:
+    """The sampling task and link options the parsed arguments give (``run_sample``/``plan_difference`` keywords)."""
+    task = getattr(args, "sample_task", None) or getattr(args, "task", None)  # (`all`: moved to sample_task)
+    return {"task": task if task in SAMPLE_TASKS else "node", "negatives": args.negatives,
+            "negative_sampler": args.negative_sampler, "shared_negatives": args.shared_negatives,
+            "eval_negatives": args.eval_negatives}
 
 
 def _splits(args: argparse.Namespace) -> list[str] | None:
@@ -367,7 +405,12 @@ def add_all(sub) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", nargs="?", metavar="DATASET", help="an existing dataset directory (instead of raw inputs)")
     add_import_options(p)
-    add_sample_options(p, with_seed=False)
+    add_sample_options(p, with_seed=False, with_task=False)
+    for action in p._actions:  # one --task: the import's label kinds, or the sampling task
+        if action.dest == "task":
+            action.choices = list(action.choices) + list(SAMPLE_TASKS)
+            action.help = (f"{action.help}; or the sampling task: {_SAMPLE_TASK_HELP} (default: node, with the labels' "
+                           "kind told from them)")
     add_pack_options(p, with_budget=False)
     p.add_argument("--name", default="default", help="name of the plan and the pack (default: default)")
     add_common(p)
@@ -375,7 +418,7 @@ def add_all(sub) -> argparse.ArgumentParser:
     return p
 
 
-_RAW_INPUTS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test")
+_RAW_INPUTS = ("npz", "ogb", "edges", "features", "labels", "train", "val", "test", "val_edges", "test_edges")
 _log = logging.getLogger("diskgraph")
 
 
@@ -445,7 +488,8 @@ def _sample_stage(args: argparse.Namespace, dataset: Path) -> Path:
         diff = plan_difference(out, open_dataset(dataset), fanouts=parse_fanouts(args.fanouts),
                                batch_size=args.batch_size, seed=args.seed, epochs=args.epochs,
                                eval_fanouts=parse_fanouts(args.eval_fanouts) if args.eval_fanouts else None,
-                               eval_batch_size=args.eval_batch_size, splits=_splits(args), shard=args.shard)
+                               eval_batch_size=args.eval_batch_size, splits=_splits(args), shard=args.shard,
+                               **_link_options(args))
         if _stage_kept("plan", out, diff, args, "sample"):
             return out
     return sample_from_args(args, dataset)
@@ -466,6 +510,8 @@ def _pack_stage(args: argparse.Namespace, dataset: Path, plan: Path) -> Path:
 def run_all(args: argparse.Namespace) -> int:
     """Import (unless given a dataset), sample and pack, continuing from the stages an earlier run finished."""
     raw = [f"--{k}" for k in _RAW_INPUTS if getattr(args, k, None)]
+    if getattr(args, "task", None) in SAMPLE_TASKS:  # --task node|link is the sampling task, not a label kind
+        args.sample_task, args.task = args.task, None
     if os.sep in args.name or (os.altsep and os.altsep in args.name):
         raise InputError(f"--name {args.name!r} names both the plan and the pack of `preprocess all`; give a bare name "
                          "(they go to DATASET/plans/NAME and DATASET/packs/NAME)")

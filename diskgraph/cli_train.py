@@ -47,6 +47,17 @@ def add_train(sub) -> argparse.ArgumentParser:
     m.add_argument("--layers", type=positive_int, help="GNN layers; must equal the plan's hops (default: the plan's hops)")
     m.add_argument("--heads", type=positive_int, default=4, help="attention heads of GAT (default: 4)")
     m.add_argument("--dropout", type=float, default=0.5, help="dropout (default: 0.5)")
+    lk = p.add_argument_group("link prediction")
+    lk.add_argument("--task", choices=["node", "link"],
+                    help="node: the dataset's labels; link: link prediction on a plan sampled with `preprocess sample "
+                         "--task link` (MODEL encodes nodes into --hidden-wide embeddings, --decoder scores pairs; "
+                         "metrics MRR and Hits@1/10/50) (default: the plan's task)")
+    lk.add_argument("--decoder", choices=["dot", "distmult", "mlp"], default="dot",
+                    help="with --task link: score of a pair: dot product, DistMult (a learned diagonal relation) or "
+                         "an MLP on the Hadamard product (default: dot)")
+    lk.add_argument("--link-loss", choices=["bce", "softmax", "margin"], default="bce",
+                    help="with --task link: binary cross-entropy (positives 1, negatives 0), softmax cross-entropy of "
+                         "each positive against its negatives, or a margin ranking loss (default: bce)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
     o.add_argument("--lr", type=float, default=0.003, help="learning rate, where the schedule starts (default: 0.003)")
@@ -206,7 +217,8 @@ def options_from_args(args: argparse.Namespace) -> "TrainOptions":
                         lr_schedule=args.lr_schedule, lr_step_size=args.lr_step_size or 10,
                         lr_gamma=args.lr_gamma if args.lr_gamma is not None else 0.1,
                         early_stopping=args.early_stopping, early_stopping_metric=args.early_stopping_metric,
-                        class_weights=_class_weights(args.class_weights))
+                        class_weights=_class_weights(args.class_weights), task=args.task, decoder=args.decoder,
+                        link_loss=args.link_loss)
 
 
 def _class_weights(spec: str | None):

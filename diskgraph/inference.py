@@ -189,6 +189,9 @@ def _refuse_custom(cfg, run) -> None:
         raise InputError(f"run {run} trained the custom model {cfg['custom']}, and exact inference (load_model, predict, "
                          "embed) needs a built-in model (sage, gcn or gat); run your model on diskgraph.PackedLoader "
                          "batches instead")
+    if isinstance(cfg, dict) and cfg.get("link"):
+        raise InputError(f"run {run} trained link prediction; load_model, predict and embed read node-task runs only "
+                         "so far: run its encoder on diskgraph.PackedLoader batches instead")
 
 
 def _check_binding(ds, card: dict, run: Path) -> None:

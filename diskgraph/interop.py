@@ -91,10 +91,16 @@ def _random_split(split, seed: int, labels, splits) -> tuple | None:
     return None
 
 
+def _edge_split(spec: str | None, seed: int):
+    from .store.edge_splits import EdgeSplitSpec
+
+    return EdgeSplitSpec.from_options(spec, None, None, seed)
+
+
 def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirected: bool | None = None,
              memory_budget: int | None = None, dedup: bool = False, drop_self_loops: bool = False,
              feature_dtype: str | None = None, split: str | None = None, seed: int = 0, task: str | None = None,
-             **options) -> Path:
+             edge_split: str | None = None, **options) -> Path:
     """Import a PyG ``Data`` as a dataset directory at ``out``.
 
     Reads ``data.edge_index`` ``[2, E]`` (row 0 → row 1: PyG's message direction, stored as CSC over
@@ -117,6 +123,8 @@ def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirecte
             a labelled graph without masks gets ``random:0.6,0.2,0.2``.
         task: the label kind of ``data.y``: ``classification``, ``multilabel`` or ``regression`` (None: told from
             the values, as above); one the values contradict is refused.
+        edge_split: ``"random:TRAIN,VAL,TEST"`` to split the edges for link prediction (seed ``seed``), as
+            ``preprocess import --edge-split``: val/test edges are left out of the topology.
         **options: further :class:`~diskgraph.store.importer.ImportOptions` fields (``num_classes``,
             ``allow_nonfinite``).
 
@@ -201,13 +209,13 @@ def from_pyg(data, out: str | os.PathLike, *, overwrite: bool = False, undirecte
     edges = ArrayEdges(ei[0], ei[1], "data.edge_index")
     return import_dataset(out, edges, features=features, labels=labels, labels_label="data.y",
                           splits=splits or None, random_split=random_split, options=opts,
-                          sources={"from": "torch_geometric.data.Data"})
+                          sources={"from": "torch_geometric.data.Data"}, edge_split=_edge_split(edge_split, seed))
 
 
 def from_ogb(directory: str | os.PathLike, out: str | os.PathLike, *, split: str | None = None,
              overwrite: bool = False, undirected: bool | None = None, memory_budget: int | None = None,
              dedup: bool = False, drop_self_loops: bool = False, feature_dtype: str | None = None,
-             seed: int = 0, task: str | None = None, **options) -> Path:
+             seed: int = 0, task: str | None = None, edge_split: str | None = None, **options) -> Path:
     """Import an OGB node-property-prediction directory (as ogb downloads it; ogb itself is not needed).
 
     Reads ``DIR/raw/edge.csv.gz`` (``src,dst`` rows), ``node-feat.csv.gz``, ``node-label.csv.gz``
@@ -223,7 +231,8 @@ def from_ogb(directory: str | os.PathLike, out: str | os.PathLike, *, split: str
         split: the split scheme (a folder under ``split/``); needed only when there are several.
         undirected: add the reverse of every edge; None follows ogb's ``add_inverse_edge`` for the
             dataset named by the directory (``ogbn_products``, ``ogbn_proteins``: True), else False.
-        overwrite, memory_budget, dedup, drop_self_loops, feature_dtype, seed, task, **options: as :func:`from_pyg`.
+        overwrite, memory_budget, dedup, drop_self_loops, feature_dtype, seed, task, edge_split, **options: as
+            :func:`from_pyg`.
 
     Returns:
         The dataset directory.
@@ -243,4 +252,4 @@ def from_ogb(directory: str | os.PathLike, out: str | os.PathLike, *, split: str
     return import_dataset(out, inputs.edges, features=inputs.features, labels=inputs.labels,
                           labels_label=inputs.labels_label, splits=inputs.splits or None, random_split=random_split,
                           options=opts, sources={"from": "ogb", "directory": str(Path(directory).absolute()),
-                                                 "split": split})
+                                                 "split": split}, edge_split=_edge_split(edge_split, seed))

@@ -58,10 +58,16 @@ def _artifact_out(dataset, kind: str, name: str, shard: tuple[int, int] | None, 
 def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts: list[int], batch_size: int,
                seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
                eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False,
-               splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> Path:
+               splits: list[str] | None = None, shard: tuple[int, int] | None = None, task: str = "node",
+               negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
+               eval_negatives: int = 100) -> Path:
     """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path (``splits``: None = all present).
 
     ``shard=(R, W)`` samples share R of W for data-parallel training into ``DATASET/plans/NAME.rankR-of-W``.
+    ``task="link"`` samples link-prediction minibatches of the dataset's edge splits (``negatives`` K per train
+    positive, drawn by ``negative_sampler`` ``uniform``/``degree``, ``shared_negatives`` across the minibatch;
+    ``eval_negatives`` M fixed filtered negatives per val/test positive): see
+    :mod:`diskgraph.sampler.link_sampler`.
     """
     from .sampler.neighbor_sampler import sample_plan
     from .store.dataset import open_dataset
@@ -71,7 +77,9 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
     AtomicDirectory(out, overwrite, option="--name", kind=PLAN_FORMAT).check()  # (before the dataset is read)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
-                       overwrite=overwrite, splits=splits, shard=shard)
+                       overwrite=overwrite, splits=splits, shard=shard, task=task, negatives=negatives,
+                       negative_sampler=negative_sampler, shared_negatives=shared_negatives,
+                       eval_negatives=eval_negatives)
 
 
 def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str | None = None, gpu_cache: int = 0,
@@ -117,7 +125,9 @@ def _show(value) -> str:
 
 def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batch_size: int, seed: int = 0,
                     epochs: int = 1, eval_fanouts: list[int] | None = None, eval_batch_size: int | None = None,
-                    splits: list[str] | None = None, shard: tuple[int, int] | None = None) -> str | None:
+                    splits: list[str] | None = None, shard: tuple[int, int] | None = None, task: str = "node",
+                    negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
+                    eval_negatives: int = 100) -> str | None:
     """Why the plan at ``plan_dir`` is not the one :func:`run_sample` would sample from dataset ``ds`` with
     these options (a phrase: the option with the plan's value and this run's), or None when it is."""
     from .store.binding import plan_problem
@@ -132,13 +142,32 @@ def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batc
     c = plan.config
     wanted = {"fanouts": list(fanouts), "batch_size": batch_size, "seed": seed, "epochs": epochs,
               "eval_fanouts": list(eval_fanouts or fanouts), "eval_batch_size": eval_batch_size or batch_size}
+    if c.get("task", "node") != task:
+        return f"--task {c.get('task', 'node')} there, {task} in this run"
+    if task == "link":
+        wanted.update({"negatives": negatives, "negative_sampler": negative_sampler,
+                       "shared_negatives": bool(shared_negatives), "eval_negatives": eval_negatives})
     for key, value in wanted.items():
         if c.get(key) != value:
             return f"--{key.replace('_', '-')} {_show(c.get(key))} there, {_show(value)} in this run"
-    chosen = list(dict.fromkeys(splits)) if splits else [
-        s for s in SPLITS if s in ds.splits and (s == "train" or len(ds.splits[s]) > 0)]
+    if task == "link":
+        edge_splits = getattr(ds, "edge_splits", None) or {}
+        chosen = list(dict.fromkeys(splits)) if splits else [
+            s for s in SPLITS if s in edge_splits and edge_splits[s].reshape(2, -1).shape[1] > 0]
+    else:
+        chosen = list(dict.fromkeys(splits)) if splits else [
+            s for s in SPLITS if s in ds.splits and (s == "train" or len(ds.splits[s]) > 0)]
     if list(plan.splits) != chosen:
         return f"--splits {_show(plan.splits)} there, {_show(chosen)} in this run"
+    if task == "link":
+        import numpy as np
+
+        from .store.checksums import array_sha256
+
+        recorded = (plan.manifest.get("dataset") or {}).get("seeds_sha256") or {}
+        for s in chosen:
+            if recorded.get(s) != array_sha256(np.asarray(edge_splits[s], dtype=np.int64).reshape(-1)):
+                return f"it was sampled from another {s} edge split than the dataset holds"
     want_shard = {"rank": shard[0], "world_size": shard[1]} if shard else None
     if c.get("shard") != want_shard:
         return f"--shard {_show(c.get('shard'))} there, {_show(want_shard)} in this run"

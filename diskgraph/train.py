@@ -47,6 +47,10 @@ class TrainOptions:
         early_stopping_metric: ``val_loss`` or ``val_`` + a metric of the dataset's task (``val_acc``, ``val_auc``,
             ``val_micro_f1``, ``val_rmse``, ``val_mae``); default: the task's main one (``val_acc``, ``val_micro_f1``,
             ``val_rmse``).
+        task: ``node`` or ``link`` (None: the plan's task); ``link`` trains link prediction on a plan sampled with
+            ``preprocess sample --task link`` (an encoder — ``model`` — and ``decoder``; docs/link-prediction.md).
+        decoder: with ``task="link"``: ``dot``, ``distmult`` or ``mlp`` (:mod:`diskgraph.link_models`).
+        link_loss: with ``task="link"``: ``bce``, ``softmax`` or ``margin`` (:mod:`diskgraph.pipeline.link_task`).
         class_weights: ``balanced`` (from the train split's labels) or one weight per class (classification: the
             cross-entropy's class weights) or per label (multilabel: BCE's positive weights); None: unweighted.
         epochs: training epochs.
@@ -105,6 +109,9 @@ class TrainOptions:
     early_stopping: int = _Config.early_stopping
     early_stopping_metric: str | None = _Config.early_stopping_metric
     class_weights: str | list[float] | None = None
+    task: str | None = None
+    decoder: str = "dot"
+    link_loss: str = "bce"
     stop: object = field(default=None, repr=False, compare=False)
 
 
@@ -212,32 +219,41 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
 
     dataset = Path(dataset)
     ds = open_dataset(dataset)
-    if ds.features is None or ds.labels is None:
-        raise InputError(f"dataset {dataset} needs features and labels to train; import them with --features and --labels")
-    if "train" not in ds.splits or not len(ds.splits["train"]):
-        raise InputError(f"dataset {dataset} has no training nodes; import it with --train or --split")
     torch.manual_seed(opts.seed)
     plan = pack = None
     presplit = False
-    if not opts.reference or opts.fanouts is None or opts.batch_size is None:
+    if not opts.reference or opts.fanouts is None or opts.batch_size is None or opts.task == "link":
         from .store.plan import open_plan
 
         pdir, pack, presplit = _open_pack(dataset, opts.pack, ctx)
         plan = open_plan(pack.plan_path())
+    link = _link_task(opts, plan)
+    if ds.features is None or (ds.labels is None and not link):
+        raise InputError(f"dataset {dataset} needs features and labels to train; import them with --features and --labels")
+    if link:
+        splits = [s for s in ("train", "val", "test") if s in plan.splits]
+    else:
+        splits = [s for s in ("train", "val", "test") if s in ds.splits and len(ds.splits[s])]
+    if "train" not in splits:
+        raise InputError(f"dataset {dataset} has no training {'edges' if link else 'nodes'}; import it with "
+                         f"{'--edge-split' if link else '--train or --split'}")
     fanouts = opts.fanouts or plan.config["fanouts"]
     batch_size = opts.batch_size or plan.config["batch_size"]
-    splits = [s for s in ("train", "val", "test") if s in ds.splits and len(ds.splits[s])]
     loaders = {}
     if opts.reference:
         from .pipeline.memory_loader import InMemoryLoader
 
+        link_options = _link_sampling(plan) if link else {}
         first = None  # the loaders share one feature table (or one set of memory maps)
         for split in splits:
             if plan is not None and split not in plan.splits:
                 continue  # evaluate the splits the packed run would: those of the plan
-            loaders[split] = first = InMemoryLoader(ds, split, fanouts=list(fanouts), batch_size=int(batch_size),
+            f, b = fanouts, batch_size
+            if link and split != "train":  # evaluation minibatches as the plan sampled them
+                f, b = plan.config.get("eval_fanouts") or fanouts, plan.config.get("eval_batch_size") or batch_size
+            loaders[split] = first = InMemoryLoader(ds, split, fanouts=list(f), batch_size=int(b),
                                                     seed=opts.seed, device=device, features=opts.reference_features,
-                                                    share_features_with=first)
+                                                    share_features_with=first, **link_options)
 
         def order(split: str, epoch: int):
             return loaders[split].order(epoch)
@@ -264,14 +280,26 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     if opts.layers is not None and opts.layers != len(fanouts):
         raise InputError(f"--layers {opts.layers} does not match the {len(fanouts)} hops the plan sampled "
                          f"(fanouts {','.join(map(str, fanouts))}); drop --layers or sample with {opts.layers} fanouts")
-    task = dataset_task(ds, opts.class_weights)
+    if link:
+        from .pipeline.link_task import LinkTask
+
+        if opts.class_weights is not None:
+            raise InputError("--class-weights applies to node classification; drop it for --task link")
+        task = LinkTask(opts.hidden, opts.link_loss)  # the encoder's output: an embedding of --hidden
+    else:
+        task = dataset_task(ds, opts.class_weights)
     num_outputs = task.num_outputs
     if is_custom(opts.model):  # --model module:Class or file.py:Class (diskgraph.custom_models)
         model = build_custom_model(opts.model, ds.feature_dim, opts.hidden, num_outputs, len(fanouts),
-                                   dropout=opts.dropout, heads=opts.heads).to(device)
+                                   dropout=opts.dropout, heads=opts.heads)
     else:
         model = build_model(opts.model, ds.feature_dim, opts.hidden, num_outputs, len(fanouts), dropout=opts.dropout,
-                            heads=opts.heads).to(device)
+                            heads=opts.heads)
+    if link:
+        from .link_models import LinkModel
+
+        model = LinkModel(model, opts.decoder, opts.hidden)
+    model = model.to(device)
     run_dir = Path(opts.run_dir) if opts.run_dir else default_run_dir(dataset, opts.pack, opts.model, opts.seed,
                                                                      opts.reference)
     mode = ("reference" + ("" if opts.reference_features == "ram" else f"-{opts.reference_features}")
@@ -279,6 +307,9 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
     info = {"dataset": str(dataset), "task": task.kind, "model": opts.model, "mode": mode,
             "pack": None if opts.reference else str(pdir), "device": str(device),
             "fanouts": list(fanouts), "batch_size": int(batch_size)}
+    if link:
+        info.update(decoder=opts.decoder, link_loss=opts.link_loss, negatives=plan.config.get("negatives"),
+                    eval_negatives=plan.config.get("eval_negatives"))
     if ctx is not None:
         info.update(world_size=ctx.world_size, backend=ctx.backend, presplit=presplit)
     config = TrainConfig(epochs=opts.epochs, lr=opts.lr, weight_decay=opts.weight_decay, seed=opts.seed,
@@ -286,7 +317,7 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
                          optimizer=opts.optimizer, momentum=opts.momentum, lr_schedule=opts.lr_schedule,
                          lr_step_size=opts.lr_step_size, lr_gamma=opts.lr_gamma, early_stopping=opts.early_stopping,
                          early_stopping_metric=opts.early_stopping_metric)
-    identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size))
+    identity = run_identity(opts, ds, None if opts.reference else pack, list(fanouts), int(batch_size), link)
     trainer = Trainer(model, loaders, order=order, run_dir=run_dir, config=config, device=device,
                       task=task, log_json=opts.log_json if ctx is None or ctx.is_main else None,
                       info=info, row_bytes=ds.features.row_bytes, step_log=opts.step_log, stop=opts.stop, dist=ctx,
@@ -316,6 +347,29 @@ def _run_training(dataset: str | os.PathLike, opts: TrainOptions, device: torch.
                 close()
 
 
+def _link_task(opts: TrainOptions, plan) -> bool:
+    """Whether the run trains link prediction: ``--task``, else the plan's task.
+
+    Raises:
+        InputError: ``--task`` and the plan disagree.
+    """
+    made_for = getattr(plan, "task", "node") if plan is not None else "node"
+    task = opts.task or made_for
+    if plan is not None and task != made_for:
+        raise InputError(f"--task {task} asks for a plan sampled for it, but plan {plan.path} was sampled for "
+                         f"--task {made_for}; sample one with `diskgraph preprocess sample --task {task}` and pack it")
+    return task == "link"
+
+
+def _link_sampling(plan) -> dict:
+    """The in-memory reference's link options: the plan's negatives and sampler, so it draws the same minibatches."""
+    cfg = plan.config
+    return {"task": "link", "negatives": int(cfg.get("negatives", 1)),
+            "negative_sampler": cfg.get("negative_sampler", "uniform"),
+            "shared_negatives": bool(cfg.get("shared_negatives", False)),
+            "eval_negatives": int(cfg.get("eval_negatives", 100))}
+
+
 def dataset_task(ds, class_weights: str | list[float] | None = None):
     """The :class:`~diskgraph.pipeline.tasks.Task` of the dataset's labels (its manifest's kind and output width),
     with ``--class-weights`` (``balanced``: from the train split's targets).
@@ -331,7 +385,7 @@ def dataset_task(ds, class_weights: str | list[float] | None = None):
     return build_task(ds.task, ds.num_outputs, weights)
 
 
-def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: int) -> dict:
+def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: int, link: bool = False) -> dict:
     """What a run's checkpoints are bound to besides the trainer's config: the dataset's and pack's contents and the
     model and sampling options, named as the user gives them (a resume with any other value is refused)."""
     from .store.binding import artifact_identity, dataset_identity
@@ -340,7 +394,8 @@ def run_identity(opts: TrainOptions, ds, pack, fanouts: list[int], batch_size: i
            "--model": opts.model, "--hidden": opts.hidden, "--layers": len(fanouts), "--dropout": opts.dropout,
            "--fanouts": fanouts, "--batch-size": batch_size, "--reference": opts.reference,
            "--reference-features": opts.reference_features if opts.reference else None,
-           "--class-weights": opts.class_weights}
+           "--class-weights": opts.class_weights, "--task": "link" if link else "node",
+           "--decoder": opts.decoder if link else None, "--link-loss": opts.link_loss if link else None}
     if opts.model == "gat" or ":" in opts.model:  # a custom model may take heads
         out["--heads"] = opts.heads
     return out

@@ -139,9 +139,9 @@ class PackedLoader:
         if self.pack.num_minibatches(split) != self.plan.num_minibatches(split):
             raise InputError(f"pack {self.pack.path} holds {self.pack.num_minibatches(split)} {split} minibatches, plan "
                              f"{self.plan.path} {self.plan.num_minibatches(split)}; give the plan the pack was built from")
-        if self.dataset.labels is None:
+        if self.dataset.labels is None and self.plan.task != "link":  # (link plans carry their own targets)
             raise InputError(f"dataset {self.dataset.path} has no labels; import it with --labels to train on it")
-        self.labels = self.dataset.verified_labels()
+        self.labels = self.dataset.verified_labels() if self.dataset.labels is not None else None
         self.task = self.dataset.task
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"

@@ -18,6 +18,12 @@ batch)`` (:func:`~diskgraph.sampler.neighbor_sampler.minibatch_key`) — so ever
 epoch draws a fresh sample, and epoch ``e`` of a plan sampled with the same
 seed, fanouts and batch size holds exactly the same minibatches.
 
+With ``task="link"`` the minibatches are link-prediction ones of the dataset's edge splits, built by the same
+function as a link plan's rows (:meth:`~diskgraph.sampler.link_sampler.LinkSampler.minibatch`): ``batch_size``
+positive edges with their negatives, epoch ``e`` equal to presampled epoch ``e`` of a link plan with the same seed and
+options, and ``y`` the int64 ``[P, 2 + K]`` positions (src, dst, K negatives) into the seeds
+(:meth:`~diskgraph.store.plan.LinkTargets.targets`).
+
 >>> loader = InMemoryLoader(dataset, "train", fanouts=[10, 5], batch_size=1024, seed=0)
 >>> for batch in loader.epoch(loader.order(epoch)):
 ...     ...
@@ -32,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..sampler.link_sampler import LinkSampler, dataset_edge_splits
 from ..sampler.neighbor_sampler import epoch_order as shuffled_seeds
 from ..sampler.neighbor_sampler import minibatch_key, sample_minibatch
 from ..store.dataset import Dataset, open_dataset
@@ -64,18 +71,36 @@ class InMemoryLoader:
         share_features_with: another loader of the same dataset and ``features`` mode whose table (or memory
             maps) this one uses instead of loading its own (the train, val and test loaders of one run).
         queue_depth: minibatches the sampling and assembling threads may run ahead of the consumer.
+        task: ``node`` (default) or ``link`` (minibatches of positive edges of the dataset's edge split ``split``;
+            labels are not needed).
+        negatives, negative_sampler, shared_negatives, eval_negatives: link mode: as ``preprocess sample --task link``
+            (K negatives per train positive, ``uniform``/``degree``, shared by the minibatch; M fixed filtered
+            negatives per val/test positive).
     """
 
     FEATURE_MODES = ("ram", "mmap", "mmap-random")
 
     def __init__(self, dataset: Dataset | str | os.PathLike, split: str, *, fanouts: Sequence[int], batch_size: int,
                  seed: int = 0, device: torch.device | str = "cpu", features: str = "ram",
-                 share_features_with: "InMemoryLoader | None" = None, queue_depth: int = 2):
+                 share_features_with: "InMemoryLoader | None" = None, queue_depth: int = 2, task: str = "node",
+                 negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
+                 eval_negatives: int = 100):
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         ds = self.dataset
-        if split not in ds.splits:
+        if task not in ("node", "link"):
+            raise InputError(f"--task {task!r} is not one of node, link")
+        self.link: LinkSampler | None = None
+        edge_splits: dict = {}
+        if task == "link":
+            edge_splits, undirected = dataset_edge_splits(ds)
+            if split not in edge_splits or np.asarray(edge_splits[split]).reshape(2, -1).shape[1] == 0:
+                raise InputError(f"dataset {ds.path} has no {split!r} edges (its edge splits: "
+                                 f"{', '.join(edge_splits) or 'none'})")
+            if ds.features is None:
+                raise InputError(f"dataset {ds.path} needs features to train on; import them")
+        elif split not in ds.splits:
             raise InputError(f"dataset {ds.path} has no {split!r} split (it has {', '.join(ds.splits) or 'none'})")
-        if ds.features is None or ds.labels is None:
+        elif ds.features is None or ds.labels is None:
             raise InputError(f"dataset {ds.path} needs features and labels to train on; import them")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise InputError(f"--batch-size {batch_size!r} must be a whole number of at least 1")
@@ -84,17 +109,28 @@ class InMemoryLoader:
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.nodes = np.asarray(ds.splits[split], dtype=np.int64)
-        if self.nodes.size == 0:
-            raise InputError(f"the {split} split of dataset {ds.path} is empty")
         self.indptr = np.asarray(ds.indptr)
         self.indices = np.asarray(ds.indices)
-        # what it samples from is what was imported (once per open dataset; hashed through the maps it then uses)
-        for name, values in (("topology/indptr", self.indptr), ("topology/indices", self.indices),
-                             (f"splits/{split}", ds.splits[split])):
-            ds.check_array(name, values)
-        self.labels = ds.verified_labels()
-        self.task = ds.task
+        if task == "link":
+            self.nodes = np.zeros(0, dtype=np.int64)
+            for name, values in (("topology/indptr", self.indptr), ("topology/indices", self.indices)):
+                ds.check_array(name, values)
+            self.link = LinkSampler(self.indptr, self.indices, ds.num_nodes, edge_splits, undirected=undirected,
+                                    fanouts=self.fanouts, batch_size=self.batch_size, seed=self.seed,
+                                    negatives=negatives, negative_sampler=negative_sampler,
+                                    shared_negatives=shared_negatives, eval_negatives=eval_negatives)
+            self.labels = None
+            self.task = "link"
+        else:
+            self.nodes = np.asarray(ds.splits[split], dtype=np.int64)
+            if self.nodes.size == 0:
+                raise InputError(f"the {split} split of dataset {ds.path} is empty")
+            # what it samples from is what was imported (once per open dataset; hashed through the maps it then uses)
+            for name, values in (("topology/indptr", self.indptr), ("topology/indices", self.indices),
+                                 (f"splits/{split}", ds.splits[split])):
+                ds.check_array(name, values)
+            self.labels = ds.verified_labels()
+            self.task = ds.task
         if features not in self.FEATURE_MODES:
             raise InputError(f"reference features {features!r} is not one of {', '.join(self.FEATURE_MODES)}")
         torch_dtype(ds.feature_dtype)
@@ -113,7 +149,8 @@ class InMemoryLoader:
             self.features = storage_tensor(rows, ds.feature_dtype)
         else:
             self.mapped = MappedFeatures(ds.features, advice="random" if features == "mmap-random" else "normal")
-        self.per_epoch = -(-self.nodes.size // self.batch_size)
+        self.per_epoch = (self.link.minibatches_per_epoch(split) if self.link is not None
+                          else -(-self.nodes.size // self.batch_size))
         self._seed_cache: tuple[int, np.ndarray] | None = None
         self.queue_depth = int(queue_depth)
         self._active: StageRun | None = None
@@ -141,6 +178,8 @@ class InMemoryLoader:
     def minibatch(self, row: int) -> SampledMinibatch:
         """Sample minibatch ``row`` (batch ``row % per_epoch`` of epoch ``row // per_epoch``)."""
         epoch, b = divmod(int(row), self.per_epoch)
+        if self.link is not None:  # (val/test: the loader's fanouts and batch size are the eval ones)
+            return self.link.minibatch(self.split, epoch, b)
         seeds = self.epoch_seeds(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
         return sample_minibatch(self.indptr, self.indices, seeds, self.fanouts,
                                 minibatch_key(self.seed, self.split, epoch, b), epoch=epoch, batch=b)
@@ -192,7 +231,8 @@ class InMemoryLoader:
             t0 = time.perf_counter()
             mb = self.minibatch(int(order[pos]))
             blocks = [make_block(ns, nd, ptr, idx) for ns, nd, ptr, idx in mb.blocks()]
-            y = torch.from_numpy(gather_targets(self.labels, mb.seeds, self.task))
+            y = torch.from_numpy(mb.link.targets() if mb.link is not None
+                                 else gather_targets(self.labels, mb.seeds, self.task))
             busy = time.perf_counter() - t0
             tot["busy_s"] += busy
             yield pos, int(order[pos]), mb, blocks, y, busy

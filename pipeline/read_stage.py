@@ -68,7 +68,7 @@ def read_minibatches(loader, run: StageRun, order: np.ndarray, start: int):
             raise FormatError(f"pack {pack.path} minibatch {i} of {split} has {e.num_inputs} inputs, the plan "
                               f"{mb.input_nodes.shape[0]}; give the plan the pack was built from")
         blocks = blocks_from_minibatch(mb)
-        y = torch.from_numpy(gather_targets(loader.labels, mb.seeds, loader.task))
+        y = torch.from_numpy(mb.link.targets() if plan.task == "link" else gather_targets(loader.labels, mb.seeds, loader.task))
         idx, counts = tier_positions(e)
         idx_t = torch.from_numpy(idx)
         busy = now() - t0

@@ -35,7 +35,6 @@ from __future__ import annotations
 import mmap
 import os
 import time
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,55 +42,16 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..native import sampling as _kernels
 from ..store.atomic import AtomicDirectory
 from ..store.dataset import Dataset, open_dataset
 from ..store.errors import InputError
 from ..store.binding import plan_binding
-from ..store.plan import PLAN_FORMAT, SPLITS, PlanSplitWriter, SampledMinibatch, write_plan_manifest
+from ..store.plan import PLAN_FORMAT, SPLITS, PlanSplitWriter, write_plan_manifest
 from ..store.progress import Progress, format_bytes, format_count, log
+from .minibatch import epoch_order, minibatch_key, sample_minibatch
 
 FANOUT_ORDER = "hop (fanouts[0] = neighbors of the seeds)"
 SAMPLER = "uniform without replacement over in-edges"
-
-
-# -- one minibatch ------------------------------------------------------------------------------
-
-def minibatch_key(seed: int, split: str, epoch: int, batch: int) -> np.uint64:
-    """The random key of minibatch ``batch`` of ``epoch`` of ``split`` in a plan sampled with ``seed``."""
-    return np.uint64(_kernels.derive_key(seed & ((1 << 64) - 1), zlib.crc32(split.encode()), epoch, batch))
-
-
-def sample_minibatch(indptr: np.ndarray, indices: np.ndarray, seeds: np.ndarray, fanouts: Sequence[int],
-                     key: int | np.uint64, *, epoch: int = 0, batch: int = 0) -> SampledMinibatch:
-    """Sample the ``len(fanouts)``-hop neighborhood of ``seeds`` (distinct node ids) with random key ``key``.
-
-    ``indptr``/``indices`` are the CSC over in-edges (memory maps are fine);
-    ``fanouts`` are in hop order (``fanouts[0]`` for the seeds), -1 = all
-    neighbors. Releases the GIL while it samples.
-
-    Raises:
-        InputError: a hop would exceed 2**31 - 1 sampled edges (int32 local ids).
-    """
-    seeds = np.ascontiguousarray(seeds, dtype=np.int64)
-    fan = np.ascontiguousarray(fanouts, dtype=np.int64)
-    status, nodes, sizes, ptr_flat, idx_flat = _kernels.sample_minibatch(
-        np.asarray(indptr), np.asarray(indices), seeds, fan, np.uint64(key))
-    if status:
-        raise InputError(f"a minibatch of {len(seeds)} seeds samples more than 2**31 - 1 edges in one hop with "
-                         f"fanouts {list(fanouts)}; lower --batch-size or --fanouts")
-    hop_ptr, hop_idx = [], []
-    a = b = 0
-    for h in range(len(fan)):
-        n = int(sizes[h]) + 1
-        ptr = ptr_flat[a:a + n]
-        a += n
-        e = int(ptr[-1])
-        hop_ptr.append(ptr)
-        hop_idx.append(idx_flat[b:b + e])
-        b += e
-    return SampledMinibatch(epoch=epoch, batch=batch, input_nodes=nodes, layer_sizes=sizes,
-                            hop_indptr=hop_ptr, hop_indices=hop_idx)
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -238,18 +198,38 @@ def _split_batches(seeds: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [seeds[i:i + batch_size] for i in range(0, len(seeds), batch_size)]
 
 
-def epoch_order(train: np.ndarray, seed: int, epoch: int) -> np.ndarray:
-    """The train seeds of ``epoch`` in their shuffled order (a permutation drawn from ``(seed, epoch)``)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed & ((1 << 64) - 1), epoch]))
-    return np.asarray(train, dtype=np.int64)[rng.permutation(len(train))]
-
-
 def _jobs(split: str, seeds_of_epoch, epochs: int, batch_size: int,
           keep=None) -> Iterator[tuple[str, int, int, np.ndarray]]:
     for e in range(epochs):
         for b, s in enumerate(_split_batches(seeds_of_epoch(e), batch_size)):
             if keep is None or keep(b):
                 yield split, e, b, s
+
+
+def _link_jobs(split: str, per_epoch: int, epochs: int, keep=None) -> Iterator[tuple[str, int, int, None]]:
+    for e in range(epochs):
+        for b in range(per_epoch):
+            if keep is None or keep(b):
+                yield split, e, b, None
+
+
+def _choose_edge_splits(ds: Dataset, edge_splits: dict, splits: Sequence[str] | None) -> list[str]:
+    """The edge splits a link plan samples (default: those of train/val/test the dataset has, non-empty)."""
+    size = {s: int(np.asarray(e).reshape(2, -1).shape[1]) for s, e in edge_splits.items()}
+    if splits is None:
+        chosen = [s for s in SPLITS if size.get(s, 0) > 0]
+    else:
+        chosen = list(dict.fromkeys([splits] if isinstance(splits, str) else splits))
+        for s in chosen:
+            if s not in size:
+                raise InputError(f"dataset {ds.path} has no {s!r} edge split (it has {', '.join(size) or 'none'}); "
+                                 "drop it from --splits")
+    if not chosen or ("train" in chosen and size.get("train", 0) == 0):
+        raise InputError(f"the train edge split of dataset {ds.path} is empty; re-import it with a non-empty --edge-split")
+    for s in chosen:
+        if size[s] == 0:
+            raise InputError(f"the {s!r} edge split of dataset {ds.path} is empty; drop it from --splits")
+    return chosen
 
 
 def shard_batches(split: str, per_epoch: int, rank: int, world_size: int) -> list[int]:
@@ -272,7 +252,9 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
                 batch_size: int, seed: int = 0, epochs: int = 1, eval_fanouts: Sequence[int] | None = None,
                 eval_batch_size: int | None = None, splits: Sequence[str] | None = None,
                 threads: int | None = None, overwrite: bool = False,
-                shard: tuple[int, int] | None = None, seed_nodes: np.ndarray | None = None) -> Path:
+                shard: tuple[int, int] | None = None, seed_nodes: np.ndarray | None = None, task: str = "node",
+                negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
+                eval_negatives: int = 100) -> Path:
     """Sample every minibatch of the dataset's splits into a plan directory at ``out_dir``.
 
     Args:
@@ -297,6 +279,13 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
             minibatch's seeds in that order too), with ``fanouts``; not with ``splits`` or ``shard``. The manifest
             binds the plan to the graph and records the ids' sha256 (``dataset.seeds_sha256``) and
             ``config.seed_nodes`` (their count).
+        task: ``node`` (minibatches of the node splits) or ``link`` (minibatches of the dataset's edge splits:
+            ``batch_size`` positive edges with negatives, :mod:`diskgraph.sampler.link_sampler`; a version-3 plan whose
+            rows carry ``link_*`` columns and whose config records ``task``, ``negatives``, ``negative_sampler``,
+            ``shared_negatives``, ``eval_negatives``).
+        negatives, negative_sampler, shared_negatives, eval_negatives: link plans only: K negatives per train
+            positive drawn ``uniform`` or ``degree`` (∝ degree^0.75), K shared by the whole minibatch, and M fixed
+            filtered negatives per val/test positive.
 
     Returns:
         The plan directory.
@@ -320,9 +309,20 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InputError(f"--seed {seed!r} must be a whole number")
     seed = int(seed)
+    if task not in ("node", "link"):
+        raise InputError(f"--task {task!r} is not one of node, link")
 
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
-    if seed_nodes is not None:
+    link = None
+    if task == "link":
+        from .link_sampler import check_link_options, dataset_edge_splits
+
+        if seed_nodes is not None:
+            raise InputError("seed nodes are sampled for node tasks; do not give them with --task link")
+        check_link_options(negatives, negative_sampler, eval_negatives, ds.num_nodes)
+        edge_splits, undirected = dataset_edge_splits(ds)
+        chosen = _choose_edge_splits(ds, edge_splits, splits)
+    elif seed_nodes is not None:
         if splits is not None or shard is not None or epochs != 1:
             raise InputError("seed nodes are sampled as a split of their own, once; do not give --splits, --shard or "
                              "--epochs with them")
@@ -341,19 +341,32 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     indptr = np.asarray(_topology_map(ds, "topology/indptr", advice))
     indices = np.asarray(_topology_map(ds, "topology/indices", advice))
     num_hops = len(fanouts)
+    if task == "link":
+        from .link_sampler import LinkSampler
+
+        link = LinkSampler(indptr, indices, ds.num_nodes, edge_splits, undirected=undirected, fanouts=fanouts,
+                           batch_size=batch_size, seed=seed, negatives=negatives, negative_sampler=negative_sampler,
+                           shared_negatives=shared_negatives, eval_negatives=eval_negatives,
+                           eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size)
 
     per_epoch: dict[str, int] = {}
     split_epochs: dict[str, int] = {}
     jobs = []
     for s in chosen:
-        nodes = seed_nodes if seed_nodes is not None else ds.splits[s]
-        bs, ep = (batch_size, epochs) if s == "train" else (eval_batch_size, 1)
-        per_epoch[s] = -(-len(nodes) // bs)
+        ep = epochs if s == "train" else 1
+        if link is not None:
+            per_epoch[s] = link.minibatches_per_epoch(s)
+        else:
+            nodes = seed_nodes if seed_nodes is not None else ds.splits[s]
+            bs = batch_size if s == "train" else eval_batch_size
+            per_epoch[s] = -(-len(nodes) // bs)
         keep = None
         if shard is not None:
             mine = set(shard_batches(s, per_epoch[s], *shard))
             keep, per_epoch[s] = mine.__contains__, len(mine)
-        if s == "train":
+        if link is not None:
+            jobs.append(_link_jobs(s, per_epoch[s] if keep is None else link.minibatches_per_epoch(s), ep, keep))
+        elif s == "train":
             jobs.append(_jobs(s, lambda e, nodes=nodes: epoch_order(nodes, seed, e), ep, bs, keep))
         else:
             jobs.append(_jobs(s, lambda e, nodes=nodes: np.asarray(nodes, dtype=np.int64), 1, bs, keep))
@@ -363,6 +376,8 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
 
     def work(job):
         split, e, b, seeds = job
+        if link is not None:
+            return link.minibatch(split, e, b)
         return sample_minibatch(indptr, indices, seeds, fan_of[split], minibatch_key(seed, split, e, b),
                                 epoch=e, batch=b)
 
@@ -372,7 +387,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     window = 2 * threads
     with atomic as tmp:
         writers: dict[str, PlanSplitWriter] = {
-            s: PlanSplitWriter(tmp / f"{s}.arrow", ds.num_nodes, num_hops) for s in chosen}
+            s: PlanSplitWriter(tmp / f"{s}.arrow", ds.num_nodes, num_hops, task) for s in chosen}
         pending: deque = deque()
         pool = ThreadPoolExecutor(threads, thread_name_prefix="diskgraph-sample")
         try:
@@ -404,7 +419,13 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
                   "sampler": SAMPLER}
         if shard is not None:
             config["shard"] = {"rank": int(shard[0]), "world_size": int(shard[1])}
-        if seed_nodes is not None:
+        if link is not None:
+            config.update({"task": "link", "negatives": int(negatives), "negative_sampler": negative_sampler,
+                           "shared_negatives": bool(shared_negatives), "eval_negatives": int(eval_negatives),
+                           "undirected": undirected})
+            # the edge splits are bound by their sha256 (the graph binds the rest: val/test edges are not in it)
+            binding = plan_binding(ds, [], {s: edge_splits[s].astype(np.int64).reshape(-1) for s in chosen})
+        elif seed_nodes is not None:
             config["seed_nodes"] = int(len(seed_nodes))
             binding = plan_binding(ds, [], {SEED_NODES_SPLIT: seed_nodes})
         else:

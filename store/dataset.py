@@ -7,6 +7,7 @@
 >>> ds.labels, ds.splits["train"]
 >>> ds.task, ds.num_outputs          # "classification" | "multilabel" | "regression", the model's output width
 >>> ds.targets(ds.splits["train"][:4])  # the training targets of those nodes, as the loss takes them
+>>> ds.edge_splits["val"]             # link prediction: int64 [2, E_val] supervision edges ({} without a split)
 
 Arrays are memory-mapped or read in slices on demand; opening is cheap (it
 reads the manifest and checks every array's metadata and file sizes).
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..native import csc as kernels
 from .checksums import array_sha256
+from .edge_splits import split_problems
 from .errors import FormatError
 from .features_copy import nonfinite_mask
 from .files import dir_size
@@ -195,6 +197,20 @@ class Dataset:
         """Split name → sorted int64 node indices (memory maps)."""
         return {name.split("/", 1)[1]: a.memmap() for name, a in self._arrays.items() if name.startswith("splits/")}
 
+    @cached_property
+    def edge_splits(self) -> dict[str, np.ndarray]:
+        """Link prediction: split name (``train``, ``val``, ``test``) → int64 ``[2, E_s]`` supervision edges (row 0
+        source, row 1 destination; memory maps), ``{}`` for a dataset imported without an edge split. The val and test
+        edges are not in the topology (with an undirected split, neither direction; pairs stored as (min, max)); the
+        train edges are. Check their bytes with ``check_array("edges/NAME")``."""
+        return {name.split("/", 1)[1]: a.memmap() for name, a in self._arrays.items() if name.startswith("edges/")}
+
+    @property
+    def edge_split_info(self) -> dict | None:
+        """The manifest's ``edge_split`` record — ``fractions`` (or None for given files), ``seed``, ``undirected``,
+        ``counts``, ``source`` (``random`` | ``files``) — or None without an edge split."""
+        return self.manifest.get("edge_split")
+
     # -- statistics ---------------------------------------------------------------------------
 
     def degree_histogram(self, slice_nodes: int = 1 << 22) -> np.ndarray:
@@ -242,6 +258,8 @@ class Dataset:
             out["num_outputs"] = self.num_outputs
             out.update(label_stats(self.labels, self.task, self.num_classes))
         out["splits"] = {name: int(idx.shape[0]) for name, idx in self.splits.items()}
+        if self.edge_split_info is not None:
+            out["edge_split"] = self.edge_split_info
         disk = {name: dir_size(self.path / name) for name in self._arrays}
         manifest_bytes = (self.path / "manifest.json").stat().st_size
         out["disk_bytes"] = {"total": sum(disk.values()) + manifest_bytes, **disk}
@@ -258,6 +276,7 @@ class Dataset:
         sorted within each destination (and distinct after ``dedup``); labels
         valid for the task (class ids in ``-1..C-1``, multilabel 0/1, regression
         targets finite with whole NaN rows); split indices sorted, distinct, in range and disjoint;
+        edge splits in range, val/test pairs out of the topology and train pairs in it;
         features finite unless imported with ``allow_nonfinite``.
         """
         problems: list[str] = []
@@ -279,6 +298,8 @@ class Dataset:
                     problems.append(f"{name}: sha256 differs from the manifest (the file changed or is damaged)")
         problems += self._check_topology()
         problems += self._check_labels_and_splits()
+        if self.edge_splits and not problems_has(problems, "topology"):
+            problems += split_problems(self.edge_splits, self.edge_split_info, self.num_nodes, self.indptr, self.indices)
         return problems
 
     def _check_topology(self) -> list[str]:

@@ -9,6 +9,8 @@ Layout written (all arrays are Zarr v3, uncompressed; the directory is a Zarr gr
     DIR/labels                 int64 [N], -1 = unlabelled (classification); uint8 [N, C] of 0/1 (multilabel);
                                float32 [N] or [N, T], NaN row = unlabelled (regression): see label_kinds
     DIR/splits/{train,val,test} int64, sorted node indices
+    DIR/edges/{train,val,test}  int64 [2, E_s] supervision edges of a link-prediction split (with ``edge_split``;
+                               val/test edges are left out of the topology): see :mod:`~diskgraph.store.edge_splits`
 
 Everything is written under a temporary name and renamed into place at the end
 (:class:`~diskgraph.store.atomic.AtomicDirectory`). All checks that need no long
@@ -28,6 +30,7 @@ import psutil
 
 from .atomic import AtomicDirectory
 from .csc_builder import build_csc, max_node_id
+from .edge_splits import EdgeSplitSpec, KeptEdges, plan_edge_split, write_edge_splits
 from .errors import InputError
 from .features_copy import copy_features, stored_feature_dtype
 from .label_kinds import STORED_DTYPE, check_node_labels, check_task
@@ -36,7 +39,7 @@ from .progress import format_bytes, log
 from .sources.edges import EdgeSource
 from .sources.features import FeatureSource
 from .sources.labels import as_index_split, check_disjoint, random_splits
-from .zarr_arrays import write_array, write_group
+from .zarr_arrays import RawArray, write_array, write_group
 
 DATASET_FORMAT = "diskgraph.dataset"
 DATASET_VERSION = 3
@@ -102,7 +105,7 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
                    splits: dict[str, tuple[np.ndarray, str]] | None = None,
                    random_split: tuple[tuple[float, float, float], int] | None = None,
                    options: ImportOptions | None = None, sources: dict | None = None,
-                   extra_manifest: dict | None = None) -> Path:
+                   extra_manifest: dict | None = None, edge_split: EdgeSplitSpec | None = None) -> Path:
     """Validate the inputs and write a dataset directory at ``out``.
 
     Args:
@@ -118,6 +121,8 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
         options: see :class:`ImportOptions`.
         sources: extra description of the inputs for the manifest.
         extra_manifest: more top-level manifest entries (e.g. generator parameters).
+        edge_split: split the edges into train/val/test supervision edges for link prediction (val/test edges are
+            left out of the topology; :mod:`~diskgraph.store.edge_splits`), or None.
 
     Returns:
         The dataset directory.
@@ -163,6 +168,15 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
                                      label_info.task if label_info else "classification")
     check_disjoint(split_arrays, num_nodes, {name: label for name, (_, label) in splits.items()} if splits else None)
 
+    split_plan = None
+    if edge_split is not None:
+        split_plan = plan_edge_split(edge_split, edges, num_nodes, nodes_from, undirected=opts.undirected,
+                                     drop_self_loops=opts.drop_self_loops,
+                                     chunk_edges=int(np.clip(budget // 160, 1 << 14, 1 << 23)))
+        edges_in = KeptEdges(edges, split_plan)
+    else:
+        edges_in = edges
+
     arrays: dict[str, dict] = {}
 
     def record(name: str, shape, sha: str, dtype: str) -> None:
@@ -184,10 +198,23 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
         write_group(tmp / "topology")
         # labels and splits stay referenced (by the caller too) while the topology is built
         held = sum(a.nbytes for a in split_arrays.values()) + (labels.nbytes if labels is not None else 0)
-        csc = build_csc(tmp / "topology", edges, num_nodes, nodes_from, undirected=opts.undirected, dedup=opts.dedup,
+        held += split_plan.held_bytes if split_plan is not None else 0
+        csc = build_csc(tmp / "topology", edges_in, num_nodes, nodes_from, undirected=opts.undirected, dedup=opts.dedup,
                         drop_self_loops=opts.drop_self_loops, memory_budget=budget, held_bytes=held)
         record("topology/indptr", (num_nodes + 1,), csc.indptr_sha256, "int64")
         record("topology/indices", (csc.num_edges,), csc.indices_sha256, csc.index_dtype)
+        edge_split_record = None
+        if split_plan is not None:
+            write_group(tmp / "edges")
+            written = write_edge_splits(tmp / "edges", split_plan, RawArray(tmp / "topology" / "indptr").memmap(),
+                                        RawArray(tmp / "topology" / "indices").memmap())
+            for name, (shape, sha) in written.items():
+                record(f"edges/{name}", shape, sha, "int64")
+            edge_split_record = {
+                "fractions": list(edge_split.fractions) if edge_split.fractions is not None else None,
+                "seed": edge_split.seed, "undirected": opts.undirected,
+                "counts": {name: int(shape[1]) for name, (shape, _sha) in written.items()},
+                "source": edge_split.source}
         feat_info = None
         if features is not None:
             fc = copy_features(features, tmp / "features", feature_dtype, allow_nonfinite=opts.allow_nonfinite,
@@ -211,8 +238,14 @@ def import_dataset(out: str | os.PathLike, edges: EdgeSource, *, features: Featu
             "arrays": arrays,
             "options": options_record,
             "sources": {"edges": edges.describe(), "features": features.describe() if features else None,
+                        **({"val_edges": str(Path(edge_split.val_edges).absolute()),
+                            "test_edges": str(Path(edge_split.test_edges).absolute())}
+                           if edge_split is not None and edge_split.source == "files" else {}),
                         **(sources or {})},
-            "import": {"input_edges": csc.input_edges, "self_loops_dropped": csc.self_loops_dropped,
+            **({"edge_split": edge_split_record} if edge_split_record is not None else {}),
+            "import": {"input_edges": split_plan.input_edges if split_plan is not None else csc.input_edges,
+                       **({"split_edges_removed": split_plan.removed_input_edges} if split_plan is not None else {}),
+                       "self_loops_dropped": csc.self_loops_dropped,
                        "duplicates_dropped": csc.duplicates_dropped, "csc_parts": csc.parts,
                        "seconds": round(seconds, 3)},
             **(extra_manifest or {}),

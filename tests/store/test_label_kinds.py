@@ -366,6 +366,8 @@ def test_tasks_are_declared_once():
     from diskgraph.cli import build_parser
 
     _, leaves = build_parser()
-    for stage in ("import", "all"):  # `preprocess all` forwards the import's options
-        task = next(a for a in leaves[stage]._actions if a.dest == "task")
-        assert tuple(task.choices) == TASKS
+    task = next(a for a in leaves["import"]._actions if a.dest == "task")
+    assert tuple(task.choices) == TASKS
+    # `preprocess all` forwards the import's options; its --task also takes the sampling task (node, link)
+    task = next(a for a in leaves["all"]._actions if a.dest == "task")
+    assert tuple(task.choices)[:len(TASKS)] == TASKS and set(task.choices) - set(TASKS) == {"node", "link"}
