@@ -17,7 +17,7 @@ import torch
 
 from ..store.errors import FormatError
 from ..store.label_kinds import gather_targets
-from ..store.packed import COLD, Pack
+from ..store.packed import Pack
 from .blocks import Block, blocks_from_minibatch
 from .stages import StageRun, now
 from .tiers import tier_positions
@@ -76,13 +76,13 @@ def read_minibatches(loader, run: StageRun, order: np.ndarray, start: int):
         wait_buf = io = verify = 0.0
         for tier in loader.tiers:
             part = tier.stage(split, i, e, run.stop)
-            if part is None and tier.code == COLD and e.padded_nbytes:
-                return  # stopped while waiting for a staging buffer
             staged[tier.code] = part
             if part is not None:  # a staged part may say how long it waited, read and checked (the cold tier does)
                 wait_buf += getattr(part, "wait_s", 0.0)
                 io += getattr(part, "io_s", 0.0)
                 verify += getattr(part, "verify_s", 0.0)
+        if run.stop.is_set():  # (a tier waiting for a buffer gave up: the epoch is being stopped)
+            return
         t3 = now()
         if loader.cuda:
             blocks = [b.pin_memory() for b in blocks]
