@@ -6,7 +6,8 @@ Public API (more arrives with the sampler, packer and trainer):
 * :func:`import_dataset`, :class:`ImportOptions` — build one from raw inputs.
 * :func:`generate_dataset` — a synthetic power-law graph with a planted signal.
 * :func:`load_model`, :func:`predict`, :func:`embed` — a trained run's model, and its output for the graph's nodes
-  (out of core; :mod:`diskgraph.inference`).
+  (out of core; :mod:`diskgraph.inference`); :func:`score_pairs` — a link-prediction run's scores of node pairs
+  (:mod:`diskgraph.link_scoring`).
 * :class:`PackedLoader`, :class:`InMemoryLoader` — iterate a split's minibatches in your own loop
   (:mod:`diskgraph.loaders`; ``batch.to_pyg()`` for PyG models).
 * :func:`fit`, :class:`Trainer` — diskgraph's training loop (pipelined, checkpointed, resumable mid-epoch) around your
@@ -29,6 +30,7 @@ __all__ = ["Dataset", "FormatError", "ImportOptions", "InputError", "embed", "ge
 __all__ += ["from_ogb", "from_pyg"]
 __all__ += ["InMemoryLoader", "PackedLoader"]
 __all__ += ["SumMetric", "Trainer", "WholeMetric", "callbacks", "fit"]
+__all__ += ["score_pairs"]
 
 
 def generate_dataset(*args, **kwargs):
@@ -57,6 +59,14 @@ def embed(*args, **kwargs):
     from .inference import embed as _embed
 
     return _embed(*args, **kwargs)
+
+
+def score_pairs(*args, **kwargs):
+    """A link-prediction run's scores (decoder logits, float32 [P]) of node pairs; see
+    :func:`diskgraph.link_scoring.score_pairs`."""
+    from .link_scoring import score_pairs as _score_pairs
+
+    return _score_pairs(*args, **kwargs)
 
 
 def from_pyg(*args, **kwargs):

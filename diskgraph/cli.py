@@ -40,6 +40,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "train": cli_train.add_train(sub),
         "predict": cli_infer.add_predict(sub),
         "embed": cli_infer.add_embed(sub),
+        "score": cli_infer.add_score(sub),
         "plan": cli_plan.add_plan(sub),
         "serve": cli_daemon.add_serve(sub),
         "submit": cli_daemon.add_submit(sub),

@@ -268,6 +268,10 @@ def add_sample_options(p: argparse.ArgumentParser, with_seed: bool = True, with_
                    help="draw K negatives once per training minibatch and share them between its positives (as MariusGNN)")
     k.add_argument("--eval-negatives", type=int, default=100, metavar="M",
                    help="fixed, filtered negative destinations per val/test edge (none forms a true edge) (default: 100)")
+    k.add_argument("--keep-seed-edges", action="store_true",
+                   help="keep each training minibatch's positive edges in its message-passing blocks (default: they "
+                        "are removed after sampling, as GraphBolt's exclude_seed_edges, so training never reads the "
+                        "edge it predicts; evaluation edges are not in the graph at all)")
 
 
 def add_sample(sub) -> argparse.ArgumentParser:
@@ -301,10 +305,10 @@ def sample_from_args(args: argparse.Namespace, dataset: str | os.PathLike) -> Pa
 
 def _link_options(args: argparse.Namespace) -> dict:
     """The sampling task and link options the parsed arguments give (``run_sample``/``plan_difference`` keywords)."""
+    from .sampler.link_sampler import LinkOptions
+
     task = getattr(args, "sample_task", None) or getattr(args, "task", None)  # (`all`: moved to sample_task)
-    return {"task": task if task in SAMPLE_TASKS else "node", "negatives": args.negatives,
-            "negative_sampler": args.negative_sampler, "shared_negatives": args.shared_negatives,
-            "eval_negatives": args.eval_negatives}
+    return {"task": task if task in SAMPLE_TASKS else "node", "link_options": LinkOptions.from_args(args)}
 
 
 def _splits(args: argparse.Namespace) -> list[str] | None:

@@ -85,27 +85,59 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """The best-validation model of a training run, in eval mode on ``device``.
 
     Returns:
-        A :class:`~diskgraph.models.BlockGNN`; its ``card`` attribute is the run's ``best_model.json`` (model
-        configuration, the run's identity: dataset checksum, options; epoch and validation accuracy).
+        For a node-task run a :class:`~diskgraph.models.BlockGNN`; for a link-prediction run (``train --task link``)
+        a :class:`~diskgraph.link_models.LinkModel`: its ``encoder`` is the BlockGNN whose last layer's output
+        ``[N, H]`` is the node embedding (what exact inference runs, :func:`node_encoder`) and its ``decoder`` the
+        :class:`~diskgraph.link_models.PairDecoder` that scores two embeddings (``decoder(h_u, h_v)`` → logits).
+        Either way its ``card`` attribute (also the encoder's) is the run's ``best_model.json`` (model configuration,
+        the run's identity: dataset checksum, options; epoch and the metric that chose it).
 
     Raises:
-        InputError: no trained model, or damaged files (:func:`read_model_card`).
+        InputError: no trained model, damaged files (:func:`read_model_card`), or a run of a custom model.
     """
-    from .models import build_model
     from .pipeline.trainer import BEST_MODEL_NAME
 
     card = read_model_card(run_dir)
     cfg = card["model"]
     _refuse_custom(cfg, run_dir)
+    weights = Path(run_dir) / BEST_MODEL_NAME
     try:
-        model = build_model(cfg["name"], cfg["in_dim"], cfg["hidden"], cfg["num_classes"], cfg["num_layers"],
-                            dropout=cfg["dropout"], heads=cfg["heads"])
-        model.load_state_dict(torch.load(Path(run_dir) / BEST_MODEL_NAME, map_location="cpu", weights_only=True))
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise InputError(f"{Path(run_dir) / BEST_MODEL_NAME} does not fit the model its card describes "
+        model = _build(encoder_config(cfg))
+        if is_link(cfg):
+            from .link_models import LinkModel
+
+            link = cfg["link"]
+            model = LinkModel(model, link["decoder"], link["dim"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except (KeyError, TypeError, RuntimeError, InputError) as e:
+        raise InputError(f"{weights} does not fit the model its card describes "
                          f"({str(e).splitlines()[0][:200]}); train again") from None
     model.card = card
+    node_encoder(model).card = card
     return model.to(device).eval()
+
+
+def _build(cfg: dict):
+    """The built-in node model of a card's model configuration (:func:`~diskgraph.models.build_model` arguments)."""
+    from .models import build_model
+
+    return build_model(cfg["name"], cfg["in_dim"], cfg["hidden"], cfg["num_classes"], cfg["num_layers"],
+                       dropout=cfg["dropout"], heads=cfg["heads"])
+
+
+def is_link(cfg) -> bool:
+    """Whether a card's model configuration is a link-prediction model (an encoder and a decoder)."""
+    return isinstance(cfg, dict) and bool(cfg.get("link"))
+
+
+def encoder_config(cfg: dict) -> dict:
+    """The node model's configuration in a card's model configuration: the encoder's for a link model."""
+    return (cfg.get("encoder") or {}) if is_link(cfg) else cfg
+
+
+def node_encoder(model):
+    """The node model of what :func:`load_model` returns: a link model's encoder, else the model itself."""
+    return model.encoder if getattr(model, "link_model", False) else model
 
 
 # -- what to infer --------------------------------------------------------------------------------
@@ -184,14 +216,13 @@ def _check_options(opts: InferenceOptions) -> None:
 
 
 def _refuse_custom(cfg, run) -> None:
-    """Refuse a run trained with ``--model module:Class``: exact inference needs a built-in model's layer programs."""
-    if isinstance(cfg, dict) and cfg.get("custom"):
-        raise InputError(f"run {run} trained the custom model {cfg['custom']}, and exact inference (load_model, predict, "
-                         "embed) needs a built-in model (sage, gcn or gat); run your model on diskgraph.PackedLoader "
-                         "batches instead")
-    if isinstance(cfg, dict) and cfg.get("link"):
-        raise InputError(f"run {run} trained link prediction; load_model, predict and embed read node-task runs only "
-                         "so far: run its encoder on diskgraph.PackedLoader batches instead")
+    """Refuse a run trained with ``--model module:Class`` (also as a link model's encoder): exact inference needs a
+    built-in model's layer programs."""
+    node = encoder_config(cfg) if isinstance(cfg, dict) else cfg
+    if isinstance(node, dict) and node.get("custom"):
+        raise InputError(f"run {run} trained the custom model {node['custom']}, and exact inference (load_model, predict, "
+                         "embed, score) needs a built-in model (sage, gcn or gat); run your model on "
+                         "diskgraph.PackedLoader batches instead")
 
 
 def _check_binding(ds, card: dict, run: Path) -> None:
@@ -204,6 +235,7 @@ def _check_binding(ds, card: dict, run: Path) -> None:
                          f"but {ds.path} is {actual}; pass the dataset it was trained on, or train on this one")
     cfg = card["model"]
     _refuse_custom(cfg, run)
+    cfg = encoder_config(cfg)
     if cfg.get("in_dim") != ds.feature_dim:
         raise InputError(f"run {run}'s model reads {cfg.get('in_dim')}-wide features but {ds.path} has "
                          f"{ds.feature_dim}; pass the dataset it was trained on")
@@ -226,25 +258,28 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
             directory and the same request continues from them.
     """
     from .store.atomic import AtomicDirectory
-    from .store.dataset import open_dataset
     from .store.importer import default_memory_budget
     from .store.inference_output import (INFERENCE_FORMAT, OutputWriter, embed_columns, open_output, predict_columns,
                                          write_parquet)
 
     _check_options(opts)
     t0 = time.perf_counter()
-    ds = open_dataset(dataset)
-    if ds.features is None:
-        raise InputError(f"dataset {ds.path} has no features; a model needs them")
     run = Path(opts.run)
-    model = load_model(run)
-    card = model.card
-    _check_binding(ds, card, run)
+    ds, model, card = open_run(dataset, run)
+    link = is_link(card["model"])
+    kind = opts.kind
+    if link and kind == "predict":  # no per-node class: a link model's output for a node is its embedding
+        log.info("predict: run %s trained link prediction; writing the node embeddings its decoder scores (as embed "
+                 "does; score node pairs with `diskgraph score --pairs FILE`)", run)
+        kind = "embed"
+    model = node_encoder(model)
     num_layers = model.num_layers
-    layer = num_layers if opts.kind == "predict" else (opts.layer if opts.layer is not None else max(1, num_layers - 1))
+    default_layer = num_layers if link else max(1, num_layers - 1)  # a link run's: the embedding its decoder scores
+    layer = num_layers if kind == "predict" else (opts.layer if opts.layer is not None else default_layer)
     if not 1 <= layer <= num_layers:
+        last = "the embedding its decoder scores" if link else "the logits"
         raise InputError(f"--layer {layer} is out of range: the model of {run} has {num_layers} layer(s); give 1.."
-                         f"{num_layers} ({num_layers} = the logits)")
+                         f"{num_layers} ({num_layers} = {last})")
     out = Path(opts.out)
     atomic = AtomicDirectory(out, overwrite=opts.overwrite, option="--out", kind=INFERENCE_FORMAT)
     atomic.check()
@@ -256,8 +291,8 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
         raise InputError(f"--nodes {opts.nodes} names no node of {ds.path}; choose another node set")
     budget = int(opts.memory_budget or default_memory_budget())
     width = model.config["num_classes"] if layer == num_layers else _layer_width(model, layer)
-    task = run_task(card, ds, run)
-    columns = predict_columns(task) if opts.kind == "predict" else embed_columns(width, opts.dtype)
+    task = None if link else run_task(card, ds, run)  # link prediction has no label task: see link_manifest
+    columns = predict_columns(task) if kind == "predict" else embed_columns(width, opts.dtype)
     scratch = scratch_dir(out)
     from .store.binding import dataset_identity
 
@@ -267,11 +302,11 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
         budget = _started_budget(scratch, identity) or budget
     identity["memory_budget"] = budget
     stop = _stop_check(opts.stop)
-    log.info("%s: %s of %s nodes (%s, layer %d of %d) of %s with %s into %s", opts.kind, opts.mode,
+    log.info("%s: %s of %s nodes (%s, layer %d of %d) of %s with %s into %s", kind, opts.mode,
              format_count(count), opts.nodes, layer, num_layers, ds.path, run, out)
     with atomic as tmp:
         writer = OutputWriter(tmp, count, columns)
-        emit = _emitter(writer, opts.kind, opts.dtype, task)
+        emit = _emitter(writer, kind, opts.dtype, task)
         try:
             if opts.mode == "exact":
                 stats = _run_exact(ds, model, nodes, layer, opts.storage, budget, scratch, identity, emit, stop)
@@ -280,18 +315,19 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
         except BaseException:
             writer.abort()
             raise
-        summary = {"summary": True, "kind": opts.kind, "mode": opts.mode,
+        summary = {"summary": True, "kind": kind, "mode": opts.mode,
                    "storage": opts.storage if opts.mode == "exact" else None, "nodes": int(count),
                    "node_set": opts.nodes, "layer": layer, "num_layers": num_layers, "memory_budget": budget,
                    "out": str(out), **stats}
         summary["seconds"] = round(time.perf_counter() - t0, 4)
-        writer.finish({"kind": opts.kind, "task": task, "mode": opts.mode, "layer": layer, "dtype": opts.dtype,
+        writer.finish({"kind": kind, "task": task, "mode": opts.mode, "layer": layer, "dtype": opts.dtype,
             "run": {"path": str(run.absolute()), "model_checksum": card.get("checksum"), "epoch": card.get("epoch"),
                     "best_metric": (card.get("best") or {}).get("metric"),
                     "best_value": (card.get("best") or {}).get("value"),
                     **({"val_acc": card["val_acc"]} if card.get("val_acc") is not None else {})},
             "model": card["model"], "dataset": {"path": str(Path(dataset).absolute()), "identity": identity["dataset"]},
-            "nodes": opts.nodes, "summary": {k: v for k, v in summary.items() if k not in ("summary", "layers")}})
+            "nodes": opts.nodes, "summary": {k: v for k, v in summary.items() if k not in ("summary", "layers")},
+            **({"link": link_manifest(card, layer, num_layers)} if link else {})})
     shutil.rmtree(scratch, ignore_errors=True)
     if opts.parquet:
         summary["parquet_bytes"] = write_parquet(open_output(out), opts.parquet)
@@ -299,11 +335,37 @@ def run_inference(dataset: str | os.PathLike, opts: InferenceOptions) -> dict:
         with open(opts.log_json, "a") as f:
             f.write(json.dumps(summary) + "\n")
     amp = summary.get("read_amplification")
-    log.info("%s: %s nodes in %.2f s, read %s%s, peak RSS %s; wrote %s", opts.kind, format_count(count),
+    log.info("%s: %s nodes in %.2f s, read %s%s, peak RSS %s; wrote %s", kind, format_count(count),
              summary["seconds"], format_bytes(summary.get("read_bytes", 0)),
              f" (amplification {amp:.3f}, {summary.get('table_passes')} table passes)" if amp else "",
              format_bytes(summary.get("peak_rss_bytes", 0)), out)
     return summary
+
+
+def open_run(dataset: str | os.PathLike, run: str | os.PathLike):
+    """``(dataset, model, card)``: the opened dataset and the run's model (:func:`load_model`), checked to belong
+    together (the run was trained on this dataset's contents and reads its feature width).
+
+    Raises:
+        InputError: a dataset without features, a run without a usable model, or a run of another dataset.
+    """
+    from .store.dataset import open_dataset
+
+    ds = open_dataset(dataset)
+    if ds.features is None:
+        raise InputError(f"dataset {ds.path} has no features; a model needs them")
+    model = load_model(run)
+    _check_binding(ds, model.card, Path(run))
+    return ds, model, model.card
+
+
+def link_manifest(card: dict, layer: int, num_layers: int) -> dict:
+    """The ``link`` entry of an output of a link-prediction run: the rows are the encoder's embeddings, not class
+    logits (the output records no ``task``). ``decoder`` scores a pair of them when ``scored_by_decoder`` (the
+    encoder's last layer, the default): ``dot``, ``distmult`` or ``mlp`` (:mod:`diskgraph.link_models`)."""
+    link = card["model"]["link"]
+    return {"decoder": link.get("decoder"), "dim": link.get("dim"), "encoder_layers": int(num_layers),
+            "scored_by_decoder": int(layer) == int(num_layers)}
 
 
 def _started_budget(scratch: Path, identity: dict) -> int | None:
@@ -452,5 +514,5 @@ def embed(dataset: str | os.PathLike, run: str | os.PathLike, out: str | os.Path
     return Path(out)
 
 
-__all__ = ["FormatError", "InferenceOptions", "embed", "load_model", "predict", "read_model_card", "run_inference",
-           "scratch_dir", "select_nodes"]
+__all__ = ["FormatError", "InferenceOptions", "embed", "encoder_config", "is_link", "load_model", "node_encoder",
+           "open_run", "predict", "read_model_card", "run_inference", "scratch_dir", "select_nodes"]

@@ -1,9 +1,11 @@
-"""The options of `diskgraph predict` / `diskgraph embed`, declared once (CLI, config files, daemon, Python API).
+"""The options of `diskgraph predict` / `diskgraph embed` / `diskgraph score`, declared once (CLI, config files,
+daemon, Python API).
 
 An inference request names a dataset, a trained run directory and an output directory::
 
     InferenceOptions(kind="predict", run="data/cora/runs/default-sage-seed0", out="cora-pred")
     InferenceOptions(kind="embed", run=..., out=..., layer=1, dtype="float16")
+    ScoreOptions(run="runs/cora-link", pairs="pairs.csv", out="scores.parquet")   # a link-prediction run
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ class InferenceOptions:
         out: the output directory (a Zarr v3 group with ``manifest.json``), written atomically.
         nodes: ``all``, ``train``, ``val``, ``test``, ``unlabelled`` or a ``.npy`` file of int node ids; the output
             rows are these nodes in ascending id order, each once (``node_ids`` says which).
-        layer: ``embed`` only: the GNN layer whose output is written, 1..L (default L-1 when L > 1, else 1); layer L
-            is the logits.
+        layer: ``embed`` only: the GNN layer whose output is written, 1..L (default L-1 when L > 1, else 1; for a
+            link-prediction run L, the encoder's output: the embedding its decoder scores); layer L is the logits.
         dtype: ``embed`` only: ``float32`` or ``float16`` embeddings.
         mode: ``exact`` or ``sampled``.
         memory_budget: bytes exact mode may hold (None: half the available memory, at most 4 GiB).
@@ -72,4 +74,35 @@ class InferenceOptions:
     log_json: str | None = None
     seed: int = 0
     direct: bool = True
+    stop: object = field(default=None, repr=False, compare=False)
+
+
+SCORE_FORMATS = (".npy", ".csv", ".parquet")
+"""``diskgraph score --out`` suffixes: ``.npy`` (the scores float32 [P]), ``.csv`` and ``.parquet`` (columns ``src``,
+``dst``, ``score``, ``probability``)."""
+
+
+@dataclass
+class ScoreOptions:
+    """One pair-scoring request (the flags of ``diskgraph score``) on a link-prediction run.
+
+    Attributes:
+        run: the training run directory of ``train --task link``.
+        pairs: the node pairs: ``.npy`` int array [P, 2] (or [2, P] when P != 2), or ``.csv`` / ``.txt`` with two
+            integer columns (an optional header line).
+        out: the scores file; its suffix chooses the format (:data:`SCORE_FORMATS`); written atomically.
+        memory_budget: bytes the exact layer-wise inference may hold (None: as for predict/embed).
+        storage: the node tables of the layer-wise inference: ``disk``, ``ram`` or ``mmap`` (see :data:`STORAGES`).
+        overwrite: replace an existing ``out`` file.
+        log_json: append the JSON summary line here.
+        stop: an event that stops the run when set; not an option.
+    """
+
+    run: str | None = None
+    pairs: str | None = None
+    out: str | None = None
+    memory_budget: int | None = None
+    storage: str = "disk"
+    overwrite: bool = False
+    log_json: str | None = None
     stop: object = field(default=None, repr=False, compare=False)

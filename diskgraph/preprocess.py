@@ -13,11 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from .store.atomic import AtomicDirectory
 from .store.errors import FormatError, InputError
 from .store.manifest import read_manifest
 from .store.packed import PACK_FORMAT
 from .store.plan import PLAN_FORMAT, SPLITS, shard_name
+
+if TYPE_CHECKING:
+    from .sampler.link_sampler import LinkOptions
 
 PLANS_DIR = "plans"
 PACKS_DIR = "packs"
@@ -59,14 +64,12 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
                seed: int = 0, epochs: int = 1, eval_fanouts: list[int] | None = None,
                eval_batch_size: int | None = None, threads: int | None = None, overwrite: bool = False,
                splits: list[str] | None = None, shard: tuple[int, int] | None = None, task: str = "node",
-               negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
-               eval_negatives: int = 100) -> Path:
+               link_options: LinkOptions | None = None) -> Path:
     """Sample a plan of ``dataset`` into ``DATASET/plans/NAME``; returns its path (``splits``: None = all present).
 
     ``shard=(R, W)`` samples share R of W for data-parallel training into ``DATASET/plans/NAME.rankR-of-W``.
-    ``task="link"`` samples link-prediction minibatches of the dataset's edge splits (``negatives`` K per train
-    positive, drawn by ``negative_sampler`` ``uniform``/``degree``, ``shared_negatives`` across the minibatch;
-    ``eval_negatives`` M fixed filtered negatives per val/test positive): see
+    ``task="link"`` samples link-prediction minibatches of the dataset's edge splits with ``link_options``
+    (negatives, seed-edge exclusion: :class:`~diskgraph.sampler.link_sampler.LinkOptions`): see
     :mod:`diskgraph.sampler.link_sampler`.
     """
     from .sampler.neighbor_sampler import sample_plan
@@ -77,9 +80,7 @@ def run_sample(dataset: str | os.PathLike, *, name: str = DEFAULT_NAME, fanouts:
     AtomicDirectory(out, overwrite, option="--name", kind=PLAN_FORMAT).check()  # (before the dataset is read)
     return sample_plan(ds, out, fanouts=fanouts, batch_size=batch_size, seed=seed, epochs=epochs,
                        eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size, threads=threads,
-                       overwrite=overwrite, splits=splits, shard=shard, task=task, negatives=negatives,
-                       negative_sampler=negative_sampler, shared_negatives=shared_negatives,
-                       eval_negatives=eval_negatives)
+                       overwrite=overwrite, splits=splits, shard=shard, task=task, link_options=link_options)
 
 
 def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str | None = None, gpu_cache: int = 0,
@@ -114,8 +115,10 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
 
 
 def _show(value) -> str:
-    if value is None:
+    if value is None or value is False:  # (False: a store_true flag left out)
         return "not given"
+    if value is True:
+        return "given"
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     if isinstance(value, dict) and set(value) == {"rank", "world_size"}:
@@ -126,8 +129,7 @@ def _show(value) -> str:
 def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batch_size: int, seed: int = 0,
                     epochs: int = 1, eval_fanouts: list[int] | None = None, eval_batch_size: int | None = None,
                     splits: list[str] | None = None, shard: tuple[int, int] | None = None, task: str = "node",
-                    negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
-                    eval_negatives: int = 100) -> str | None:
+                    link_options: LinkOptions | None = None) -> str | None:
     """Why the plan at ``plan_dir`` is not the one :func:`run_sample` would sample from dataset ``ds`` with
     these options (a phrase: the option with the plan's value and this run's), or None when it is."""
     from .store.binding import plan_problem
@@ -144,12 +146,17 @@ def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batc
               "eval_fanouts": list(eval_fanouts or fanouts), "eval_batch_size": eval_batch_size or batch_size}
     if c.get("task", "node") != task:
         return f"--task {c.get('task', 'node')} there, {task} in this run"
-    if task == "link":
-        wanted.update({"negatives": negatives, "negative_sampler": negative_sampler,
-                       "shared_negatives": bool(shared_negatives), "eval_negatives": eval_negatives})
     for key, value in wanted.items():
         if c.get(key) != value:
             return f"--{key.replace('_', '-')} {_show(c.get(key))} there, {_show(value)} in this run"
+    if task == "link":
+        from .sampler.link_sampler import LINK_FLAGS, LinkOptions
+
+        there, here = LinkOptions.from_config(c).config(), (link_options or LinkOptions()).config()
+        for key, value in here.items():
+            if there[key] != value:
+                a, b = (not there[key], not value) if key == "exclude_seed_edges" else (there[key], value)
+                return f"{LINK_FLAGS[key]} {_show(a)} there, {_show(b)} in this run"
     if task == "link":
         edge_splits = getattr(ds, "edge_splits", None) or {}
         chosen = list(dict.fromkeys(splits)) if splits else [

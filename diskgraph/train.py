@@ -363,11 +363,9 @@ def _link_task(opts: TrainOptions, plan) -> bool:
 
 def _link_sampling(plan) -> dict:
     """The in-memory reference's link options: the plan's negatives and sampler, so it draws the same minibatches."""
-    cfg = plan.config
-    return {"task": "link", "negatives": int(cfg.get("negatives", 1)),
-            "negative_sampler": cfg.get("negative_sampler", "uniform"),
-            "shared_negatives": bool(cfg.get("shared_negatives", False)),
-            "eval_negatives": int(cfg.get("eval_negatives", 100))}
+    from .sampler.link_sampler import LinkOptions
+
+    return {"task": "link", "link_options": LinkOptions.from_config(plan.config)}
 
 
 def dataset_task(ds, class_weights: str | list[float] | None = None):

@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..sampler.link_sampler import LinkSampler, dataset_edge_splits
+from ..sampler.link_sampler import LinkOptions, LinkSampler, dataset_edge_splits
 from ..sampler.neighbor_sampler import epoch_order as shuffled_seeds
 from ..sampler.neighbor_sampler import minibatch_key, sample_minibatch
 from ..store.dataset import Dataset, open_dataset
@@ -73,9 +73,8 @@ class InMemoryLoader:
         queue_depth: minibatches the sampling and assembling threads may run ahead of the consumer.
         task: ``node`` (default) or ``link`` (minibatches of positive edges of the dataset's edge split ``split``;
             labels are not needed).
-        negatives, negative_sampler, shared_negatives, eval_negatives: link mode: as ``preprocess sample --task link``
-            (K negatives per train positive, ``uniform``/``degree``, shared by the minibatch; M fixed filtered
-            negatives per val/test positive).
+        link_options: link mode: as ``preprocess sample --task link`` (negatives, seed-edge exclusion:
+            :class:`~diskgraph.sampler.link_sampler.LinkOptions`; default: its defaults).
     """
 
     FEATURE_MODES = ("ram", "mmap", "mmap-random")
@@ -83,8 +82,7 @@ class InMemoryLoader:
     def __init__(self, dataset: Dataset | str | os.PathLike, split: str, *, fanouts: Sequence[int], batch_size: int,
                  seed: int = 0, device: torch.device | str = "cpu", features: str = "ram",
                  share_features_with: "InMemoryLoader | None" = None, queue_depth: int = 2, task: str = "node",
-                 negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
-                 eval_negatives: int = 100):
+                 link_options: LinkOptions | None = None):
         self.dataset = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
         ds = self.dataset
         if task not in ("node", "link"):
@@ -117,8 +115,7 @@ class InMemoryLoader:
                 ds.check_array(name, values)
             self.link = LinkSampler(self.indptr, self.indices, ds.num_nodes, edge_splits, undirected=undirected,
                                     fanouts=self.fanouts, batch_size=self.batch_size, seed=self.seed,
-                                    negatives=negatives, negative_sampler=negative_sampler,
-                                    shared_negatives=shared_negatives, eval_negatives=eval_negatives)
+                                    options=link_options)
             self.labels = None
             self.task = "link"
         else:

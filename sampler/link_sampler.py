@@ -22,6 +22,11 @@ What a minibatch is:
   (:func:`~diskgraph.sampler.neighbor_sampler.sample_minibatch` with
   :func:`~diskgraph.sampler.neighbor_sampler.minibatch_key`), and :class:`~diskgraph.store.plan.LinkTargets` gives
   each positive's and negative's position in the seeds.
+* **seed edges excluded** (``exclude_seed_edges``, the default): a train minibatch's blocks lose every sampled edge
+  that is one of its positives ``u -> v`` (and ``v -> u`` when the dataset is undirected), after sampling, as
+  GraphBolt's ``exclude_seed_edges`` does. Without it the encoder of ``v`` reads ``u`` through the very edge it is
+  asked to predict, which evaluation edges (absent from the graph) never offer: the model learns to look for the
+  edge instead of predicting it. Both endpoints are seeds, so an excluded edge never brought a node of its own.
 
 No leakage: the dataset's topology lacks the val/test edges (the import removes them, both directions when
 undirected), so no training block contains one.
@@ -33,6 +38,7 @@ count or on the order they are built in.
 from __future__ import annotations
 
 import zlib
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -43,9 +49,59 @@ from ..store.plan import LinkTargets, SampledMinibatch
 from .minibatch import epoch_order, minibatch_key, sample_minibatch
 
 NEGATIVE_SAMPLERS = ("uniform", "degree")
+LINK_FLAGS = {"negatives": "--negatives", "negative_sampler": "--negative-sampler",
+              "shared_negatives": "--shared-negatives", "eval_negatives": "--eval-negatives",
+              "exclude_seed_edges": "--keep-seed-edges"}
+"""The command-line flag of each :class:`LinkOptions` field (as errors name them; ``--keep-seed-edges`` is
+``exclude_seed_edges`` negated)."""
 DEGREE_POWER = 0.75
 EDGE_SPLITS = ("train", "val", "test")
 _M64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class LinkOptions:
+    """How link minibatches draw their negatives and blocks (``preprocess sample --task link``; recorded in a link
+    plan's config, which the in-memory reference reads back to draw the same minibatches).
+
+    Attributes:
+        negatives: K, negative destinations per train positive (≥ 1).
+        negative_sampler: ``uniform`` or ``degree`` (∝ degree^0.75).
+        shared_negatives: a train minibatch draws K negatives once for all its positives.
+        eval_negatives: M, fixed filtered negatives per val/test positive.
+        exclude_seed_edges: drop a train minibatch's positive edges from its blocks (module docstring).
+    """
+
+    negatives: int = 1
+    negative_sampler: str = "uniform"
+    shared_negatives: bool = False
+    eval_negatives: int = 100
+    exclude_seed_edges: bool = True
+
+    def check(self, num_nodes: int) -> "LinkOptions":
+        """Refuse bad options with one sentence naming the flag; returns self."""
+        check_link_options(self.negatives, self.negative_sampler, self.eval_negatives, num_nodes)
+        return self
+
+    def config(self) -> dict:
+        """The plan config entries that record these options."""
+        return {k: (int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v)
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_args(cls, args) -> "LinkOptions":
+        """The options of parsed ``preprocess sample`` arguments (:data:`LINK_FLAGS` names their flags)."""
+        return cls(negatives=args.negatives, negative_sampler=args.negative_sampler,
+                   shared_negatives=args.shared_negatives, eval_negatives=args.eval_negatives,
+                   exclude_seed_edges=not args.keep_seed_edges)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> "LinkOptions":
+        """The options a link plan was sampled with (a plan from before ``exclude_seed_edges`` kept its seed edges)."""
+        return cls(negatives=int(cfg.get("negatives", 1)), negative_sampler=cfg.get("negative_sampler", "uniform"),
+                   shared_negatives=bool(cfg.get("shared_negatives", False)),
+                   eval_negatives=int(cfg.get("eval_negatives", 100)),
+                   exclude_seed_edges=bool(cfg.get("exclude_seed_edges", False)))
 
 
 # -- counter-based random numbers -----------------------------------------------------------------
@@ -113,20 +169,17 @@ class LinkSampler:
         fanouts, eval_fanouts: neighbors per hop for train and for val/test minibatches.
         batch_size, eval_batch_size: positive edges per train and per val/test minibatch.
         seed: sampling seed.
-        negatives: K, negatives per positive in train minibatches (≥ 1).
-        negative_sampler: ``uniform`` or ``degree``.
-        shared_negatives: train minibatches draw K negatives shared by all their positives.
-        eval_negatives: M, filtered negatives per val/test positive (≥ 1, at most the possible negatives).
+        options: negatives and seed-edge exclusion (:class:`LinkOptions`; default: its defaults).
 
     Raises:
         InputError: a bad option (naming its flag).
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, num_nodes: int, edge_splits: dict[str, np.ndarray],
-                 *, undirected: bool, fanouts: Sequence[int], batch_size: int, seed: int = 0, negatives: int = 1,
-                 negative_sampler: str = "uniform", shared_negatives: bool = False, eval_negatives: int = 100,
-                 eval_fanouts: Sequence[int] | None = None, eval_batch_size: int | None = None):
-        check_link_options(negatives, negative_sampler, eval_negatives, num_nodes)
+                 *, undirected: bool, fanouts: Sequence[int], batch_size: int, seed: int = 0,
+                 options: LinkOptions | None = None, eval_fanouts: Sequence[int] | None = None,
+                 eval_batch_size: int | None = None):
+        self.options = opts = (options or LinkOptions()).check(num_nodes)
         self.indptr, self.indices = indptr, indices
         self.num_nodes = int(num_nodes)
         self.edges = {s: np.ascontiguousarray(e, dtype=np.int64).reshape(2, -1) for s, e in edge_splits.items()}
@@ -136,10 +189,10 @@ class LinkSampler:
         self.batch_size = int(batch_size)
         self.eval_batch_size = self.batch_size if eval_batch_size is None else int(eval_batch_size)
         self.seed = int(seed)
-        self.negatives = int(negatives)
-        self.negative_sampler = negative_sampler
-        self.shared_negatives = bool(shared_negatives)
-        self.eval_negatives = int(eval_negatives)
+        self.negatives = int(opts.negatives)
+        self.negative_sampler = opts.negative_sampler
+        self.shared_negatives = bool(opts.shared_negatives)
+        self.eval_negatives = int(opts.eval_negatives)
         self._cdf: np.ndarray | None = None
         self._pair_keys: np.ndarray | None = None
         self._order: tuple[int, np.ndarray] | None = None
@@ -292,9 +345,13 @@ class LinkSampler:
         src, dst = e[0][ids], e[1][ids]
         neg = (self.train_negatives(split, epoch, batch, len(ids)) if split == "train"
                else self.eval_negatives_of(split, ids))
-        fan = self.fanouts if split == "train" else self.eval_fanouts
-        return link_minibatch(self.indptr, self.indices, src, dst, neg, fan, minibatch_key(self.seed, split, epoch, batch),
-                              epoch=epoch, batch=batch)
+        train = split == "train"
+        fan = self.fanouts if train else self.eval_fanouts
+        mb = link_minibatch(self.indptr, self.indices, src, dst, neg, fan, minibatch_key(self.seed, split, epoch, batch),
+                            epoch=epoch, batch=batch)
+        if train and self.options.exclude_seed_edges:
+            exclude_edges(mb, src, dst, undirected=self.undirected)
+        return mb
 
 
 def link_minibatch(indptr: np.ndarray, indices: np.ndarray, src: np.ndarray, dst: np.ndarray, neg: np.ndarray,
@@ -310,6 +367,45 @@ def link_minibatch(indptr: np.ndarray, indices: np.ndarray, src: np.ndarray, dst
     mb.link = LinkTargets(src=np.searchsorted(seeds, src), dst=np.searchsorted(seeds, dst),
                           neg=np.searchsorted(seeds, neg))
     return mb
+
+
+def exclude_edges(mb: SampledMinibatch, src: np.ndarray, dst: np.ndarray, *, undirected: bool) -> int:
+    """Drop the edges ``src[i] -> dst[i]`` (global ids, int64 [P]; also ``dst[i] -> src[i]`` when ``undirected``)
+    from every hop of ``mb``'s blocks, in place; returns how many sampled edges went.
+
+    A hop's block is a CSC over destinations: destination ``j`` (local) reads sources ``hop_indices[h][ptr[j]:ptr[j+1]]``,
+    so the edge ``u -> v`` sits at destination ``v`` with source ``u``. Nodes stay (an excluded edge's source is a
+    seed of a link minibatch, so it is in the node list anyway).
+    """
+    nodes = mb.input_nodes
+    n = np.int64(max(int(nodes.max()) + 1, 1)) if nodes.size else np.int64(1)
+    src = np.asarray(src, dtype=np.int64)
+    dst = np.asarray(dst, dtype=np.int64)
+    keys = dst * n + src
+    if undirected:
+        keys = np.concatenate([keys, src * n + dst])
+    keys = np.unique(keys)
+    dropped = 0
+    for h in range(mb.num_hops):
+        ptr = mb.hop_indptr[h]
+        idx = mb.hop_indices[h]
+        if idx.size == 0 or keys.size == 0:
+            continue
+        deg = np.diff(ptr.astype(np.int64))
+        edge_dst = np.repeat(nodes[:len(deg)], deg)
+        q = edge_dst * n + nodes[idx]
+        pos = np.minimum(np.searchsorted(keys, q), keys.size - 1)
+        drop = keys[pos] == q
+        k = int(drop.sum())
+        if not k:
+            continue
+        keep_deg = deg - np.bincount(np.repeat(np.arange(len(deg)), deg)[drop], minlength=len(deg))
+        new_ptr = np.zeros(len(ptr), dtype=ptr.dtype)
+        np.cumsum(keep_deg, out=new_ptr[1:])
+        mb.hop_indptr[h] = new_ptr
+        mb.hop_indices[h] = np.ascontiguousarray(idx[~drop])
+        dropped += k
+    return dropped
 
 
 def check_link_options(negatives, negative_sampler, eval_negatives, num_nodes: int) -> None:

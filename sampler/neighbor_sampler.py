@@ -48,6 +48,7 @@ from ..store.errors import InputError
 from ..store.binding import plan_binding
 from ..store.plan import PLAN_FORMAT, SPLITS, PlanSplitWriter, write_plan_manifest
 from ..store.progress import Progress, format_bytes, format_count, log
+from .link_sampler import LinkOptions
 from .minibatch import epoch_order, minibatch_key, sample_minibatch
 
 FANOUT_ORDER = "hop (fanouts[0] = neighbors of the seeds)"
@@ -253,8 +254,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
                 eval_batch_size: int | None = None, splits: Sequence[str] | None = None,
                 threads: int | None = None, overwrite: bool = False,
                 shard: tuple[int, int] | None = None, seed_nodes: np.ndarray | None = None, task: str = "node",
-                negatives: int = 1, negative_sampler: str = "uniform", shared_negatives: bool = False,
-                eval_negatives: int = 100) -> Path:
+                link_options: LinkOptions | None = None) -> Path:
     """Sample every minibatch of the dataset's splits into a plan directory at ``out_dir``.
 
     Args:
@@ -281,11 +281,9 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
             ``config.seed_nodes`` (their count).
         task: ``node`` (minibatches of the node splits) or ``link`` (minibatches of the dataset's edge splits:
             ``batch_size`` positive edges with negatives, :mod:`diskgraph.sampler.link_sampler`; a version-3 plan whose
-            rows carry ``link_*`` columns and whose config records ``task``, ``negatives``, ``negative_sampler``,
-            ``shared_negatives``, ``eval_negatives``).
-        negatives, negative_sampler, shared_negatives, eval_negatives: link plans only: K negatives per train
-            positive drawn ``uniform`` or ``degree`` (∝ degree^0.75), K shared by the whole minibatch, and M fixed
-            filtered negatives per val/test positive.
+            rows carry ``link_*`` columns and whose config records ``task`` and the link options).
+        link_options: link plans only: negatives and seed-edge exclusion
+            (:class:`~diskgraph.sampler.link_sampler.LinkOptions`; default: its defaults).
 
     Returns:
         The plan directory.
@@ -315,11 +313,11 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     link = None
     if task == "link":
-        from .link_sampler import check_link_options, dataset_edge_splits
+        from .link_sampler import dataset_edge_splits
 
         if seed_nodes is not None:
             raise InputError("seed nodes are sampled for node tasks; do not give them with --task link")
-        check_link_options(negatives, negative_sampler, eval_negatives, ds.num_nodes)
+        link_options = (link_options or LinkOptions()).check(ds.num_nodes)
         edge_splits, undirected = dataset_edge_splits(ds)
         chosen = _choose_edge_splits(ds, edge_splits, splits)
     elif seed_nodes is not None:
@@ -345,8 +343,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
         from .link_sampler import LinkSampler
 
         link = LinkSampler(indptr, indices, ds.num_nodes, edge_splits, undirected=undirected, fanouts=fanouts,
-                           batch_size=batch_size, seed=seed, negatives=negatives, negative_sampler=negative_sampler,
-                           shared_negatives=shared_negatives, eval_negatives=eval_negatives,
+                           batch_size=batch_size, seed=seed, options=link_options,
                            eval_fanouts=eval_fanouts, eval_batch_size=eval_batch_size)
 
     per_epoch: dict[str, int] = {}
@@ -420,9 +417,7 @@ def sample_plan(dataset: str | os.PathLike | Dataset, out_dir: str | os.PathLike
         if shard is not None:
             config["shard"] = {"rank": int(shard[0]), "world_size": int(shard[1])}
         if link is not None:
-            config.update({"task": "link", "negatives": int(negatives), "negative_sampler": negative_sampler,
-                           "shared_negatives": bool(shared_negatives), "eval_negatives": int(eval_negatives),
-                           "undirected": undirected})
+            config.update({"task": "link", **link_options.config(), "undirected": undirected})
             # the edge splits are bound by their sha256 (the graph binds the rest: val/test edges are not in it)
             binding = plan_binding(ds, [], {s: edge_splits[s].astype(np.int64).reshape(-1) for s in chosen})
         elif seed_nodes is not None:

@@ -347,3 +347,28 @@ def test_cuda_loader_queue_depths_early_stop_and_fallback(ident, depth, monkeypa
     fallback = ident.loader("some", device="cuda", cache=FeatureCache(ident.pack("some"), "cuda"))
     assert fallback.cache.host.mode == "pinned-copy"
     ident.check_epoch(fallback, fallback.order(0, seed=0))
+
+
+def test_epoch_order_first_pass_in_plan_order_then_fresh_replays():
+    """Epoch e < K reads presampled epoch e in plan order (the in-memory reference's order); a replay (e >= K) reads
+    epoch e % K in a fresh seeded permutation; evaluation reads its rows once, in order."""
+    from diskgraph.pipeline.schedule import epoch_order
+
+    class Plan:  # the three counts epoch_order reads
+        def minibatches_per_epoch(self, split):
+            return 6
+
+        def num_epochs(self, split):
+            return 2
+
+        def num_minibatches(self, split):
+            return 12 if split == "train" else 4
+
+    plan = Plan()
+    assert epoch_order(plan, "train", 0, 5).tolist() == list(range(6))
+    assert epoch_order(plan, "train", 1, 5).tolist() == list(range(6, 12))
+    replay = epoch_order(plan, "train", 2, 5)
+    assert sorted(replay.tolist()) == list(range(6)) and replay.tolist() != list(range(6))
+    assert np.array_equal(replay, epoch_order(plan, "train", 2, 5))  # a pure function (resume)
+    assert not np.array_equal(replay, epoch_order(plan, "train", 2, 6))
+    assert epoch_order(plan, "val", 3, 5).tolist() == [0, 1, 2, 3]

@@ -18,7 +18,7 @@ import torch
 
 from diskgraph.cli import main
 from diskgraph.preprocess import run_pack, run_sample
-from diskgraph.sampler.link_sampler import LinkSampler, has_edge
+from diskgraph.sampler.link_sampler import LinkOptions, LinkSampler, exclude_edges, has_edge
 from diskgraph.sampler.neighbor_sampler import sample_plan
 from diskgraph.store.checksums import manifest_checksum
 from diskgraph.store.dataset import open_dataset
@@ -128,13 +128,70 @@ def test_no_val_test_edge_in_any_training_block(cora_link):
     assert checked > 0
 
 
+def block_edges(mb, h):
+    """(destination, source) global ids of hop ``h``'s sampled edges, in block order."""
+    ptr, idx = mb.hop_indptr[h], mb.hop_indices[h]
+    return list(zip(mb.input_nodes[np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))].tolist(),
+                    mb.input_nodes[idx].tolist()))
+
+
+@pytest.mark.parametrize("undirected", [True, False])
+def test_seed_edges_leave_training_blocks(cora_link, tmp_path, undirected):
+    """Oracle: a train minibatch sampled with seed-edge exclusion = the same minibatch sampled keeping them, minus
+    (in a plain Python filter) every block edge u -> v of its positives (and v -> u when undirected); val/test
+    minibatches are untouched; the plan records the option, a plan from before it reads as keeping them."""
+    ds = open_dataset(cora_link) if undirected else open_dataset(directed(tmp_path / "d"))
+    splits = {k: np.asarray(v) for k, v in ds.edge_splits.items()}
+    common = dict(undirected=undirected, fanouts=[5, 3], batch_size=256, seed=3)
+    cut = LinkSampler(ds.indptr, ds.indices, ds.num_nodes, splits, **common)
+    keep = LinkSampler(ds.indptr, ds.indices, ds.num_nodes, splits, **common,
+                       options=LinkOptions(exclude_seed_edges=False))
+    dropped = 0
+    for b in range(min(3, cut.minibatches_per_epoch("train"))):
+        a, k = cut.minibatch("train", 1, b), keep.minibatch("train", 1, b)
+        src, dst = a.seeds[a.link.src].tolist(), a.seeds[a.link.dst].tolist()
+        banned = {(v, u) for u, v in zip(src, dst)} | ({(u, v) for u, v in zip(src, dst)} if undirected else set())
+        np.testing.assert_array_equal(a.input_nodes, k.input_nodes)
+        for h in range(a.num_hops):
+            want = [e for e in block_edges(k, h) if e not in banned]
+            assert block_edges(a, h) == want
+            assert not banned & set(block_edges(a, h))
+            dropped += len(block_edges(k, h)) - len(want)
+    assert dropped > 0
+    for split in ("val", "test"):
+        a, k = cut.minibatch(split, 0, 0), keep.minibatch(split, 0, 0)
+        for h in range(a.num_hops):
+            assert block_edges(a, h) == block_edges(k, h)
+    assert exclude_edges(keep.minibatch("val", 0, 0), np.array([0]), np.array([1]), undirected=True) == 0
+    if undirected:
+        plan = open_plan(cora_link / "plans" / "default")
+        assert plan.config["exclude_seed_edges"] is True
+        assert LinkOptions.from_config({k: v for k, v in plan.config.items() if k != "exclude_seed_edges"}) == \
+            LinkOptions(negatives=2, eval_negatives=20, exclude_seed_edges=False)
+
+
+def test_keep_seed_edges_flag(tmp_path, cli):
+    from diskgraph.preprocess import plan_difference
+
+    d = directed(tmp_path / "d")
+    assert cli.run("preprocess", "sample", str(d), "--task", "link", "--fanouts", "3", "--batch-size", "50",
+                   "--eval-negatives", "5", "--keep-seed-edges", "-q").rc == 0
+    plan = open_plan(d / "plans" / "default")
+    assert plan.config["exclude_seed_edges"] is False
+    why = plan_difference(plan.path, open_dataset(d), fanouts=[3], batch_size=50, task="link",
+                          link_options=LinkOptions(eval_negatives=5))
+    assert why == "--keep-seed-edges given there, not given in this run"
+    assert plan_difference(plan.path, open_dataset(d), fanouts=[3], batch_size=50, task="link",
+                           link_options=LinkOptions(eval_negatives=5, exclude_seed_edges=False)) is None
+
+
 def test_reference_equals_plan_and_y(cora_link):
     from diskgraph.pipeline.memory_loader import InMemoryLoader
 
     ds, plan = open_dataset(cora_link), open_plan(cora_link / "plans" / "default")
     for split, fan, bs in (("train", [5, 3], 512), ("val", [5, 3], 128)):
-        ref = InMemoryLoader(ds, split, fanouts=fan, batch_size=bs, seed=3, task="link", negatives=2,
-                             eval_negatives=20)
+        ref = InMemoryLoader(ds, split, fanouts=fan, batch_size=bs, seed=3, task="link",
+                             link_options=LinkOptions(negatives=2, eval_negatives=20))
         assert len(ref) == plan.minibatches_per_epoch(split)
         for r in range(plan.num_minibatches(split)):  # epoch e of the reference = presampled epoch e
             a, b = ref.minibatch(r), plan.minibatch(split, r)
@@ -170,18 +227,19 @@ def test_packed_loader_y(cora_link):
 def test_directed_and_negative_samplers(tmp_path):
     ds = open_dataset(directed(tmp_path / "d"))
     assert not ds.edge_split_info["undirected"]
-    p = run_sample(ds.path, name="u", fanouts=[3, 2], batch_size=100, seed=1, task="link", negatives=3,
-                   eval_negatives=50)
+    p = run_sample(ds.path, name="u", fanouts=[3, 2], batch_size=100, seed=1, task="link",
+                   link_options=LinkOptions(negatives=3, eval_negatives=50))
     check_plan_rows(ds, open_plan(p), False, 3, 50)
     # the same seed gives the same plan whatever the thread count; shared and degree negatives
-    q = sample_plan(ds, tmp_path / "q", fanouts=[3, 2], batch_size=100, seed=1, task="link", negatives=3,
-                    eval_negatives=50, threads=1)
+    q = sample_plan(ds, tmp_path / "q", fanouts=[3, 2], batch_size=100, seed=1, task="link",
+                    link_options=LinkOptions(negatives=3, eval_negatives=50), threads=1)
     for split in ("train", "val", "test"):
         for x, y in zip(rows(open_plan(p), split), rows(open_plan(q), split)):
             np.testing.assert_array_equal(x.input_nodes, y.input_nodes)
             np.testing.assert_array_equal(x.link.neg, y.link.neg)
-    s = open_plan(run_sample(ds.path, name="s", fanouts=[3, 2], batch_size=100, task="link", negatives=4,
-                             shared_negatives=True, negative_sampler="degree", eval_negatives=10))
+    s = open_plan(run_sample(ds.path, name="s", fanouts=[3, 2], batch_size=100, task="link",
+                             link_options=LinkOptions(negatives=4, shared_negatives=True, negative_sampler="degree",
+                                                      eval_negatives=10)))
     deg = np.diff(np.asarray(ds.indptr))
     for mb in rows(s, "train"):
         neg = endpoints(mb)[2]
@@ -189,7 +247,7 @@ def test_directed_and_negative_samplers(tmp_path):
         assert (deg[neg] > 0).all()  # degree^0.75: nodes without in-edges are never drawn
     # eval negatives are fixed by the seed and the positive, not by the eval batch size
     t = open_plan(run_sample(ds.path, name="t", fanouts=[3, 2], batch_size=100, eval_batch_size=7, seed=1,
-                             task="link", negatives=3, eval_negatives=50))
+                             task="link", link_options=LinkOptions(negatives=3, eval_negatives=50)))
     a = np.concatenate([endpoints(mb)[2] for mb in rows(open_plan(p), "val")])
     b = np.concatenate([endpoints(mb)[2] for mb in rows(t, "val")])
     np.testing.assert_array_equal(a, b)
@@ -206,9 +264,11 @@ def test_scarce_negatives_and_has_edge():
     assert has_edge(indptr, indices, np.array([0, 0, 1, 0]), np.array([1, 5, 0, 6])).tolist() == [True, True, False,
                                                                                                    False]
     splits = {"train": np.stack([src, dst]), "val": np.array([[0], [1]]), "test": np.array([[0], [2]])}
-    ls = LinkSampler(indptr, indices, n, splits, undirected=False, fanouts=[2], batch_size=4, eval_negatives=2)
+    ls = LinkSampler(indptr, indices, n, splits, undirected=False, fanouts=[2], batch_size=4,
+                     options=LinkOptions(eval_negatives=2))
     assert sorted(ls.eval_negatives_of("val", np.array([0]))[0].tolist()) == [0, 6]
-    ls = LinkSampler(indptr, indices, n, splits, undirected=False, fanouts=[2], batch_size=4, eval_negatives=3)
+    ls = LinkSampler(indptr, indices, n, splits, undirected=False, fanouts=[2], batch_size=4,
+                     options=LinkOptions(eval_negatives=3))
     with pytest.raises(InputError, match="possible negatives"):
         ls.eval_negatives_of("val", np.array([0]))
 
@@ -229,7 +289,8 @@ def test_versions_and_pack(tmp_path):
     node = open_plan(run_sample(ds_path, name="n", fanouts=[3], batch_size=50))
     assert node.task == "node" and node.manifest["format_version"] == 2 and "task" not in node.config
     assert node.minibatch("train", 0).link is None
-    link = run_sample(ds_path, name="l", fanouts=[3], batch_size=50, task="link", eval_negatives=5)
+    link = run_sample(ds_path, name="l", fanouts=[3], batch_size=50, task="link",
+                      link_options=LinkOptions(eval_negatives=5))
     pack = run_pack(ds_path, plan="l", host_cache=4096)
     assert pack.exists()
     assert main(["inspect", str(ds_path), "--verify", "-q"]) == 0

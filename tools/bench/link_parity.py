@@ -1,13 +1,16 @@
 """Link prediction, packed (out of core) against the in-memory reference, and both against structure-only baselines.
 
 For each dataset (a shared ``data.npz``): one ``diskgraph preprocess all --task link --undirected --edge-split …``
-(one plan, one pack), then per seed ``diskgraph train --task link`` from the pack and the same with ``--reference``
-(online sampling in memory, the same sampler and hyper-parameters), 2-layer SAGE encoder + dot decoder. The test MRR
-of each is compared (target: mean packed within 1 point of mean reference) and with two structure-only scores of the
-same test positives against the same fixed negatives, computed here from the message-passing graph (val and test
-edges removed): common neighbours and Adamic–Adar (ties ranked as the trainer ranks them).
+(one plan presampling ``--plan-epochs`` epochs — by default as many as are trained, so the packed run and the
+reference see the same minibatches — and one pack), then per seed ``diskgraph train --task link`` from the pack and
+the same with ``--reference`` (online sampling in memory, the same sampler and hyper-parameters), 2-layer SAGE
+encoder + dot decoder. The test MRR of each is compared (target: mean packed within 1 point of mean reference) and
+with two structure-only scores of the same test positives against the same fixed negatives, computed here from the
+message-passing graph (val and test edges removed): common neighbours and Adamic–Adar
+(:func:`diskgraph.link_baselines.plan_baselines`, ties ranked as the trainer ranks them; target: the packed mean above
+both).
 
-    python tools/bench/link_parity.py [--datasets amazon-photo,amazon-computers] [--seeds 0,1,2] [--epochs 10]
+    python tools/bench/link_parity.py [--datasets cora,citeseer] [--seeds 0,1,2] [--epochs 20] [--plan-epochs N]
 
 Prints a table and writes ``tools/bench/results/link-parity.json`` (machine, commands, per-run figures).
 """
@@ -34,6 +37,8 @@ sys.path.insert(0, str(HERE))
 
 from common import git_state, read_log  # noqa: E402  (tools/bench is not a package)
 
+from diskgraph.link_baselines import plan_baselines  # noqa: E402
+
 SHARED = REPO.parent / "shared" / "datasets"
 DEFAULT_OUT = HERE / "results" / "link-parity.json"
 
@@ -47,43 +52,6 @@ def diskgraph(*args: str, timeout: float = 3600) -> float:
     return time.perf_counter() - t0
 
 
-def structure_baselines(ds_dir: Path, plan_name: str = "default") -> dict:
-    """Test MRR and Hits@10 of common neighbours and Adamic–Adar on the plan's test positives and fixed negatives."""
-    import scipy.sparse as sp
-    import torch
-
-    from diskgraph.pipeline.link_task import ranks
-    from diskgraph.store.dataset import open_dataset
-    from diskgraph.store.plan import open_plan
-
-    ds = open_dataset(ds_dir)
-    n = ds.num_nodes
-    indptr, indices = np.asarray(ds.indptr), np.asarray(ds.indices)
-    a = sp.csr_matrix((np.ones(indices.size, dtype=np.float64), indices, indptr), shape=(n, n))
-    a = ((a + a.T) > 0).astype(np.float64).tocsr()  # neighbours in either direction
-    deg = np.asarray(a.sum(1)).ravel()
-    inv_log = sp.diags(np.where(deg > 1, 1.0 / np.log(np.maximum(deg, 2)), 0.0))
-    plan = open_plan(ds_dir / "plans" / plan_name)
-    out = {}
-    for name, weight in (("common_neighbours", None), ("adamic_adar", inv_log)):
-        all_scores = []
-        for i in range(plan.num_minibatches("test")):
-            mb = plan.minibatch("test", i)
-            seeds = mb.seeds
-            u = seeds[mb.link.src]
-            cand = np.concatenate([seeds[mb.link.dst][:, None], seeds[mb.link.neg]], axis=1)  # [P, 1 + K]
-            rows_u = a[np.repeat(u, cand.shape[1])]
-            rows_v = a[cand.ravel()]
-            if weight is not None:
-                rows_v = rows_v @ weight
-            score = np.asarray(rows_u.multiply(rows_v).sum(1)).reshape(cand.shape)
-            all_scores.append(score)
-        s = torch.from_numpy(np.concatenate(all_scores))
-        r = ranks(s).numpy()
-        out[name] = {"test_mrr": float(np.mean(1.0 / r)), "test_hits@10": float(np.mean(r <= 10))}
-    return out
-
-
 def run_dataset(name: str, work: Path, a) -> dict:
     npz = SHARED / name / "data.npz"
     if not npz.is_file():
@@ -95,17 +63,19 @@ def run_dataset(name: str, work: Path, a) -> dict:
     host = int(a.host_fraction * feature_bytes)  # the rest of the rows are read from the packed extents
     prep = ["preprocess", "all", "--npz", str(npz), "--out", str(ds), "--task", "link", "--undirected", "--dedup",
             "--edge-split", a.edge_split, "--seed", "0", "--fanouts", a.fanouts, "--batch-size", str(a.batch_size),
-            "--negatives", str(a.negatives), "--eval-negatives", str(a.eval_negatives), "--host-cache", str(host),
+            "--epochs", str(a.plan_epochs or a.epochs), "--negatives", str(a.negatives),
+            "--eval-negatives", str(a.eval_negatives), "--host-cache", str(host),
             "--max-blowup", "1000", "-q"]
     prep_s = diskgraph(*prep)
     runs = []
     for seed in a.seeds:
         for mode in ("packed", "reference"):
             log = work / f"{name}-{mode}-{seed}.jsonl"
-            cmd = ["train", str(ds), "--task", "link", "--model", "sage", "--decoder", "dot", "--hidden",
-                   str(a.hidden), "--epochs", str(a.epochs), "--lr", str(a.lr), "--dropout", str(a.dropout),
+            log.unlink(missing_ok=True)  # (the log is appended to; the run directory is replaced)
+            cmd = ["train", str(ds), "--task", "link", "--model", "sage", "--decoder", "dot",
+                   "--link-loss", a.link_loss, "--hidden", str(a.hidden), "--epochs", str(a.epochs), "--lr", str(a.lr), "--dropout", str(a.dropout),
                    "--seed", str(seed), "--run-dir", str(work / f"run-{name}-{mode}-{seed}"), "--log-json", str(log),
-                   "--device", "cpu", "-q"] + (["--reference"] if mode == "reference" else [])
+                   "--device", "cpu", "--overwrite", "-q"] + (["--reference"] if mode == "reference" else [])
             wall = diskgraph(*cmd)
             epochs, summary = read_log(log)
             runs.append({"seed": seed, "mode": mode, "test_mrr": summary["test_mrr"],
@@ -114,7 +84,7 @@ def run_dataset(name: str, work: Path, a) -> dict:
                          "epoch_s": [e["epoch_s"] for e in epochs], "command": "diskgraph " + " ".join(cmd)})
             print(f"  {name} seed {seed} {mode:9s} test MRR {100 * summary['test_mrr']:.2f}  "
                   f"hits@10 {100 * summary['test_hits@10']:.2f}  ({wall:.0f} s)", flush=True)
-    base = structure_baselines(ds)
+    base = {k: {"test_mrr": v["mrr"], "test_hits@10": v["hits@10"]} for k, v in plan_baselines(ds).items()}
     mean = {m: float(np.mean([r["test_mrr"] for r in runs if r["mode"] == m])) for m in ("packed", "reference")}
     return {"dataset": name, "preprocess": "diskgraph " + " ".join(prep), "preprocess_s": round(prep_s, 1),
             "runs": runs, "mean_test_mrr": mean, "diff_points": 100 * (mean["packed"] - mean["reference"]),
@@ -137,15 +107,19 @@ def table(results: list[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", default="amazon-photo,amazon-computers", help="shared datasets (default: %(default)s)")
+    p.add_argument("--datasets", default="cora,citeseer", help="shared datasets (default: %(default)s)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--plan-epochs", type=int, default=None,
+                   help="epochs the plan presamples (default: --epochs; fewer are replayed in a fresh order, and the "
+                        "reference then samples minibatches the packed run does not see)")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--fanouts", default="10,5")
-    p.add_argument("--batch-size", type=int, default=1024, help="positive edges per minibatch (default: 1024)")
-    p.add_argument("--negatives", type=int, default=1, help="training negatives per positive (default: 1)")
+    p.add_argument("--batch-size", type=int, default=256, help="positive edges per minibatch (default: %(default)s)")
+    p.add_argument("--negatives", type=int, default=5, help="training negatives per positive (default: %(default)s)")
+    p.add_argument("--link-loss", default="softmax", help="bce, softmax or margin (default: %(default)s)")
     p.add_argument("--eval-negatives", type=int, default=100, help="fixed negatives per val/test positive")
     p.add_argument("--edge-split", default="random:0.85,0.05,0.1")
     p.add_argument("--host-fraction", type=float, default=0.2,
