@@ -144,7 +144,9 @@ def _render_stats(info: dict) -> str:
             continue
         lines.append(f"pack {name:<8} gpu cache {format_bytes(p.get('gpu_cache_bytes', 0))}  host cache "
                      f"{format_bytes(p.get('host_cache_bytes', 0))}  packed {format_bytes(p.get('packed_bytes', 0))}  "
-                     f"blow-up {float(p.get('blowup', 0)):.2f}x")
+                     f"blow-up {float(p.get('blowup', 0)):.2f}x"
+                     + (f" (max {p['max_blowup']:g}x)" if p.get("max_blowup") is not None else "")
+                     + (f"  table rows {p['table_rows']:,}" if p.get("table_rows") else ""))
     if "verify" in info:
         v = info["verify"]
         lines.append("verify        ok: checksums and invariants hold" if v["ok"] else
@@ -179,6 +181,8 @@ def _inspect_inference(args: argparse.Namespace) -> int:
         "summary": m.get("summary"),
         "disk_bytes": out.disk_bytes(),
     }
+    if m.get("link"):  # the output of a link-prediction run: embeddings a decoder scores, not class logits
+        info["link"] = m["link"]
     if out.kind == "predict":
         info["prediction_summary"] = out.prediction_summary()
     for key in ("layer", "dtype"):
@@ -259,8 +263,13 @@ def _render_inference(info: dict) -> str:
         shape = " x ".join(f"{s:,}" for s in a["shape"])
         lines.append(f"array {name:<12} {shape} {a['dtype']}  ({format_bytes(a['bytes'])})")
     for key in ("run", "model", "dataset"):
-        if info.get(key) is not None:
-            lines.append(f"{key:<13} {_with_path(info[key])}")
+        value = info.get(key)
+        if key == "model" and isinstance(value, dict) and value.get("encoder") is not None:
+            value = value["encoder"]  # a link model: its encoder (the decoder is on the link line)
+        if value is not None:
+            lines.append(f"{key:<13} {_with_path(value)}")
+    if info.get("link"):
+        lines.append(f"link          {_scalars(info['link'])}")
     if info.get("summary"):
         lines.append(f"summary       {_scalars(info['summary'])}")
     lines.append(f"on disk       {format_bytes(info['disk_bytes'])}")

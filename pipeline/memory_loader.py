@@ -160,8 +160,12 @@ class InMemoryLoader:
     def order(self, epoch: int, seed: int | None = None) -> np.ndarray:
         """The rows of epoch ``epoch`` in reading order (the shuffle is in the seeds, so batch order is natural).
 
-        ``seed`` is accepted for symmetry with :meth:`PackedLoader.order` and ignored (the loader's seed rules).
+        Val and test read epoch 0 every time: evaluation samples its neighbourhoods once, as a plan's val/test split
+        does, so every evaluation of a run (and the packed run's) sees the same minibatches. ``seed`` is accepted for
+        symmetry with :meth:`PackedLoader.order` and ignored (the loader's seed rules).
         """
+        if self.split != "train":
+            epoch = 0
         return int(epoch) * self.per_epoch + np.arange(self.per_epoch, dtype=np.int64)
 
     def epoch_seeds(self, epoch: int) -> np.ndarray:
@@ -250,7 +254,7 @@ class InMemoryLoader:
         run.totals["assemble"]["busy_s"] += busy
         n = int(mb.input_nodes.shape[0])
         stats = {"sample_s": sample_s, "read_s": 0.0, "assemble_s": busy, "assemble_input_wait_s": wait_in,
-                 "bytes_read": 0, "rows_gpu": 0, "rows_host": 0, "rows_cold": 0, "rows_memory": n, "inputs": n,
+                 "bytes_read": 0, "rows_gpu": 0, "rows_host": 0, "rows_cold": 0, "rows_table": 0, "rows_memory": n, "inputs": n,
                  "seeds": int(y.shape[0])}
         return Batch(split=self.split, position=pos, index=row, blocks=blocks, x=x, y=y, input_nodes=mb.input_nodes,
                      stats=stats)
@@ -274,6 +278,6 @@ class InMemoryLoader:
                "sample_put_wait_s": float(smp["put_wait_s"]), "assemble_input_wait_s": float(asm["input_wait_s"]),
                "assemble_put_wait_s": float(asm["put_wait_s"]), "consumer_wait_s": float(use["wait_s"]),
                "bytes_read": 0, "inputs": int(use["inputs"]), "seeds": int(use["seeds"]), "rows_gpu": 0, "rows_host": 0,
-               "rows_cold": 0, "rows_memory": int(use["inputs"]),
+               "rows_cold": 0, "rows_table": 0, "rows_memory": int(use["inputs"]),
                "minibatches_per_s": minibatches / epoch_s if epoch_s > 0 else 0.0, **overlap_stats(epoch_s, busy)}
         return out

@@ -168,6 +168,11 @@ def test_predict_on_a_link_run_writes_the_embeddings(cli, tiny, tmp_path):
     _close(g["embeddings"][:], _oracle(ds, runs["dot"])[0])
     m = json.loads((tmp_path / "pred" / "manifest.json").read_text())
     assert m["kind"] == "embed" and m["task"] is None and m["link"]["scored_by_decoder"] is True
+    r = cli.run("inspect", tmp_path / "pred")  # the encoder on the model line, the decoder on the link line
+    assert r.rc == 0, r.err
+    model = next(line for line in r.out.splitlines() if line.startswith("model"))
+    assert "name sage" in model
+    assert any(line.startswith("link") and "decoder dot" in line for line in r.out.splitlines()), r.out
 
 
 # -- score ----------------------------------------------------------------------------------------

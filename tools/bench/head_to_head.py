@@ -34,6 +34,15 @@ Targets checked at ``--memory-cap`` (exit 1 when one is missed): diskgraph's epo
 ≤ ``--target-epoch-s`` (15.5 s, the C++ peer in memory on this machine); ≥ 5 × faster than ``mmap-random``;
 finishing (the others may not); read amplification ≤ 1.1 (OS-counted bytes of the training pass ÷ cold-row bytes
 needed); validation accuracy within 0.5 point of ``memory``'s; no OOM kill.
+
+``--task link`` runs the same for link prediction (issue 16): the import splits the edges (``--edge-split
+random:TRAIN,VAL,TEST --undirected``; fractions may sum to less than 1, the rest stay in the graph without being
+supervision edges, which keeps the epoch short on a big graph), ``preprocess sample --task link --negatives K
+--eval-negatives M --eval-batch-size B --epochs E`` (as many presampled epochs as are trained, so the packed run and
+the reference draw the same minibatches), and every contestant trains ``--task link --decoder dot``; the validation
+metric is ``val_mrr``. The default contestants are diskgraph and memory; the targets are the issue's: features ≥ 4 ×
+the cap, diskgraph finishes inside the cap without an OOM kill, its epoch ≤ 1.3 × ``memory``'s, read amplification
+≤ 1.1, and its validation MRR within ``--mrr-points`` of ``memory``'s.
 """
 
 from __future__ import annotations
@@ -113,15 +122,18 @@ def preprocess(a, raw: Path, ds: Path) -> dict:
     """import → sample → pack, each timed inside the cap with its inputs evicted from the page cache."""
     dg = diskgraph_cmd()
     budget = size_arg(a.memory_budget)
-    stages = {
-        "import": [*dg, "preprocess", "import", "--edges", raw / "edges.npy", "--features", raw / "features.npy",
-                   "--labels", raw / "labels.npy", "--split", a.split, "--dedup", "--drop-self-loops",
-                   "--memory-budget", budget, "--out", ds, "--overwrite"],
-        "sample": [*dg, "preprocess", "sample", ds, "--fanouts", a.fanouts, "--batch-size", a.batch_size, "--seed", 0,
-                   "--splits", "train,val", "--name", a.name, "--overwrite"],
-        "pack": [*dg, "preprocess", "pack", ds, "--plan", a.name, "--host-cache", size_arg(a.host_cache),
-                 "--memory-budget", budget, "--overwrite"],
-    }
+    if a.task == "link":
+        stages = link_stages(a, raw, ds)
+    else:
+        stages = {
+            "import": [*dg, "preprocess", "import", "--edges", raw / "edges.npy", "--features", raw / "features.npy",
+                       "--labels", raw / "labels.npy", "--split", a.split, "--dedup", "--drop-self-loops",
+                       "--memory-budget", budget, "--out", ds, "--overwrite"],
+            "sample": [*dg, "preprocess", "sample", ds, "--fanouts", a.fanouts, "--batch-size", a.batch_size, "--seed",
+                       0, "--splits", "train,val", "--name", a.name, "--overwrite"],
+            "pack": [*dg, "preprocess", "pack", ds, "--plan", a.name, "--host-cache", size_arg(a.host_cache),
+                     "--memory-budget", budget, "--overwrite"],
+        }
     out = {}
     for stage, cmd in stages.items():
         cgroup.evict([raw] if stage == "import" else [ds])
@@ -134,6 +146,23 @@ def preprocess(a, raw: Path, ds: Path) -> dict:
             raise SystemExit(f"head_to_head: preprocess {stage} failed inside the {fmt_bytes(a.memory_cap)} cap "
                              f"(exit {r.returncode}, oom kills {r.oom_kills})\n{tail(r.stderr)}")
     return out
+
+
+def link_stages(a, raw: Path, ds: Path) -> dict:
+    """The link-prediction import (edge split, no labels), sample (``--task link``) and pack commands."""
+    dg = diskgraph_cmd()
+    budget = size_arg(a.memory_budget)
+    return {
+        "import": [*dg, "preprocess", "import", "--edges", raw / "edges.npy", "--features", raw / "features.npy",
+                   "--edge-split", a.edge_split, "--seed", a.seed, "--undirected", "--dedup", "--drop-self-loops",
+                   "--memory-budget", budget, "--out", ds, "--overwrite"],
+        "sample": [*dg, "preprocess", "sample", ds, "--task", "link", "--fanouts", a.fanouts, "--batch-size",
+                   a.batch_size, "--seed", 0, "--epochs", a.epochs, "--negatives", a.negatives, "--eval-negatives",
+                   a.eval_negatives, "--eval-batch-size", a.eval_batch_size, "--splits", "train,val", "--name", a.name,
+                   "--overwrite"],
+        "pack": [*dg, "preprocess", "pack", ds, "--plan", a.name, "--host-cache", size_arg(a.host_cache),
+                 "--memory-budget", budget, "--overwrite"],
+    }
 
 
 def pack_facts(ds: Path, name: str) -> dict:
@@ -163,6 +192,8 @@ def train_cmd(a, ds: Path, who: str, work: Path) -> list:
     cmd = [*diskgraph_cmd(), "train", ds, "--pack", a.name, "--model", "sage", "--hidden", a.hidden, "--epochs",
            a.epochs, "--seed", a.train_seed, "--device", "cpu", "--log-json", work / "log.jsonl", "--step-log",
            work / "steps.jsonl", "--run-dir", work / "run", "--overwrite"]
+    if a.task == "link":
+        cmd += ["--task", "link", "--decoder", a.decoder]
     if who in ("diskgraph", "diskgraph-unchecked"):
         return cmd + ["--queue-depth", a.queue_depth]
     features = {"memory": "ram", "mmap": "mmap", "mmap-random": "mmap-random"}[who]
@@ -208,6 +239,7 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
             return False
 
     stop = None if (who in ("diskgraph", "diskgraph-unchecked", "memory") or a.eval_all) else trained_all
+    load_before = {"loadavg": os.getloadavg(), "other_diskgraph_jobs": other_diskgraph_jobs()}
     r = capped_run(cmd, cap, who, a.time_limit, stop_when=stop, env=UNCHECKED_ENV if who == "diskgraph-unchecked" else None)
     epochs, summary = read_log(work / "log.jsonl")
     steps = read_steps(steps_file)
@@ -219,7 +251,9 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
            "evicted": {"files": files, "bytes": nbytes, "resident_after_bytes": resident},
            "epochs": epochs, "summary": summary, "stderr_tail": tail(r.stderr, 2500), "finished": finished,
            "stopped_after_training": r.stopped_early, "minibatches_per_epoch": per_epoch,
-           "minibatches_done": len(steps)}
+           "minibatches_done": len(steps),
+           "machine_load": {"start": load_before,
+                            "end": {"loadavg": os.getloadavg(), "other_diskgraph_jobs": other_diskgraph_jobs()}}}
     if epochs:
         rec["epoch_s"] = statistics.mean(e["epoch_s"] for e in epochs)
         rec["epoch0_s"] = epochs[0]["epoch_s"]
@@ -248,10 +282,13 @@ def run_contestant(a, ds: Path, who: str, cap: int, rnd: int, work_root: Path, r
     if epochs:
         e0 = epochs[0]
         rec["val_acc"] = e0.get("val_acc")
+        rec["val_mrr"] = e0.get("val_mrr")
         rec["stage_s"] = {**(e0.get("stage_s") or {}), "verify_s": e0.get("verify_s")}
     read_figures(rec)
     if summary:
         rec["val_acc"] = summary.get("val_acc", rec.get("val_acc"))
+        rec["val_mrr"] = summary.get("val_mrr", rec.get("val_mrr"))
+        rec["best_val_mrr"] = summary.get("best_val_mrr")
     shown = f"{rec['epoch_s']:.1f} s" if rec["epoch_s"] else "-"
     print(f"  {rec['status']}; epoch {shown}{' (extrapolated)' if rec.get('extrapolated') else ''}, max usage "
           f"{fmt_bytes(r.max_usage_bytes)}, peak anon {fmt_bytes(r.peak_stat.get('total_rss'))}, read "
@@ -315,6 +352,7 @@ def summarize(runs: list[dict]) -> dict:
             "finished": all(r["finished"] for r in rs),
             "status": "; ".join(sorted({r["status"] for r in rs})),
             "val_acc": median([r.get("val_acc") for r in rs]),
+            "val_mrr": median([r.get("val_mrr") for r in rs]),
             "read_bytes": median([r.get("read_bytes") for r in rs]),
             "read_amplification": median([r.get("read_amplification") for r in rs]),
             "max_usage_bytes": max(r["run"]["max_usage_bytes"] for r in rs),
@@ -327,6 +365,39 @@ def summarize(runs: list[dict]) -> dict:
             "stage_s": {k: median([(r.get("stage_s") or {}).get(k) for r in rs])
                         for k in ("sample_s", "read_s", "verify_s", "assemble_s", "compute_s")},
         }
+    return out
+
+
+def epoch_amplifications(runs: list[dict], who: str, cap: int) -> list[float]:
+    """The logged read amplification of every epoch of every run of ``who`` at ``cap``."""
+    return [e["read_amplification"] for r in runs if r["contestant"] == who and r["cap_bytes"] == cap
+            for e in r.get("epochs") or [] if e.get("read_amplification") is not None]
+
+
+def link_checks(a, summ: dict, feature_bytes: int, runs: list[dict]) -> dict:
+    """The issue-16 targets of a ``--task link`` run at the main cap (read amplification: the worst epoch)."""
+    cap = a.memory_cap
+    dg = summ.get(f"diskgraph@{cap}")
+    mem = summ.get(f"memory@{UNCAPPED}")
+    out = {f"features >= 4 x the cap ({feature_bytes / cap:.2f}x)": feature_bytes >= 4 * cap}
+    if not dg:
+        out["diskgraph ran"] = False
+        return out
+    e = dg["epoch_s"]
+    out["diskgraph finished inside the cap, no OOM kill"] = dg["finished"] and dg["oom_kills"] == 0
+    if not e:
+        return out
+    if mem and mem["epoch_s"]:
+        out[f"epoch <= {a.ratio_target} x in RAM ({e / mem['epoch_s']:.2f}x)"] = e <= a.ratio_target * mem["epoch_s"]
+        if dg["val_mrr"] is not None and mem["val_mrr"] is not None:
+            d = 100 * (dg["val_mrr"] - mem["val_mrr"])
+            out[f"val MRR within {a.mrr_points} pt of in RAM ({d:+.2f} pt)"] = abs(d) <= a.mrr_points
+    if a.target_epoch_s:
+        out[f"epoch <= {a.target_epoch_s} s ({e:.2f} s)"] = e <= a.target_epoch_s
+    amps = epoch_amplifications(runs, "diskgraph", cap)
+    amp = max(amps) if amps else None
+    out[f"read amplification <= 1.1 in every epoch (worst {amp:.3f})" if amp else "read amplification logged"] = \
+        bool(amp) and amp <= 1.1
     return out
 
 
@@ -380,10 +451,23 @@ def render(rep: dict) -> str:
     lines.append(f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
                  f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
                  f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
-    lines.append(f"model: GraphSAGE (mean), hidden {p['hidden']}, {len(p['fanouts'].split(','))} layers, fanouts "
-                 f"{p['fanouts']}, batch {p['batch_size']}, {p['epochs']} epoch(s), train split "
-                 f"{d['train_nodes']:,} nodes = {rep['pack']['train_minibatches']} minibatches, "
-                 f"{rep['pack']['train_inputs'] / rep['pack']['train_minibatches']:,.0f} input rows each on average")
+    link = p.get("task") == "link"
+    if link:
+        es = d.get("edge_split") or {}
+        per_epoch = rep['pack']['train_minibatches'] // max(1, p['epochs'])
+        lines.append(f"link prediction: edge split {p['edge_split']} over unordered pairs = "
+                     + ", ".join(f"{k} {v:,}" for k, v in (es.get("counts") or {}).items())
+                     + f" supervision edges (the rest stay in the graph only); GraphSAGE (mean) encoder + "
+                     f"{p['decoder']} decoder, hidden {p['hidden']}, fanouts {p['fanouts']}, batch {p['batch_size']} "
+                     f"positive edges, {p['negatives']} negative(s) each; val: {p['eval_negatives']} filtered negatives "
+                     f"per edge, batches of {p['eval_batch_size']}; {p['epochs']} epoch(s) presampled and trained = "
+                     f"{per_epoch} train minibatches per epoch, "
+                     f"{rep['pack']['train_inputs'] / rep['pack']['train_minibatches']:,.0f} input rows each on average")
+    else:
+        lines.append(f"model: GraphSAGE (mean), hidden {p['hidden']}, {len(p['fanouts'].split(','))} layers, fanouts "
+                     f"{p['fanouts']}, batch {p['batch_size']}, {p['epochs']} epoch(s), train split "
+                     f"{d['train_nodes']:,} nodes = {rep['pack']['train_minibatches']} minibatches, "
+                     f"{rep['pack']['train_inputs'] / rep['pack']['train_minibatches']:,.0f} input rows each on average")
     pk = rep["pack"]
     lines.append(f"pack: host tier {fmt_bytes(pk['host_tier_bytes'])} ({pk['host_rows']:,} rows), cold extents "
                  f"{fmt_bytes(pk['cold_bytes'])} (train {fmt_bytes(pk['train_cold_bytes'])}), blow-up {pk['blowup']:.2f}x")
@@ -394,11 +478,15 @@ def render(rep: dict) -> str:
             for k, v in pre.items()) + f"; total {sum(v['wall_s'] for v in pre.values()):.1f} s")
     else:
         lines.append("preprocess: reused (not timed in this run)")
+    q = m.get("wait_quiet")
+    if q:
+        lines.append(f"quiet machine: {'yes' if q['quiet'] else 'NO'} after waiting {q['waited_s']:.0f} s (load "
+                     f"{q['loadavg_1m']:.2f}; other diskgraph jobs: {len(q['other_jobs'])})")
     lines.append(f"rounds: {p['repeat']} (contestants interleaved, order rotated per round); time limit "
                  f"{p['time_limit']:.0f} s per process; medians")
     lines.append("")
     hdr = (f"{'contestant':<44} {'cap':>8} {'epoch s':>8} {'x diskgraph':>11} {'status':<12} {'read':>9} {'amp':>7} "
-           f"{'max usage':>9} {'anon':>9} {'oom':>3} {'val acc':>7}")
+           f"{'max usage':>9} {'anon':>9} {'oom':>3} {'val mrr' if link else 'val acc':>7}")
     lines += [hdr, "-" * len(hdr)]
     summ = rep["summary"]
     dg = summ.get(f"diskgraph@{p['memory_cap']}")
@@ -409,7 +497,8 @@ def render(rep: dict) -> str:
         rel = (s["epoch_s"] / dg["epoch_s"]) if dg and dg["epoch_s"] and s["epoch_s"] else None
         status = "finished" if s["finished"] else ("killed, est." if s["extrapolated"] else "failed")
         amp = f"{s['read_amplification']:.2f}" if s["read_amplification"] is not None else "-"
-        acc = f"{s['val_acc']:.4f}" if s["val_acc"] is not None else "-"
+        metric = s.get("val_mrr") if link else s["val_acc"]
+        acc = f"{metric:.4f}" if metric is not None else "-"
         lines.append(f"{CONTESTANTS[s['contestant']]:<44} {cap:>8} {fmt_s(s['epoch_s'], s['extrapolated']):>8} "
                      f"{(f'{rel:.2f}x' if rel else '-'):>11} {status:<12} {fmt_bytes(s['read_bytes']):>9} {amp:>7} "
                      f"{fmt_bytes(s['max_usage_bytes']):>9} {fmt_bytes(s['peak_anon_bytes']):>9} {s['oom_kills']:>3} "
@@ -430,7 +519,21 @@ def render(rep: dict) -> str:
         if st:
             lines.append(f"stages {s['contestant']}@{'none' if s['cap_bytes'] >= UNCAPPED else fmt_bytes(s['cap_bytes'])}: "
                          + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in st.items())
-                         + f"; per round: {', '.join(fmt_s(v) for v in s['epoch_s_all'])}; {s['status']}")
+                         + f"; per round: {', '.join(fmt_s(v) for v in s['epoch_s_all'])}; {s['status']}"
+                         + (f"; peak shmem {fmt_bytes(s['peak_shmem_bytes'])}, peak RSS {fmt_bytes(s['peak_rss_bytes'])}"
+                            if link else ""))
+    if link:  # every epoch of every run: the figures the README quotes
+        for r in sorted(rep["runs"], key=lambda r: (r["round"], r["contestant"])):
+            eps = r.get("epochs") or []
+            lines.append(f"round {r['round']} {r['contestant']}: " + "; ".join(
+                f"epoch {e['epoch']} {e['epoch_s']:.2f} s"
+                + (f", read {fmt_bytes(e.get('read_bytes'))} / cold needed {fmt_bytes(e.get('cold_bytes_needed'))} = "
+                   f"{e['read_amplification']:.3f}" if e.get("read_amplification") is not None else "")
+                + f", val mrr {e.get('val_mrr', float('nan')):.4f}" for e in eps)
+                + f"; best val mrr {r.get('val_mrr') or float('nan'):.4f}; process wall {r['run']['wall_s']:.1f} s, "
+                  f"read {fmt_bytes(r['run']['read_bytes'])}"
+                + "".join(f"; at {k}: load {v['loadavg'][0]:.2f}, {len(v['other_diskgraph_jobs'])} other diskgraph jobs"
+                          for k, v in (r.get("machine_load") or {}).items()))
     lines.append("")
     chk = rep["checks"]
     lines.append("targets at the main cap: " + "; ".join(f"{k}: {'ok' if v else 'MISSED'}" for k, v in chk.items()))
@@ -515,9 +618,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--host-cache", type=parse_size, default=0, help="diskgraph's host tier (default: 0)")
     t.add_argument("--queue-depth", type=int, default=2)
     t.add_argument("--name", default="h2h", help="plan and pack name (default: h2h)")
+    lk = p.add_argument_group("link prediction (--task link, issue 16)")
+    lk.add_argument("--task", choices=("node", "link"), default="node",
+                    help="node classification (default) or link prediction: import with --edge-split --undirected, "
+                         "sample --task link, train --task link --decoder")
+    lk.add_argument("--edge-split", default="random:0.0025,0.0001,0.00001",
+                    help="--edge-split of the import (train, val, test supervision fractions of the unordered pairs; "
+                         "they may sum to less than 1: the rest stay in the graph only) "
+                         "(default: random:0.0025,0.0001,0.00001)")
+    lk.add_argument("--negatives", type=int, default=1, help="negatives per positive training edge (default: 1)")
+    lk.add_argument("--eval-negatives", type=int, default=20,
+                    help="filtered negatives per val edge (default: 20)")
+    lk.add_argument("--eval-batch-size", type=int, default=64,
+                    help="positive val edges per evaluation minibatch (default: 64: each has up to "
+                         "B x (2 + eval negatives) seeds)")
+    lk.add_argument("--decoder", default="dot", choices=("dot", "distmult", "mlp"), help="(default: dot)")
     r = p.add_argument_group("runs")
-    r.add_argument("--contestants", default="diskgraph,memory,mmap,mmap-random,pyg",
-                   help="comma-separated subset of " + ", ".join(CONTESTANTS))
+    r.add_argument("--contestants", default=None,
+                   help="comma-separated subset of " + ", ".join(CONTESTANTS) + " (default: diskgraph,memory,mmap,"
+                        "mmap-random,pyg; with --task link: diskgraph,memory)")
     r.add_argument("--memory-cap", type=parse_size, default=1 * GiB, help="the cap (default: 1G)")
     r.add_argument("--sweep-caps", default="", help="more caps for the capped contestants, one round each (the plot)")
     r.add_argument("--repeat", type=int, default=1, help="rounds at the main cap (medians)")
@@ -528,12 +647,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stage-timeout", type=float, default=3600, help="limit of a preprocessing stage (s)")
     r.add_argument("--memory-budget", type=parse_size, default=256 * MiB, help="--memory-budget of import and pack")
     r.add_argument("--reuse-preprocess", action="store_true", help="keep an existing dataset, plan and pack")
+    r.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="before anything runs, wait up to SECONDS (polling every 30 s) until no other `diskgraph "
+                        "train|preprocess` process runs and the 1-minute load average is below 1.0; the report records "
+                        "whether it got quiet (default: 0, do not wait)")
     r.add_argument("--min-free", type=parse_size, default=10 * GiB, help="refuse when the disk would keep less free")
     k = p.add_argument_group("targets")
     k.add_argument("--ratio-target", type=float, default=1.3, help="diskgraph epoch ÷ in-RAM epoch (default: 1.3)")
-    k.add_argument("--target-epoch-s", type=float, default=15.5, help="diskgraph epoch seconds (default: 15.5)")
+    k.add_argument("--target-epoch-s", type=float, default=None,
+                   help="diskgraph epoch seconds (default: 15.5 for --task node; none for --task link)")
     k.add_argument("--speedup-target", type=float, default=5.0, help="mmap-random epoch ÷ diskgraph epoch (default: 5)")
     k.add_argument("--acc-points", type=float, default=0.5, help="val accuracy difference to in RAM, points")
+    k.add_argument("--mrr-points", type=float, default=1.0,
+                   help="--task link: val MRR difference to in RAM, points (default: 1.0)")
     o = p.add_argument_group("files")
     o.add_argument("--cache-dir", type=Path, default=REPO / "bench-data" / "h2h", help="data directory (gitignored)")
     o.add_argument("--regenerate", action="store_true")
@@ -551,12 +677,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def other_diskgraph_jobs() -> list[str]:
+    """Command lines of `diskgraph train|preprocess` processes that are not ours (not our descendants)."""
+    ours = {os.getpid()}
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, IndexError, ValueError):
+            continue
+        procs[int(d.name)] = (ppid, cmd)
+    out = []
+    for pid, (ppid, cmd) in procs.items():
+        words = cmd.split()
+        is_job = any(w.endswith("diskgraph") or w == "diskgraph" for w in words) and \
+            any(w in ("train", "preprocess") for w in words)
+        if not is_job:
+            continue
+        anc, seen = ppid, 0
+        while anc and anc not in ours and anc in procs and seen < 64:
+            anc, seen = procs[anc][0], seen + 1
+        if anc not in ours:
+            out.append(f"{pid} {cmd[:160]}")
+    return out
+
+
+def wait_quiet(limit_s: float, load_max: float = 1.0, poll_s: float = 30.0) -> dict:
+    """Poll until no other diskgraph train/preprocess runs and the load average is below ``load_max``."""
+    t0 = time.time()
+    polls = 0
+    while True:
+        others, load = other_diskgraph_jobs(), os.getloadavg()[0]
+        polls += 1
+        quiet = not others and load < load_max
+        if quiet or time.time() - t0 >= limit_s:
+            rec = {"quiet": quiet, "waited_s": round(time.time() - t0, 1), "polls": polls, "loadavg_1m": load,
+                   "other_jobs": others}
+            print(f"machine {'quiet' if quiet else 'NOT quiet'} after {rec['waited_s']:.0f} s (load {load:.2f}, "
+                  f"{len(others)} other diskgraph jobs)", flush=True)
+            return rec
+        print(f"waiting for a quiet machine: load {load:.2f}, {len(others)} other diskgraph jobs", flush=True)
+        time.sleep(poll_s)
+
+
+def task_defaults(a) -> None:
+    """Fill the options whose default depends on --task (the node defaults are those of issue 5)."""
+    if a.contestants is None:
+        a.contestants = "diskgraph,memory" if a.task == "link" else "diskgraph,memory,mmap,mmap-random,pyg"
+    if a.target_epoch_s is None and a.task == "node":
+        a.target_epoch_s = 15.5
+
+
 def finish_report(a, rep: dict) -> int:
     """Summaries, targets, table, JSON and plot of a report whose runs are complete."""
     for r in rep["runs"]:
         read_figures(r)
     rep["summary"] = summarize(rep["runs"])
-    rep["checks"] = checks(a, rep["summary"])
+    rep["checks"] = (link_checks(a, rep["summary"], rep["dataset"]["feature_bytes"], rep["runs"])
+                     if rep["params"].get("task") == "link" else checks(a, rep["summary"]))
     write_outputs(render(rep), rep, a.txt, a.json)
     if a.plot:
         plot(rep, a.plot)
@@ -569,6 +750,8 @@ def render_report(a) -> int:
         print(f"head_to_head: {a.render} is not a head_to_head report", file=sys.stderr)
         return 2
     a.memory_cap = rep["params"]["memory_cap"]
+    a.task = rep["params"].get("task", "node")
+    task_defaults(a)
     return finish_report(a, rep)
 
 
@@ -581,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.render:
         return render_report(a)
+    task_defaults(a)
     wanted = [c.strip() for c in a.contestants.split(",") if c.strip()]
     bad = [c for c in wanted if c not in CONTESTANTS]
     if bad:
@@ -601,13 +785,18 @@ def main(argv: list[str] | None = None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     tag = f"n{a.nodes}-e{a.edges}-f{a.feature_dim}-c{a.classes}-s{a.seed}"
     raw, ds = cache / f"raw-{tag}", cache / f"syn-{tag}"
+    if a.task == "link":  # its own dataset: the edge split changes the stored topology
+        ds = cache / f"link-{tag}-{a.edge_split.replace(':', '-').replace(',', '_')}"
     feature_bytes = a.nodes * a.feature_dim * 4
     need = 0 if a.reuse_preprocess else (2 * feature_bytes + 40 * a.edges)
     if shutil.disk_usage(cache).free - need < a.min_free:
         print(f"head_to_head: {cache} has {fmt_bytes(shutil.disk_usage(cache).free)} free; the run needs about "
               f"{fmt_bytes(need)} plus the pack and would leave less than --min-free", file=sys.stderr)
         return 2
+    quiet = wait_quiet(a.wait_quiet) if a.wait_quiet > 0 else None
     machine = cgroup.machine_facts([cache])
+    if quiet is not None:
+        machine["wait_quiet"] = quiet
     machine["cgroup_parent"] = str(parent)
     machine["loadavg_start"] = os.getloadavg()
     t0 = time.time()
@@ -633,7 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         merged = read_json(a.merge)
         same = ("nodes", "edges", "feature_dim", "classes", "seed", "split", "fanouts", "batch_size", "hidden", "epochs",
                 "train_seed", "host_cache", "queue_depth", "memory_cap")
-        diff = [k for k in same if merged.get("params", {}).get(k) != getattr(a, k)]
+        if a.task == "link":
+            same += ("task", "edge_split", "negatives", "eval_negatives", "eval_batch_size", "decoder")
+        diff = [k for k in same if merged.get("params", {}).get(k, "node" if k == "task" else None) != getattr(a, k)]
         if merged.get("bench") != "head_to_head" or diff:
             print(f"head_to_head: --merge {a.merge} is not a head_to_head report of the same setup "
                   f"({', '.join(diff) or 'not a report'} differ)", file=sys.stderr)
@@ -666,10 +857,15 @@ def main(argv: list[str] | None = None) -> int:
                    "queue_depth": a.queue_depth, "memory_cap": a.memory_cap,
                    "sweep_caps": sorted(set(sweep) | set((merged or {}).get("params", {}).get("sweep_caps", []))),
                    "repeat": a.repeat + ((merged or {}).get("params", {}).get("repeat", 0)),
-                   "time_limit": a.time_limit, "memory_budget": a.memory_budget},
+                   "time_limit": a.time_limit, "memory_budget": a.memory_budget,
+                   **({"task": "link", "edge_split": a.edge_split, "negatives": a.negatives,
+                       "eval_negatives": a.eval_negatives, "eval_batch_size": a.eval_batch_size, "decoder": a.decoder}
+                      if a.task == "link" else {})},
         "dataset": {"path": str(ds), "num_nodes": dm.get("num_nodes"), "num_edges": dm.get("num_edges"),
-                    "feature_bytes": dso.features.nbytes, "train_nodes": len(dso.splits["train"]),
-                    "val_nodes": len(dso.splits["val"]) if "val" in dso.splits else 0},
+                    "feature_bytes": dso.features.nbytes,
+                    **({"edge_split": dm.get("edge_split")} if a.task == "link" else
+                       {"train_nodes": len(dso.splits["train"]),
+                        "val_nodes": len(dso.splits["val"]) if "val" in dso.splits else 0})},
         "machine": machine,
         "git": git_state(),
         "commands": {"bench": shlex.join([sys.executable, *sys.argv]), "contestants": commands,
