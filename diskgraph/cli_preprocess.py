@@ -334,6 +334,19 @@ def run_sample(args: argparse.Namespace) -> int:
 
 # -- pack ------------------------------------------------------------------------------------------
 
+def max_blowup(text: str) -> float | None:
+    """``--max-blowup``: a number >= 0, or ``inf``/``none`` (no bound: None)."""
+    if text.strip().lower() in ("inf", "none", "infinity", "unbounded"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; pass a number >= 0, or inf for no bound") from None
+    if value != value or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0; pass a number >= 0, or inf for no bound")
+    return None if value == float("inf") else value
+
+
 def add_pack_options(p: argparse.ArgumentParser, with_budget: bool = True) -> None:
     """The options of `preprocess pack` (also part of `preprocess all`)."""
     g = p.add_argument_group("packing")
@@ -341,8 +354,11 @@ def add_pack_options(p: argparse.ArgumentParser, with_budget: bool = True) -> No
                    help="bytes of the most-read feature rows to keep in GPU memory (default: 0)")
     g.add_argument("--host-cache", type=parse_bytes, default=0, metavar="SIZE",
                    help="bytes of the next most-read rows to keep in pinned host memory (default: 0)")
-    g.add_argument("--max-blowup", type=float, default=10.0,
-                   help="warn when packed bytes / feature-table bytes exceeds this (default: 10)")
+    g.add_argument("--max-blowup", type=max_blowup, default=10.0, metavar="B",
+                   help="bound the packed cold extents to B x the feature table's bytes (a number >= 0, or inf/none "
+                        "for no bound; default: 10). Cold rows over the budget are not packed: training reads them "
+                        "from the dataset's feature table (rows sharing a 4 KiB page of it with other rows of their "
+                        "minibatch first); 0 packs none")
     if with_budget:
         g.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
                        help="bytes packing may hold; sizes the slices of the feature table read at a time "
@@ -505,7 +521,8 @@ def _pack_stage(args: argparse.Namespace, dataset: Path, plan: Path) -> Path:
 
     out = pack_path(dataset, plan.name)
     if os.path.lexists(out):
-        diff = pack_difference(out, open_dataset(dataset), plan, gpu_cache=args.gpu_cache, host_cache=args.host_cache)
+        diff = pack_difference(out, open_dataset(dataset), plan, gpu_cache=args.gpu_cache, host_cache=args.host_cache,
+                               max_blowup=args.max_blowup)
         if _stage_kept("pack", out, diff, args, "pack"):
             return out
     return pack_from_args(args, dataset, str(plan), sampled=True)

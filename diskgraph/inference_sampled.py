@@ -199,7 +199,7 @@ def run_sampled(ds, model, nodes: np.ndarray, *, layer: int, fanouts: list[int],
         loader.close()
     if not order.done():
         raise RuntimeError(f"the loader ended after {stats['minibatches']} of {order.num_minibatches} minibatches")
-    cold_bytes = int(loaded.get("rows_cold", 0)) * row_bytes
+    cold_bytes = (int(loaded.get("rows_cold", 0)) + int(loaded.get("rows_table", 0))) * row_bytes
     stats["read_amplification"] = stats["read_bytes"] / cold_bytes if cold_bytes else None
     stats["peak_rss_bytes"] = peak_rss_bytes()
     stats["seconds"] = time.perf_counter() - t_start

@@ -88,6 +88,10 @@ def run_pack(dataset: str | os.PathLike, *, plan: str = DEFAULT_NAME, name: str 
              overwrite: bool = False, shard: tuple[int, int] | None = None) -> Path:
     """Choose hot sets from the plan's access counts and pack ``dataset``'s features into ``DATASET/packs/NAME``.
 
+    ``max_blowup`` bounds the extents' padded bytes to that multiple of the feature table's (None or ``inf``:
+    unbounded); the cold rows over it are read from the dataset's feature table at training time (see
+    :func:`~diskgraph.store.packer.pack_features`).
+
     ``shard=(R, W)`` packs share R of W: plan ``PLAN.rankR-of-W`` into ``packs/NAME.rankR-of-W`` (its hot tiers
     are chosen from that share's counts).
     """
@@ -182,11 +186,13 @@ def plan_difference(plan_dir: str | os.PathLike, ds, *, fanouts: list[int], batc
 
 
 def pack_difference(pack_dir: str | os.PathLike, ds, plan_dir: str | os.PathLike, *, gpu_cache: int = 0,
-                    host_cache: int = 0) -> str | None:
+                    host_cache: int = 0, max_blowup: float | None = 10.0) -> str | None:
     """Why the pack at ``pack_dir`` is not the one :func:`run_pack` would make of dataset ``ds`` and the plan at
-    ``plan_dir`` with these cache sizes (a phrase naming the option and both values), or None when it is."""
+    ``plan_dir`` with these cache sizes and ``max_blowup`` bound (a phrase naming the option and both values), or
+    None when it is."""
     from .store.binding import pack_problem
     from .store.packed import open_pack
+    from .store.packer import normalize_max_blowup
     from .store.plan import open_plan
 
     try:
@@ -201,6 +207,12 @@ def pack_difference(pack_dir: str | os.PathLike, ds, plan_dir: str | os.PathLike
                                    ("--host-cache", "host_cache_bytes", host_cache)):
             if int(m.get(key, -1)) != int(value):
                 return f"{option} {m.get(key)} there, {value} in this run"
+        want = normalize_max_blowup(max_blowup)
+        # a pack from before the bound was enforced (format version 2) bounded nothing
+        there = m.get("max_blowup") if pack.format_version >= 3 else None
+        if (None if there is None else float(there)) != want:
+            return (f"--max-blowup {'inf' if there is None else there} there, {'inf' if want is None else want} "
+                    "in this run")
     finally:
         pack.close()
     return None
@@ -243,5 +255,6 @@ def _plan_summary(m: dict, path: Path) -> dict:
 
 def _pack_summary(m: dict, path: Path) -> dict:
     keys = ("plan", "gpu_cache_bytes", "host_cache_bytes", "tiers", "splits", "packed_bytes", "cold_bytes",
-            "tier_bytes", "blowup", "feature_bytes", "alignment", "seconds", "config")
+            "tier_bytes", "blowup", "max_blowup", "table_rows", "table_page_reads", "feature_bytes", "alignment",
+            "seconds", "config")
     return {"path": str(path), "created_at": m.get("created_at"), **{k: m[k] for k in keys if k in m}}

@@ -88,9 +88,11 @@ def epoch_record(trainer, eval_s: float, eval_read_bytes: int, eval_metrics: dic
     if s.get("sample_busy_s"):
         stage["sample_s"] = float(s["sample_busy_s"])  # the in-memory reference samples online
     slowest = max(stage.values())
-    rows = {t: int(s.get(f"rows_{t}", 0)) for t in ("gpu", "host", "cold")}
+    rows = {t: int(s.get(f"rows_{t}", 0)) for t in ("gpu", "host", "cold", "table")}
+    if not rows["table"]:
+        del rows["table"]  # (a pack without table rows: the record keeps its three tiers)
     all_rows = sum(rows.values())
-    cold_bytes = rows["cold"] * trainer.row_bytes
+    cold_bytes = (rows["cold"] + rows.get("table", 0)) * trainer.row_bytes  # what had to come from disk
     memory = _memory(trainer.device) if ranks is None else {k: max(r[k] for r in ranks) for k in _memory(trainer.device)}
     rec = {
         "epoch": trainer.epoch,

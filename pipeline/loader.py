@@ -57,8 +57,9 @@ Every batch carries ``stats`` (seconds unless noted):
 ``assemble_input_wait_s``        assemble stage waiting for a read minibatch
 ``assemble_buffer_wait_s``       assemble stage waiting for a free ``x`` buffer (consumer behind)
 ``consumer_wait_s``              consumer waiting for an assembled batch
-``bytes_read``                   bytes read from disk (the padded extent)
-``rows_gpu/rows_host/rows_cold`` input rows served by each tier; ``inputs``, ``seeds``
+``bytes_read``                   bytes read from disk (the padded extent, and the pages of the table rows' runs)
+``rows_gpu/rows_host/rows_cold`` input rows served by each tier (``rows_table``: read from the feature table, in a
+                                 pack bounded by ``--max-blowup``); ``inputs``, ``seeds``
 ================================ =============================================================
 
 and :meth:`PackedLoader.epoch_stats` sums them per epoch, with hit rates,
@@ -84,13 +85,13 @@ from .read_stage import Staged, max_inputs, read_minibatches
 from .schedule import epoch_order
 from .stages import END, Stage, StageRun, device_context, now, overlap_stats
 from .staging import OutBuffer, OutPool, grown
-from .tiers import ColdExtentTier, FeatureTier, split_positions, tier_positions
+from .tiers import ColdExtentTier, FeatureTier, TableTier, split_positions, tier_positions
 
 READ_THREAD = "diskgraph-read"
 ASSEMBLE_THREAD = "diskgraph-assemble"
 
 STAT_KEYS = ("read_s", "io_s", "verify_s", "assemble_s", "read_buffer_wait_s", "assemble_input_wait_s", "assemble_buffer_wait_s",
-             "consumer_wait_s", "bytes_read", "rows_gpu", "rows_host", "rows_cold", "inputs", "seeds")
+             "consumer_wait_s", "bytes_read", "rows_gpu", "rows_host", "rows_cold", "rows_table", "inputs", "seeds")
 """Keys of ``Batch.stats``."""
 
 __all__ = ["PackedLoader", "STAT_KEYS", "max_inputs", "tier_positions"]
@@ -162,6 +163,11 @@ class PackedLoader:
         self.max_inputs = max_inputs(self.pack, split)
         self.cold = ColdExtentTier(self.pack, split, self.device, direct=self.direct, ring=self.ring_size)
         self.tiers: list[FeatureTier] = [self.cache.gpu, self.cache.host, self.cold]
+        self.table: TableTier | None = None
+        if self.pack.max_table_rows(split):  # a bounded pack left rows of this split in the feature table
+            self.table = TableTier(self.pack, split, self.device, self.dataset.path / "features", direct=self.direct,
+                                   ring=self.ring_size)
+            self.tiers.append(self.table)
         """Every source of input rows, each a :class:`~diskgraph.pipeline.tiers.FeatureTier`."""
         self._pool = OutPool(self.queue_depth + 2 if self.reuse_buffers else 0, self.feature_dim, self.device,
                              self.max_inputs)
@@ -234,7 +240,8 @@ class PackedLoader:
         run.totals["read"].update(io_s=0.0, verify_s=0.0, buffer_wait_s=0.0, bytes=0)
         run.totals["assemble"]["buffer_wait_s"] = 0.0
         use = run.totals["consume"] = dict.fromkeys(("compute_s", "wait_s", "minibatches", "inputs", "seeds",
-                                                     "rows_gpu", "rows_host", "rows_cold", "bytes_read"), 0)
+                                                     "rows_gpu", "rows_host", "rows_cold", "rows_table",
+                                                     "bytes_read"), 0)
         self._active = run
         held: OutBuffer | None = None
         try:
@@ -261,7 +268,7 @@ class PackedLoader:
                 s = batch.stats
                 s["consumer_wait_s"] = wait
                 use["minibatches"] += 1
-                for k in ("inputs", "seeds", "rows_gpu", "rows_host", "rows_cold", "bytes_read"):
+                for k in ("inputs", "seeds", "rows_gpu", "rows_host", "rows_cold", "rows_table", "bytes_read"):
                     use[k] += s[k]
                 t1 = now()
                 yield batch
@@ -281,6 +288,8 @@ class PackedLoader:
         microseconds, and the train, val and test loaders then do not each hold theirs at the same time. (On CUDA
         they stay: page-locking them again would cost more.)"""
         self.cold.free_buffers()
+        if self.table is not None:
+            self.table.free_buffers()
         self._pool.drop()
         self._raw = None
 
@@ -369,9 +378,11 @@ class PackedLoader:
             "minibatches_assembled": int(a["minibatches"]),
             "inputs": int(inputs), "seeds": int(u["seeds"]),
             "rows_gpu": int(u["rows_gpu"]), "rows_host": int(u["rows_host"]), "rows_cold": int(u["rows_cold"]),
+            "rows_table": int(u["rows_table"]),
             "gpu_hit_rate": u["rows_gpu"] / inputs if inputs else 0.0,
             "host_hit_rate": u["rows_host"] / inputs if inputs else 0.0,
             "cold_rate": u["rows_cold"] / inputs if inputs else 0.0,
+            "table_rate": u["rows_table"] / inputs if inputs else 0.0,
             "minibatches_per_s": u["minibatches"] / epoch_s if epoch_s > 0 else 0.0,
             "read_gb_per_s": r["bytes"] / epoch_s / 1e9 if epoch_s > 0 else 0.0,
             **overlap_stats(epoch_s, stages),
@@ -381,7 +392,8 @@ class PackedLoader:
         """The loader's configuration and its tiers (JSON-ready)."""
         return {"split": self.split, "device": str(self.device), "queue_depth": self.queue_depth,
                 "ring": self.ring_size, "direct": self.direct, "staging_bytes": self.cold.ring.allocated_bytes,
-                "cache": self.cache.describe(), "cold": self.cold.describe()}
+                "cache": self.cache.describe(), "cold": self.cold.describe(),
+                **({"table": self.table.describe()} if self.table is not None else {})}
 
     def close(self) -> None:
         """Stop a running epoch and free the staging ring and buffers (and the cache and pack it opened)."""
@@ -389,6 +401,8 @@ class PackedLoader:
             self._active.shutdown()
             self._active = None
         self.cold.close()
+        if self.table is not None:
+            self.table.close()
         self._pool = OutPool(0, self.feature_dim, self.device, 0)
         self._raw = None
         if self._own_cache:

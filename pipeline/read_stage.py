@@ -88,11 +88,11 @@ def read_minibatches(loader, run: StageRun, order: np.ndarray, start: int):
             blocks = [b.pin_memory() for b in blocks]
             y, idx_t = y.pin_memory(), idx_t.pin_memory()
         busy += io + verify + (now() - t3)
+        read = sum(int(getattr(part, "bytes_read", 0)) for part in staged.values() if part is not None)
         stats = {"read_s": busy, "io_s": io, "verify_s": verify, "read_buffer_wait_s": wait_buf,
-                 "bytes_read": int(e.padded_nbytes),
-                 "rows_gpu": counts[0], "rows_host": counts[1], "rows_cold": counts[2],
-                 "inputs": int(e.num_inputs), "seeds": int(y.shape[0])}
+                 "bytes_read": read, "rows_gpu": counts[0], "rows_host": counts[1], "rows_cold": counts[2],
+                 "rows_table": counts[3], "inputs": int(e.num_inputs), "seeds": int(y.shape[0])}
         for k, v in (("busy_s", busy), ("io_s", io), ("verify_s", verify), ("buffer_wait_s", wait_buf),
-                     ("bytes", int(e.padded_nbytes))):
+                     ("bytes", read)):
             tot[k] += v
         yield Staged(pos, i, mb.input_nodes, blocks, y, idx_t, counts, staged, stats)

@@ -2,7 +2,8 @@
 
 A pack's index gives every input row of a minibatch a tier code and a slot (:mod:`diskgraph.store.packed`):
 ``GPU`` (2) and ``HOST`` (1) rows are slots of the pack's hot tiers, ``COLD`` (0) rows are rows of the minibatch's
-own packed extent. Each tier implements :class:`FeatureTier`, split the way the loader's stages are:
+own packed extent, ``TABLE`` (3) rows — in a pack bounded by ``--max-blowup`` — rows the packer left in the dataset's
+feature table. Each tier implements :class:`FeatureTier`, split the way the loader's stages are:
 
 * :meth:`FeatureTier.stage` — in the **read** thread: fetch what the minibatch needs from this tier that is not
   resident yet (the cold tier: read its extent, check it; the hot tiers: nothing);
@@ -21,6 +22,9 @@ Implementations:
   :class:`ExtentReader` (today's ``O_DIRECT`` :class:`~diskgraph.store.direct_io.DirectReader`) into a
   :class:`~diskgraph.pipeline.staging.StagingRing` slot, checked against its checksum, copied up (CUDA) and scattered
   as a whole.
+* :class:`TableTier` (``table``): the minibatch's unpacked rows, read from the feature table's chunk files in
+  coalesced aligned page runs (:class:`~diskgraph.store.table_reader.FeatureTableReader`) into a staging slot,
+  checked against the pack's checksum of those rows, then handled as the cold tier handles an extent.
 
 Every tier passes one conformance class (``tests/pipeline/tier_conformance.py``): rows bit-exact against
 ``features[nodes]``, every storage dtype, minibatches with no row of the tier, close and reopen. Rows stay in the
@@ -40,8 +44,9 @@ import torch
 
 from ..store.direct_io import ALIGNMENT, aligned_empty, round_up
 from ..store.errors import FormatError, InputError
-from ..store.packed import COLD, GPU, HOST, Pack, PackEntry
+from ..store.packed import COLD, GPU, HOST, TABLE, Pack, PackEntry
 from ..store.progress import log
+from ..store.table_reader import FeatureTableReader
 from .staging import Slot, StagingRing
 from .uva import RegisteredHostTensor, UVAError
 
@@ -71,44 +76,55 @@ def storage_tensor(rows: np.ndarray, dtype: str) -> torch.Tensor:
     return torch.from_numpy(rows)
 
 
-def tier_positions(entry: PackEntry) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """The gather/scatter indices of one minibatch, computed once from its tier and slot arrays.
-
-    Returns ``(idx, (n_gpu, n_host, n_cold))`` where ``idx`` (int64) concatenates
-    ``pos_gpu, slot_gpu, pos_host, slot_host, cold_to_position``: ``x[pos_t] = tier_t[slot_t]``,
-    and extent row ``j`` goes to ``x[cold_to_position[j]]`` (the extent is scattered as a whole).
+def _to_position(entry: PackEntry, tier: np.ndarray, slot: np.ndarray, code: int, count: int, what: str) -> np.ndarray:
+    """``to_pos`` (int64 [count]) of a tier whose rows arrive as a whole, in slot order: row ``j`` → ``x[to_pos[j]]``.
 
     Raises:
-        FormatError: the cold slots are not a permutation of the extent's rows.
+        FormatError: the tier's slots are not a permutation of ``0..count-1``.
+    """
+    pos = np.flatnonzero(tier == code)
+    n = pos.shape[0]
+    where = f"pack index row of minibatch ({entry.epoch}, {entry.batch})"
+    if n != count:
+        raise FormatError(f"{where} has {n} {what} inputs but {count} {what} rows; the pack is damaged, pack the plan "
+                          "again")
+    to_pos = np.full(n, -1, dtype=np.int64)
+    if n:
+        s = slot[pos]
+        if s.min() < 0 or s.max() >= n:
+            raise FormatError(f"{where} names {what} rows outside 0..{n - 1}; the pack is damaged, pack the plan again")
+        to_pos[s] = pos
+        if to_pos.min() < 0:
+            raise FormatError(f"{where} names a {what} row twice; the pack is damaged, pack the plan again")
+    return to_pos
+
+
+def tier_positions(entry: PackEntry) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The gather/scatter indices of one minibatch, computed once from its tier and slot arrays.
+
+    Returns ``(idx, (n_gpu, n_host, n_cold, n_table))`` where ``idx`` (int64) concatenates
+    ``pos_gpu, slot_gpu, pos_host, slot_host, cold_to_position, table_to_position``: ``x[pos_t] = tier_t[slot_t]``,
+    extent row ``j`` goes to ``x[cold_to_position[j]]`` (the extent is scattered as a whole) and table row ``j``
+    (``table_nodes[j]``) to ``x[table_to_position[j]]``.
+
+    Raises:
+        FormatError: the cold (table) slots are not a permutation of the extent's (table's) rows.
     """
     tier, slot = entry.tier, entry.slot
     pos_g = np.flatnonzero(tier == GPU)
     pos_h = np.flatnonzero(tier == HOST)
-    pos_c = np.flatnonzero(tier == COLD)
-    n_c = pos_c.shape[0]
-    if n_c != entry.n_cold:
-        raise FormatError(f"pack index row of minibatch ({entry.epoch}, {entry.batch}) has {n_c} cold inputs but an "
-                          f"extent of {entry.n_cold} rows; the pack is damaged, pack the plan again")
-    to_pos = np.full(n_c, -1, dtype=np.int64)
-    if n_c:
-        cs = slot[pos_c]
-        if cs.min() < 0 or cs.max() >= n_c:
-            raise FormatError(f"pack index row of minibatch ({entry.epoch}, {entry.batch}) names extent rows outside "
-                              f"0..{n_c - 1}; the pack is damaged, pack the plan again")
-        to_pos[cs] = pos_c
-        if n_c and to_pos.min() < 0:
-            raise FormatError(f"pack index row of minibatch ({entry.epoch}, {entry.batch}) names an extent row twice; "
-                              "the pack is damaged, pack the plan again")
-    idx = np.concatenate([pos_g, slot[pos_g], pos_h, slot[pos_h], to_pos]).astype(np.int64, copy=False)
-    return idx, (int(pos_g.shape[0]), int(pos_h.shape[0]), int(n_c))
+    cold = _to_position(entry, tier, slot, COLD, int(entry.n_cold), "extent")
+    table = _to_position(entry, tier, slot, TABLE, int(getattr(entry, "n_table", 0)), "table")
+    idx = np.concatenate([pos_g, slot[pos_g], pos_h, slot[pos_h], cold, table]).astype(np.int64, copy=False)
+    return idx, (int(pos_g.shape[0]), int(pos_h.shape[0]), int(cold.shape[0]), int(table.shape[0]))
 
 
-def split_positions(idx: torch.Tensor, counts: tuple[int, int, int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def split_positions(idx: torch.Tensor, counts: tuple[int, int, int, int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``{tier code: (positions in x, slots)}`` from :func:`tier_positions`' ``idx`` (a tensor, on any device); the
-    cold tier's slots are its extent rows in order (``positions`` is ``cold_to_position``)."""
-    ng, nh, nc = counts
-    pos_g, slot_g, pos_h, slot_h, cold_pos = torch.split(idx, [ng, ng, nh, nh, nc])
-    return {GPU: (pos_g, slot_g), HOST: (pos_h, slot_h), COLD: (cold_pos, cold_pos)}
+    cold and table tiers' slots are their rows in order (``positions`` is ``cold_to_position``/``table_to_position``)."""
+    ng, nh, nc, nt = counts
+    pos_g, slot_g, pos_h, slot_h, cold_pos, table_pos = torch.split(idx, [ng, ng, nh, nh, nc, nt])
+    return {GPU: (pos_g, slot_g), HOST: (pos_h, slot_h), COLD: (cold_pos, cold_pos), TABLE: (table_pos, table_pos)}
 
 
 class FeatureTier:
@@ -279,7 +295,9 @@ class ExtentReader(Protocol):
 
 @dataclass
 class StagedExtent:
-    """A cold extent in a staging slot: its payload bytes and how long reading and checking took (seconds)."""
+    """Rows staged in a slot (a cold extent, or a minibatch's table rows): their payload bytes, the bytes read from
+    disk for them (``bytes_read``: the padded extent, or every page of the table runs) and how long reading and
+    checking took (seconds)."""
 
     slot: Slot
     nbytes: int
@@ -287,6 +305,7 @@ class StagedExtent:
     wait_s: float = 0.0
     io_s: float = 0.0
     verify_s: float = 0.0
+    bytes_read: int = 0
 
 
 class ColdExtentTier(FeatureTier):
@@ -322,23 +341,32 @@ class ColdExtentTier(FeatureTier):
     def stage(self, split: str, index: int, entry: PackEntry, stop=None) -> StagedExtent | None:
         if not entry.padded_nbytes:
             return None
-        if split != self.split:
-            raise InputError(f"the cold tier of split {self.split} was asked for a minibatch of {split}")
-        t0 = time.perf_counter()
-        slot = None
-        while slot is None:
-            if stop is not None and stop.is_set():
-                return None
-            try:
-                slot = self.ring.free_slots.get(timeout=0.05)
-            except queue.Empty:
-                slot = None
-        slot.wait_copied()  # the GPU has finished reading its previous extent
+        slot, waited = self._free_slot(split, stop)
+        if slot is None:
+            return None
         t1 = time.perf_counter()
         self.reader.read_into(entry.offset, entry.padded_nbytes, slot.array)
         t2 = time.perf_counter()
         self.pack.check_extent(split, index, entry, slot.array)
-        return StagedExtent(slot, int(entry.nbytes), int(entry.n_cold), t1 - t0, t2 - t1, time.perf_counter() - t2)
+        return StagedExtent(slot, int(entry.nbytes), int(entry.n_cold), waited, t2 - t1, time.perf_counter() - t2,
+                            int(entry.padded_nbytes))
+
+    def _free_slot(self, split: str, stop) -> tuple[Slot | None, float]:
+        """A staging slot free for the next minibatch of ``split`` (None once ``stop`` is set) and the seconds waited
+        for it."""
+        if split != self.split:
+            raise InputError(f"the {self.name} tier of split {self.split} was asked for a minibatch of {split}")
+        t0 = time.perf_counter()
+        slot = None
+        while slot is None:
+            if stop is not None and stop.is_set():
+                return None, time.perf_counter() - t0
+            try:
+                slot = self.ring.free_slots.get(timeout=0.05)
+            except queue.Empty:
+                slot = None
+        slot.wait_copied()  # the GPU has finished reading what the slot held before
+        return slot, time.perf_counter() - t0
 
     def _rows(self, staged: StagedExtent) -> torch.Tensor:
         """The staged extent's rows ``[n, F]`` on the device (one non-blocking copy up on CUDA)."""
@@ -386,3 +414,60 @@ class ColdExtentTier(FeatureTier):
     def describe(self) -> dict:
         return {"rows": 0, "bytes": 0, "mode": self.mode, "device": str(self.device),
                 "staging_bytes": self.ring.allocated_bytes, "max_extent_bytes": self.max_extent}
+
+
+class TableTier(ColdExtentTier):
+    """The rows a bounded pack left in the dataset's feature table (``table_nodes`` of each minibatch), read in the
+    read stage with coalesced aligned page runs, checked against the pack's checksum of those rows, and scattered as
+    a whole like an extent.
+
+    Args:
+        pack: the open pack (the largest number of table rows of a minibatch, the rows' checksums).
+        split: the split whose minibatches it reads.
+        device: the compute device.
+        features: the dataset's feature table directory (``DATASET/features``).
+        reader: the :class:`~diskgraph.store.table_reader.FeatureTableReader` (default: one opened on ``features``,
+            closed with the tier).
+        direct: read with ``O_DIRECT`` (the default reader).
+        ring: staging buffers.
+    """
+
+    name = "table"
+    code = TABLE
+
+    def __init__(self, pack: Pack, split: str, device: torch.device, features, *,
+                 reader: FeatureTableReader | None = None, direct: bool = True, ring: int = 4):
+        FeatureTier.__init__(self, pack.feature_dim, torch_dtype(pack.dtype), device)
+        self.mode = "table"
+        self.pack, self.split = pack, split
+        self._own_reader = reader is None
+        self.reader = reader if reader is not None else FeatureTableReader(features, direct=direct)
+        if self.reader.row_bytes != pack.row_bytes:
+            raise FormatError(f"feature table {features} holds rows of {self.reader.row_bytes} bytes but pack "
+                              f"{pack.path} was made from rows of {pack.row_bytes}; pack the plan again")
+        self.max_extent = round_up(pack.max_table_rows(split) * pack.row_bytes, ALIGNMENT)
+        self.ring = StagingRing(self.max_extent, ring, device)
+        self._dev = None
+
+    def stage(self, split: str, index: int, entry: PackEntry, stop=None) -> StagedExtent | None:
+        n = int(getattr(entry, "n_table", 0))
+        if not n:
+            return None
+        slot, waited = self._free_slot(split, stop)
+        if slot is None:
+            return None
+        nbytes = n * self.pack.row_bytes
+        t1 = time.perf_counter()
+        got = self.reader.read_rows(entry.table_nodes, slot.array[:nbytes])
+        t2 = time.perf_counter()
+        self.pack.check_table_rows(split, index, entry, slot.array[:nbytes])
+        return StagedExtent(slot, nbytes, n, waited, t2 - t1, time.perf_counter() - t2, int(got.bytes_read))
+
+    def close(self) -> None:
+        """Free the buffers and close the reader it opened."""
+        self.free_buffers()
+        if self._own_reader:
+            self.reader.close()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "max_table_bytes": self.max_extent}

@@ -79,8 +79,9 @@ class DirectReader:
     buffer's address to be multiples of :data:`ALIGNMENT` (packed extents are).
     """
 
-    def __init__(self, path: str | os.PathLike, direct: bool = True):
+    def __init__(self, path: str | os.PathLike, direct: bool = True, fix: str = "pack the plan again"):
         self.path = os.fspath(path)
+        self.fix = fix  # what the messages about a missing or short file tell the user to do
         self.direct = bool(direct and O_DIRECT)
         self.fd = -1
         try:
@@ -95,7 +96,7 @@ class DirectReader:
             if self.fd < 0:
                 self.fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            raise FormatError(f"{self.path} is missing; the pack is incomplete, pack the plan again") from None
+            raise FormatError(f"{self.path} is missing; the file set is incomplete, {self.fix}") from None
         self.size = os.fstat(self.fd).st_size
 
     def _fall_back(self, why: str) -> None:
@@ -104,10 +105,13 @@ class DirectReader:
         self.fd = os.open(self.path, os.O_RDONLY)
         self.direct = False
 
-    def read_into(self, offset: int, length: int, buf) -> int:
-        """Read ``length`` bytes at ``offset`` into the start of ``buf``; returns ``length``.
+    def read_into(self, offset: int, length: int, buf, min_length: int | None = None) -> int:
+        """Read ``length`` bytes at ``offset`` into the start of ``buf``; returns the bytes read: ``length``, or
+        fewer when the file ends after ``min_length`` of them (a page-rounded read of a file whose size is not a page
+        multiple).
 
-        Short reads are continued; reaching the end of the file early raises FormatError.
+        Short reads are continued; reaching the end of the file before ``min_length`` (default: ``length``) raises
+        FormatError.
 
         Raises:
             ValueError: direct mode and an unaligned offset, length or buffer.
@@ -133,8 +137,11 @@ class DirectReader:
                     continue
                 raise
             if got == 0:
-                raise FormatError(f"{self.path} ends at byte {offset + done} but {offset + length} are needed; "
-                                  "the file is truncated, pack the plan again")
+                if min_length is not None and done >= min_length:
+                    return done
+                need = offset + (length if min_length is None else min_length)
+                raise FormatError(f"{self.path} ends at byte {offset + done} but {need} are needed; "
+                                  f"the file is truncated, {self.fix}")
             done += got
         return length
 

@@ -12,6 +12,8 @@ A pack lives in ``DATASET/packs/NAME/`` (written by :func:`diskgraph.store.packe
                                order, one extent of its cold rows (ascending global id), starting at a
                                multiple of 4096 and zero-padded to a multiple of 4096
     checksums/{split}          Zarr uint64 [minibatches]: XXH3-64 of each minibatch's padded extent
+    table_checksums/{split}    Zarr uint64 [minibatches]: XXH3-64 of each minibatch's table rows (below), as the
+                               dataset's feature table stores them, in ``table_nodes`` order (version 3)
     index/{split}.arrow        Arrow IPC file, one record batch (one row) per minibatch, plan order
 
 Index row (one per minibatch)::
@@ -22,24 +24,31 @@ Index row (one per minibatch)::
     nbytes           int64         n_cold * row_bytes (payload)
     padded_nbytes    int64         nbytes rounded up to 4096 (0 for an empty extent)
     n_cold           int32         rows in the extent
-    tier             list<int8>    per input node (plan order): 0 cold, 1 host, 2 gpu
-    slot             list<int32>   per input node: row in that tier, or row within the extent when cold
-    cold_nodes       list<int64>   global ids of the extent's rows, ascending
+    n_table          int32         rows read from the dataset's feature table (version 3)
+    tier             list<int8>    per input node (plan order): 0 cold, 1 host, 2 gpu, 3 table
+    slot             list<int32>   per input node: row in that tier, row within the extent when cold, rank in
+                                   ``table_nodes`` when table
+    table_nodes      list<int64>   global ids of the table rows, ascending, distinct (version 3)
+    cold_nodes       list<int64>   global ids of the extent's rows, ascending (always the last column)
 
 So assembling a minibatch is ``out[tier == 2] = gpu[slot]``, ``out[tier == 1] = host[slot]``,
-``out[tier == 0] = extent[slot]`` — nothing is looked up at training time.
+``out[tier == 0] = extent[slot]``, ``out[tier == 3] = features[table_nodes][slot]`` — nothing is looked up at
+training time. Table rows are the cold rows ``--max-blowup`` left out of the extents (the packer keeps the
+extents' total padded bytes within ``max_blowup`` × the feature table's bytes); a version-2 pack has none.
 
 Integrity: every extent is checked against ``checksums/{split}`` as it is read, every index row
 against its ``checksum`` column, each tier against the manifest's ``xxh3_64`` as it is loaded; the
 manifest (with its own checksum) records the sha256 of the checksum arrays, and binds the pack to the
-dataset's features and to its plan (:mod:`diskgraph.store.binding`). Version 2 added all of that;
-version-1 packs are refused (pack them again).
+dataset's features and to its plan (:mod:`diskgraph.store.binding`); the table rows a loader reads from the
+dataset are checked against ``table_checksums/{split}`` (:meth:`Pack.check_table_rows`). Version 2 added the
+checksums, version 3 the table rows; versions 2 and 3 are read (a version-2 pack has no table rows), version-1 packs
+are refused (pack them again).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,35 +62,48 @@ from .manifest import read_manifest
 from .zarr_arrays import RawArray
 
 PACK_FORMAT = "diskgraph.pack"
-PACK_VERSION = 2
-"""The pack format version this diskgraph writes and the only one it reads (2: checksums of index rows, extents,
-tiers and the manifest; binding to the plan's checksum)."""
+PACK_VERSION = 3
+"""The pack format version this diskgraph writes (2: checksums of index rows, extents, tiers and the manifest;
+binding to the plan's checksum. 3: table rows — cold rows over the ``--max-blowup`` budget, read from the dataset's
+feature table — with ``n_table``/``table_nodes`` index columns and ``table_checksums``)."""
+
+MIN_PACK_VERSION = 2
+"""The oldest pack format version this diskgraph reads (a version-2 pack reads as having no table rows)."""
 
 REPACK = "pack the plan again"
 """The fix every message about a damaged pack names."""
 
 TIERS = ("gpu", "host")
-COLD, HOST, GPU = 0, 1, 2
-"""Values of the index's ``tier`` column."""
+COLD, HOST, GPU, TABLE = 0, 1, 2, 3
+"""Values of the index's ``tier`` column (``TABLE``: read from the dataset's feature table, format version 3)."""
+
+TABLE_PAGE_BYTES = 4096
+"""The page a table row is read in (one O_DIRECT read of the feature table's chunk file); the packer groups a
+minibatch's cold rows by it."""
 
 
-def index_schema() -> pa.Schema:
-    """The Arrow schema of ``index/{split}.arrow``."""
-    return pa.schema([
-        pa.field("checksum", pa.uint64()), pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
-        pa.field("offset", pa.int64()), pa.field("nbytes", pa.int64()), pa.field("padded_nbytes", pa.int64()),
-        pa.field("n_cold", pa.int32()),
-        pa.field("tier", pa.list_(pa.int8())), pa.field("slot", pa.list_(pa.int32())),
-        pa.field("cold_nodes", pa.list_(pa.int64())),
-    ])
+def index_schema(version: int = PACK_VERSION) -> pa.Schema:
+    """The Arrow schema of ``index/{split}.arrow`` in pack format ``version`` (2 or 3; ``cold_nodes`` is last)."""
+    head = [pa.field("checksum", pa.uint64()), pa.field("epoch", pa.int32()), pa.field("batch", pa.int32()),
+            pa.field("offset", pa.int64()), pa.field("nbytes", pa.int64()), pa.field("padded_nbytes", pa.int64()),
+            pa.field("n_cold", pa.int32())]
+    lists = [pa.field("tier", pa.list_(pa.int8())), pa.field("slot", pa.list_(pa.int32()))]
+    if version == 2:
+        return pa.schema(head + lists + [pa.field("cold_nodes", pa.list_(pa.int64()))])
+    return pa.schema(head + [pa.field("n_table", pa.int32())] + lists
+                     + [pa.field("table_nodes", pa.list_(pa.int64())), pa.field("cold_nodes", pa.list_(pa.int64()))])
 
 
 def index_record_batch(epoch: int, batch: int, offset: int, nbytes: int, padded_nbytes: int, n_cold: int,
-                       tier: np.ndarray, slot: np.ndarray, cold_nodes: np.ndarray) -> pa.RecordBatch:
-    """One minibatch's index row as the packer writes it (its checksum first, ``cold_nodes`` last)."""
+                       tier: np.ndarray, slot: np.ndarray, cold_nodes: np.ndarray, *, n_table: int = 0,
+                       table_nodes: np.ndarray | None = None) -> pa.RecordBatch:
+    """One minibatch's index row as the packer writes it (format :data:`PACK_VERSION`: its checksum first,
+    ``cold_nodes`` last)."""
+    table = np.zeros(0, np.int64) if table_nodes is None else np.asarray(table_nodes, np.int64)
     cols = [np.array([epoch], np.int32), np.array([batch], np.int32), np.array([offset], np.int64),
             np.array([nbytes], np.int64), np.array([padded_nbytes], np.int64), np.array([n_cold], np.int32),
-            np.asarray(tier, np.int8), np.asarray(slot, np.int32), np.asarray(cold_nodes, np.int64)]
+            np.array([n_table], np.int32), np.asarray(tier, np.int8), np.asarray(slot, np.int32), table,
+            np.asarray(cold_nodes, np.int64)]
     return checksummed_record_batch(cols, index_schema())
 
 
@@ -97,9 +119,11 @@ class PackEntry:
     Attributes:
         epoch, batch: the plan row.
         offset, nbytes, padded_nbytes, n_cold: the extent (bytes in ``cold/{split}``).
-        tier: int8 [n_inputs], 0 cold / 1 host / 2 gpu.
-        slot: int32 [n_inputs], row in the tier or in the extent.
+        tier: int8 [n_inputs], 0 cold / 1 host / 2 gpu / 3 table.
+        slot: int32 [n_inputs], row in the tier, in the extent, or rank in ``table_nodes``.
         cold_nodes: int64 [n_cold], ascending global ids of the extent's rows.
+        n_table: rows read from the dataset's feature table (0 in a version-2 pack).
+        table_nodes: int64 [n_table], ascending distinct global ids of those rows.
     """
 
     epoch: int
@@ -111,6 +135,8 @@ class PackEntry:
     tier: np.ndarray
     slot: np.ndarray
     cold_nodes: np.ndarray
+    n_table: int = 0
+    table_nodes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_inputs(self) -> int:
@@ -125,7 +151,10 @@ def read_entry(reader: pa.ipc.RecordBatchFileReader, i: int, path: Path) -> Pack
         FormatError: the row cannot be decoded or does not match its checksum.
     """
     c = decode_row(reader, i, f"pack index {path}", REPACK)
-    return PackEntry(*(int(x[0]) for x in c[:6]), tier=c[6], slot=c[7], cold_nodes=c[8])
+    if len(c) == 9:  # format version 2: no table rows
+        return PackEntry(*(int(x[0]) for x in c[:6]), tier=c[6], slot=c[7], cold_nodes=c[8])
+    return PackEntry(*(int(x[0]) for x in c[:6]), tier=c[7], slot=c[8], cold_nodes=c[10], n_table=int(c[6][0]),
+                     table_nodes=c[9])
 
 
 class Pack:
@@ -140,9 +169,10 @@ class Pack:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.manifest = read_manifest(self.path, PACK_FORMAT, PACK_VERSION, min_version=PACK_VERSION,
-                                      checksum_since=PACK_VERSION)
+        self.manifest = read_manifest(self.path, PACK_FORMAT, PACK_VERSION, min_version=MIN_PACK_VERSION,
+                                      checksum_since=MIN_PACK_VERSION)
         m = self.manifest
+        self.format_version = int(m["format_version"])
         try:
             ds = m["dataset"]
             self.feature_dim = int(ds["feature_dim"])
@@ -159,9 +189,13 @@ class Pack:
                 raise ValueError("inconsistent row layout")
             # every split is opened now (memory maps): a pack replaced while a run reads it does not change under it
             self._indexes = {s: open_ipc_file(self.path / "index" / f"{s}.arrow", int(info["minibatches"]),
-                                              "pack index", REPACK, index_schema(), int(info["index_bytes"]))
+                                              "pack index", REPACK, index_schema(self.format_version),
+                                              int(info["index_bytes"]))
                              for s, info in self.split_info.items()}
             self._extent_checksums = {s: self._load_checksums(s, info) for s, info in self.split_info.items()}
+            self._table_checksums = {s: self._load_checksums(s, info, "table_checksums")
+                                     for s, info in self.split_info.items()}
+            self.table_rows = int(m.get("table_rows", 0))
             for s, info in self.split_info.items():
                 size = self.cold_path(s).stat().st_size if self.cold_path(s).exists() else -1
                 if size != int(info["padded_bytes"]):
@@ -173,13 +207,19 @@ class Pack:
         self._readers: dict[tuple[str, bool], DirectReader] = {}
         self._tiers: dict[str, np.ndarray] | None = None
 
-    def _load_checksums(self, split: str, info: dict) -> np.ndarray:
-        arr = RawArray(self.path / "checksums" / split)
-        values = np.array(arr.memmap(), dtype=np.uint64) if arr.shape[0] else np.zeros(0, np.uint64)
-        if (arr.dtype != "uint64" or values.shape != (int(info["minibatches"]),)
-                or array_sha256(values) != info["extent_checksums_sha256"]):
-            raise FormatError(f"{self.path / 'checksums' / split} does not match the manifest's "
-                              f"extent_checksums_sha256; the pack is damaged, {REPACK}")
+    def _load_checksums(self, split: str, info: dict, kind: str = "checksums") -> np.ndarray:
+        n = int(info["minibatches"])
+        if kind == "table_checksums" and self.format_version < 3:
+            return np.full(n, data_checksum(b""), dtype=np.uint64)  # version 2: no table rows
+        key = "extent_checksums_sha256" if kind == "checksums" else "table_checksums_sha256"
+        try:
+            arr = RawArray(self.path / kind / split)
+            values = np.array(arr.memmap(), dtype=np.uint64) if arr.shape[0] else np.zeros(0, np.uint64)
+        except FormatError:
+            values, arr = None, None
+        if (arr is None or arr.dtype != "uint64" or values.shape != (n,) or array_sha256(values) != info[key]):
+            raise FormatError(f"{self.path / kind / split} does not match the manifest's {key}; the pack is damaged, "
+                              f"{REPACK}")
         return values
 
     def __repr__(self) -> str:
@@ -257,6 +297,31 @@ class Pack:
     def max_padded_nbytes(self, split: str) -> int:
         """The largest extent of ``split`` in bytes (size a reusable buffer with it)."""
         return int(self.split_info[split]["max_padded_nbytes"])
+
+    def max_table_rows(self, split: str) -> int:
+        """The most table rows (``n_table``) of any minibatch of ``split`` (0 in a version-2 pack)."""
+        return int(self.split_info[split].get("max_table_rows", 0))
+
+    def table_checksum(self, split: str, i: int) -> int:
+        """The recorded checksum of minibatch ``i``'s table rows (that of empty bytes when it has none)."""
+        return int(self._table_checksums[split][i])
+
+    def check_table_rows(self, split: str, i: int, entry: PackEntry, rows_bytes: np.ndarray) -> None:
+        """Check minibatch ``i``'s table rows, read from the dataset's feature table in ``entry.table_nodes`` order
+        (``rows_bytes``: uint8, exactly ``n_table * row_bytes`` bytes as stored), against ``table_checksums/{split}``.
+
+        Raises:
+            FormatError: the bytes differ from the rows the packer saw (the feature table changed or is damaged),
+                naming the feature table, the minibatch and the fix.
+        """
+        data = np.ascontiguousarray(rows_bytes).reshape(-1).view(np.uint8)
+        size = int(data.size)
+        if (size != entry.n_table * self.row_bytes
+                or (read_checks() and data_checksum(data) != int(self._table_checksums[split][i]))):
+            raise FormatError(f"{self.path.parent.parent / 'features'}: the {entry.n_table} feature-table rows of "
+                              f"minibatch {i} of {split} ({size} bytes read) do not match the checksum pack {self.path} "
+                              f"recorded for them (table_checksums/{split}); the dataset's feature table is damaged or "
+                              f"not the one packed, restore it or {REPACK}")
 
     def entry(self, split: str, i: int) -> PackEntry:
         """Index row ``i`` of ``split`` (arrays zero-copy from the memory-mapped index)."""
@@ -397,6 +462,11 @@ class Pack:
             problems.append(bad)
             dataset = plan = None
 
+        bound = self.manifest.get("max_blowup")
+        packed = sum(int(info.get("padded_bytes", 0)) for info in self.split_info.values())
+        if bound is not None and packed > float(bound) * int(self.manifest.get("feature_bytes", 0)):
+            problems.append(f"cold: {packed} bytes of extents, above max_blowup {bound} x the feature table's "
+                            f"{self.manifest.get('feature_bytes')} bytes")
         for split in self.splits:
             problems += self._verify_split(split, tiers, plan, dataset, check_rows)
         if dataset is not None:
@@ -421,6 +491,7 @@ class Pack:
         checks = set(np.linspace(0, n - 1, min(n, check_rows)).astype(int).tolist()) if n and dataset is not None else set()
         buf = self.extent_buffer(split)
         pos = 0
+        table_total = table_max = 0
         for i in range(n):
             where = f"index/{split} minibatch {i}"
             try:
@@ -436,6 +507,8 @@ class Pack:
                             if not np.array_equal(ext[j], dataset.features.read_rows(v, v + 1)[0]):
                                 bad = f"extent row {j} differs from node {v}'s features"
                                 break
+                        if bad is None:  # the table rows against the checksum the packer recorded
+                            self.check_table_rows(split, i, e, table_rows(dataset.features, e.table_nodes))
             except FormatError as err:
                 bad = str(err)
             if bad is not None:
@@ -445,6 +518,12 @@ class Pack:
                     return problems
                 continue
             pos = e.offset + e.padded_nbytes
+            table_total += e.n_table
+            table_max = max(table_max, e.n_table)
+        if not problems and (table_total, table_max) != (int(self.split_info[split].get("table_rows", 0)),
+                                                         self.max_table_rows(split)):
+            problems.append(f"index/{split}: {table_total} table rows (at most {table_max} per minibatch), the manifest "
+                            f"{self.split_info[split].get('table_rows', 0)} (at most {self.max_table_rows(split)})")
         return problems
 
     def _check_entry(self, e: PackEntry, pos: int, tiers: dict[str, np.ndarray]) -> str | None:
@@ -459,9 +538,25 @@ class Pack:
             return "cold nodes are not sorted"
         if int((e.tier == COLD).sum()) != e.n_cold:
             return f"{int((e.tier == COLD).sum())} inputs are cold but the extent holds {e.n_cold} rows"
-        if e.tier.size and (e.tier.min() < 0 or e.tier.max() > GPU):
-            return "tier values outside 0..2"
-        limits = {COLD: e.n_cold, HOST: tiers.get("host", np.zeros(0)).shape[0], GPU: tiers.get("gpu", np.zeros(0)).shape[0]}
+        top = TABLE if self.format_version >= 3 else GPU
+        if e.tier.size and (e.tier.min() < 0 or e.tier.max() > top):
+            return f"tier values outside 0..{top}"
+        if e.table_nodes.shape[0] != e.n_table:
+            return f"{e.table_nodes.shape[0]} table nodes but n_table {e.n_table}"
+        if e.n_table > 1 and np.any(np.diff(e.table_nodes) <= 0):
+            return "table nodes are not ascending and distinct"
+        if e.n_table and (e.table_nodes[0] < 0 or e.table_nodes[-1] >= self.num_nodes):
+            return f"table nodes outside 0..{self.num_nodes - 1}"
+        at = e.tier == TABLE
+        if e.n_table and not np.array_equal(np.unique(e.slot[at]), np.arange(e.n_table)):
+            return "the table slots do not name every table node"
+        if e.n_table and e.n_cold and np.intersect1d(e.table_nodes, e.cold_nodes).size:
+            return "a table node is also in the extent"
+        for name in TIERS:
+            if e.n_table and name in tiers and np.intersect1d(e.table_nodes, tiers[name], assume_unique=True).size:
+                return f"a table node is in the {name} tier"
+        limits = {COLD: e.n_cold, HOST: tiers.get("host", np.zeros(0)).shape[0], GPU: tiers.get("gpu", np.zeros(0)).shape[0],
+                  TABLE: e.n_table}
         for code, lim in limits.items():
             s = e.slot[e.tier == code]
             if s.size and (s.min() < 0 or s.max() >= lim):
@@ -480,7 +575,28 @@ def _check_against_plan(e: PackEntry, nodes: np.ndarray, tiers: dict[str, np.nda
     at = e.tier == COLD
     if at.any() and not np.array_equal(e.cold_nodes[e.slot[at]], nodes[at]):
         return "cold slots do not name the plan's input nodes"
+    at = e.tier == TABLE
+    if at.any() and not np.array_equal(e.table_nodes[e.slot[at]], nodes[at]):
+        return "table slots do not name the plan's input nodes"
     return None
+
+
+def table_rows(features: RawArray, ids: np.ndarray) -> np.ndarray:
+    """The stored bytes (uint8, ``len(ids) * row_bytes``, in ``ids`` order) of rows ``ids`` of a row-chunked
+    feature array: what :meth:`Pack.check_table_rows` checks (a reference gather, through memory maps)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    rb = features.row_bytes
+    out = np.empty((ids.shape[0], rb), dtype=np.uint8)
+    if not ids.shape[0]:
+        return out.reshape(-1)
+    cr = features.chunk_shape[0]
+    chunk = ids // cr
+    for c in np.unique(chunk).tolist():
+        at = np.flatnonzero(chunk == c)
+        mm = np.memmap(features.chunk_path(c), dtype=np.uint8, mode="r", shape=(cr, rb))
+        out[at] = mm[ids[at] - c * cr]
+        del mm
+    return out.reshape(-1)
 
 
 def open_pack(path: str | os.PathLike) -> Pack:

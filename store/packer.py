@@ -40,6 +40,13 @@ How the cold files are written:
     :data:`~diskgraph.store.files.FLUSH_BYTES` per file.
 Both write the same bytes.
 
+``max_blowup`` (a guarantee, not a warning): before step 2, when it is finite, one more pass over the plan
+(:func:`_budget_threshold`) groups every minibatch's cold ids by their 4 KiB page of the feature table and finds the
+largest group size ``k*`` such that packing every group of fewer than ``k*`` rows fits the budget (padded bytes,
+exact); step 2 then packs those, the groups of exactly ``k*`` rows while the budget allows (plan order), and names
+the other cold rows *table rows* (tier 3, ``table_nodes``), read at training time from the feature table. Their
+checksums (``table_checksums/{split}``) are computed in step 3 from the same slices (:class:`_TableHasher`).
+
 Three threads overlap: one reads the next slice, the main thread gathers
 (numba, GIL released) and one writes (pwrite releases the GIL). Feature
 chunks are dropped from the page cache once read, so the page cache stays bounded.
@@ -66,6 +73,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import errno
+import math
 import os
 import shutil
 import time
@@ -82,7 +90,8 @@ from .direct_io import ALIGNMENT, O_DIRECT, aligned_empty, round_up
 from .errors import FormatError, InputError
 from .files import FLUSH_BYTES, AppendFile, drop_cache, evict_file, preallocate, start_writeback
 from .manifest import write_manifest
-from .packed import PACK_FORMAT, PACK_VERSION, TIERS, cold_chunk_path, index_record_batch, index_schema
+from .packed import (COLD, PACK_FORMAT, PACK_VERSION, TABLE, TABLE_PAGE_BYTES, TIERS, cold_chunk_path,
+                     index_record_batch, index_schema)
 from .progress import Progress, format_bytes, log
 from .zarr_arrays import RowChunkWriter, write_array, write_array_metadata, write_group
 
@@ -251,8 +260,10 @@ class _IndexWriter:
         self._layout_ok = True
 
     def _write(self, epoch: int, batch: int, pos: int, nbytes: int, padded: int, k: int, tier: np.ndarray,
-               slot: np.ndarray, cold: np.ndarray) -> None:
-        self.writer.write_batch(index_record_batch(epoch, batch, pos, nbytes, padded, k, tier, slot, cold))
+               slot: np.ndarray, cold: np.ndarray, table: np.ndarray | None = None) -> None:
+        n_table = 0 if table is None else int(table.shape[0])
+        self.writer.write_batch(index_record_batch(epoch, batch, pos, nbytes, padded, k, tier, slot, cold,
+                                                   n_table=n_table, table_nodes=table))
         end = self.file.tell()
         start = end - 8 * k
         if self._layout_ok and k:
@@ -297,8 +308,9 @@ class _IndexWriter:
         self.file.abort()
 
 
-def _cold_id_starts(path: Path, counts: np.ndarray) -> np.ndarray:
-    """Where each index row's ``cold_nodes`` values start in the file ``path``, in int64 units.
+def _cold_id_starts(path: Path, counts: np.ndarray, column: str = "cold_nodes") -> np.ndarray:
+    """Where each index row's ``cold_nodes`` (or other int64 list ``column``) values start in the file ``path``,
+    in int64 units.
 
     Arrow IPC pads every buffer of a record batch to a multiple of 8 bytes from the start of the
     file, so the file read as int64 holds each minibatch's sorted cold ids as one contiguous run;
@@ -311,14 +323,148 @@ def _cold_id_starts(path: Path, counts: np.ndarray) -> np.ndarray:
         mm.seek(0)
         base = mm.read_buffer(8).address  # zero-copy: the address of the mapping
         reader = pa.ipc.open_file(mm)
-        col = reader.schema.get_field_index("cold_nodes")
+        col = reader.schema.get_field_index(column)
         for i in np.flatnonzero(counts).tolist():
             values = reader.get_batch(i).column(col).values
             at = values.buffers()[1].address + values.offset * 8 - base
             if at % 8 or values.type != pa.int64() or len(values) != counts[i]:
-                raise RuntimeError(f"{path}: minibatch {i}'s cold ids are not an aligned int64 run at byte {at}")
+                raise RuntimeError(f"{path}: minibatch {i}'s {column} are not an aligned int64 run at byte {at}")
             starts[i] = at // 8
     return starts
+
+
+# -- the --max-blowup budget: which cold rows are packed, which are read from the feature table ------------
+
+def normalize_max_blowup(max_blowup) -> float | None:
+    """``max_blowup`` as the packer takes it: a float >= 0, or None for unbounded (None, ``inf``).
+
+    Raises:
+        InputError: negative or not a number.
+    """
+    if max_blowup is None:
+        return None
+    try:
+        b = float(max_blowup)
+    except (TypeError, ValueError):
+        raise InputError(f"--max-blowup {max_blowup!r} is not a number; pass a number >= 0, or inf for no bound") from None
+    if b != b or b < 0:
+        raise InputError(f"--max-blowup {max_blowup} must be a number >= 0 (or inf for no bound)")
+    return None if b == float("inf") else b
+
+
+class _TablePages:
+    """Where rows lie in the feature table's chunk files: row ``r`` is in chunk ``r // chunk_rows`` at byte
+    ``(r % chunk_rows) * row_bytes``; its *page* is that byte offset // 4096 within that chunk file, one key per
+    (chunk, page). A row that straddles two pages is grouped with its first page (:meth:`first`); the reads it
+    costs count both (:meth:`reads`)."""
+
+    def __init__(self, chunk_rows: int, row_bytes: int):
+        self.cr = int(chunk_rows)
+        self.rb = int(row_bytes)
+        self.per_chunk = self.cr * self.rb // TABLE_PAGE_BYTES + 2  # more than the pages of one chunk file
+
+    def first(self, ids: np.ndarray) -> np.ndarray:
+        c = ids // self.cr
+        return c * self.per_chunk + (ids - c * self.cr) * self.rb // TABLE_PAGE_BYTES
+
+    def groups(self, ids: np.ndarray) -> np.ndarray:
+        """Sizes of the runs of sorted ``ids`` that share a first page (in id order; the page key grows with the id)."""
+        if not ids.shape[0]:
+            return np.zeros(0, np.int64)
+        keys = self.first(ids)
+        starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
+        return np.diff(np.append(starts, ids.shape[0])).astype(np.int64)
+
+    def reads(self, ids: np.ndarray) -> int:
+        """4 KiB pages a read of the sorted distinct rows ``ids`` touches (a page shared by rows counts once)."""
+        if not ids.shape[0]:
+            return 0
+        c = ids // self.cr
+        off = (ids - c * self.cr) * self.rb
+        first = c * self.per_chunk + off // TABLE_PAGE_BYTES
+        last = c * self.per_chunk + (off + self.rb - 1) // TABLE_PAGE_BYTES
+        return int((last - first + 1).sum() - (first[1:] == last[:-1]).sum())
+
+
+def _padded(rows, rb: int):
+    return (rows * rb + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def _budget_threshold(pl, splits: list[str], counts: list[int], tier_of: np.ndarray, slot_of: np.ndarray,
+                      pages: _TablePages, budget: int) -> tuple[int | None, int, int]:
+    """Pass A over the plan: the group-size threshold under the budget.
+
+    Every minibatch's cold ids are grouped by their page in the feature table (:class:`_TablePages`); packing the
+    groups of fewer than ``t`` rows (over all minibatches) costs ``totals[t]`` padded extent bytes, computed exactly
+    from the per-minibatch histograms. Returns ``(k*, slack, unbounded bytes)``: ``k*`` the largest ``t`` with
+    ``totals[t] <= budget`` (None when every cold row fits: nothing goes to the table) and ``slack = budget -
+    totals[k*]``, which pass B spends, in plan order, on groups of exactly ``k*`` rows. Memory: one array over group
+    sizes, besides a minibatch's arrays.
+    """
+    rb = pages.rb
+    diff = np.zeros(64, dtype=np.int64)  # diff[t]: change of the padded bytes when the threshold goes from t-1 to t
+    scratch = [np.empty(0, np.int64), np.empty(0, np.int64)]
+    n = tier_of.shape[0]
+    with Progress("budgeting", int(sum(counts)), "minibatches") as bar:
+        for si, split in enumerate(splits):
+            for i in range(counts[si]):
+                nodes = np.ascontiguousarray(pl.minibatch(split, i).input_nodes, dtype=np.int64)
+                size = nodes.shape[0]
+                if scratch[0].shape[0] < size:
+                    scratch = [np.empty(2 * size, np.int64), np.empty(2 * size, np.int64)]
+                t, slot, cold = np.empty(size, np.int8), np.empty(size, np.int32), np.empty(size, np.int64)
+                k, _, bad = index_minibatch(nodes, tier_of, slot_of, t, slot, cold, *scratch)
+                if bad >= 0:
+                    raise FormatError(f"plan {pl.path} minibatch {i} of {split} names node {nodes[bad]}, "
+                                      f"outside 0..{n - 1}; the plan is damaged, sample it again")
+                bar.update(1)
+                if not k:
+                    continue
+                u, cnt = np.unique(pages.groups(cold[:k]), return_counts=True)
+                padded = _padded(np.cumsum(u * cnt), rb)
+                if u[-1] + 2 > diff.shape[0]:
+                    diff = np.concatenate([diff, np.zeros(max(diff.shape[0], int(u[-1]) + 2), np.int64)])
+                np.add.at(diff, u + 1, np.diff(padded, prepend=0))
+    totals = np.cumsum(diff)  # totals[t]: padded bytes of the groups of fewer than t rows; the last: every row
+    full = int(totals[-1])
+    if full <= budget:
+        return None, budget - full, full
+    kstar = int(np.searchsorted(totals[1:], budget, side="right"))  # totals[1] = 0 <= budget: at least 1
+    return kstar, budget - int(totals[kstar]), full
+
+
+def _split_table(cold: np.ndarray, pages: _TablePages, kstar: int, slack: int) -> tuple[np.ndarray, int]:
+    """Pass B for one minibatch's sorted cold ids: which to pack (bool mask) and the slack left. Groups of fewer than
+    ``kstar`` rows are packed, groups of more are not, groups of exactly ``kstar`` rows as far as ``slack`` allows
+    (in id order)."""
+    rb = pages.rb
+    sizes = pages.groups(cold)
+    keep_group = sizes < kstar
+    eq = np.flatnonzero(sizes == kstar)
+    if eq.size and slack > 0:
+        base = int(sizes[keep_group].sum())
+        room = (int(_padded(base, rb)) + slack) // ALIGNMENT * ALIGNMENT  # the extent may grow to this many bytes
+        j = min(eq.size, max(0, (room // rb - base) // kstar))
+        if j:
+            keep_group[eq[:j]] = True
+            slack -= int(_padded(base + j * kstar, rb) - _padded(base, rb))
+    return np.repeat(keep_group, sizes), slack
+
+
+def _to_table(tier: np.ndarray, slot: np.ndarray, cold: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Move the cold inputs whose sorted position is not in ``keep`` to the table tier, in place in ``tier`` and
+    ``slot`` (the kept ones get their rank among the kept); returns ``(extent ids, table ids, extent rows)``."""
+    packed = np.ascontiguousarray(cold[keep])
+    table = np.unique(cold[~keep])
+    rank = np.cumsum(keep) - 1
+    at = np.flatnonzero(tier == COLD)
+    pos = slot[at]
+    kept = keep[pos]
+    slot[at[kept]] = rank[pos[kept]]
+    moved = at[~kept]
+    tier[moved] = TABLE
+    slot[moved] = np.searchsorted(table, cold[pos[~kept]])
+    return packed, table, int(packed.shape[0])
 
 
 def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str, np.ndarray], memory_budget: int,
@@ -333,7 +479,10 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         out_dir: the pack directory to create (normally ``DATASET/packs/NAME``), written atomically.
         tiers: ``{"gpu": ids, "host": ids}`` global node ids of the hot tiers (missing = empty).
         memory_budget: bytes the packer may hold; sizes the feature slices and gather buffers.
-        max_blowup: log a warning when packed cold bytes / feature-table bytes exceeds it.
+        max_blowup: bound of the packed cold bytes (padded extents, all splits) / feature-table bytes, >= 0; None
+            or ``inf``: unbounded. Cold rows over the budget are not packed: their index rows name them as table
+            rows (tier 3), read at training time from the dataset's feature table itself. The rows sharing a 4 KiB
+            page of the table with other rows of their minibatch go to the table first (see :func:`_budget_threshold`).
         overwrite: replace an existing ``out_dir``.
         splits: the plan's splits to pack (default: all).
         gpu_cache_bytes, host_cache_bytes: the requested cache sizes, recorded in the manifest
@@ -355,6 +504,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     from .plan import Plan, open_plan
 
     t_start = time.perf_counter()
+    max_blowup = normalize_max_blowup(max_blowup)
     ds = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     pl = plan if isinstance(plan, Plan) else open_plan(plan)
     out = Path(out_dir)
@@ -383,6 +533,8 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
     tier_chunk_rows = max(1, min(TIER_CHUNK_BYTES, memory_budget // 32) // rb)
     runs_cap = int(min(_RUNS, max(64, memory_budget // 1024)))
     fixed = 5 * n + (33 + EXTENT_HASHER_BYTES) * (total_mb + 1) + 2 * tier_chunk_rows * rb + 3 * runs_cap * 32
+    if max_blowup is not None:  # table rows: their ids' starts, ends and cursors, and a checksum per minibatch
+        fixed += (24 + EXTENT_HASHER_BYTES) * (total_mb + 1)
     # O_DIRECT: a 4 KiB carry page per minibatch, and gather buffers of at least two pages and a row
     carry_bytes = total_mb * ALIGNMENT
     min_gather = 2 * ALIGNMENT + round_up(rb, ALIGNMENT)
@@ -419,6 +571,20 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         tier_of[ids] = code
         slot_of[ids] = np.arange(ids.size, dtype=np.int32)
 
+    feature_bytes = n * rb
+    pages = _TablePages(feats.chunk_shape[0], rb)
+    budget = None if max_blowup is None else int(np.floor(max_blowup * feature_bytes))
+    kstar, slack, unbounded_bytes = None, 0, None
+    if budget is not None:
+        t0 = time.perf_counter()
+        kstar, slack, unbounded_bytes = _budget_threshold(pl, splits, counts, tier_of, slot_of, pages, budget)
+        log.info("budget: cold extents of every row would take %s, %.2fx of the %s feature table; --max-blowup %g "
+                 "allows %s%s (%.1f s)", format_bytes(unbounded_bytes), unbounded_bytes / max(feature_bytes, 1),
+                 format_bytes(feature_bytes), max_blowup, format_bytes(budget),
+                 "" if kstar is None else f": a minibatch's rows that share a 4 KiB table page with {kstar} or more "
+                 f"of its others ({kstar - 1} where the budget runs out) are read from the feature table",
+                 time.perf_counter() - t0)
+
     with target as tmp:
         write_group(tmp, {"diskgraph": PACK_FORMAT})
         (tmp / "index").mkdir()
@@ -428,17 +594,21 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         # -- step 2: index pass
         t0 = time.perf_counter()
         n_cold = np.zeros(total_mb, dtype=np.int64)
+        n_tab = np.zeros(total_mb, dtype=np.int64)
+        table_pages = 0
         ext_off = np.zeros(total_mb, dtype=np.int64)
         file_of = np.zeros(total_mb, dtype=np.int8)
         split_stats: dict[str, dict] = {}
         scratch = [np.empty(0, np.int64), np.empty(0, np.int64)]  # the kernel's sort buffers, grown as needed
         id_start = np.zeros(total_mb, dtype=np.int64)
+        tab_start = np.zeros(total_mb, dtype=np.int64)
         m = 0
         with Progress("indexing", total_mb, "minibatches") as bar:
             for si, split in enumerate(splits):
                 stats = {"minibatches": counts[si], "minibatches_per_epoch": pl.minibatches_per_epoch(split),
                          "epochs": pl.num_epochs(split), "input_rows": 0, "gpu_rows": 0, "host_rows": 0,
-                         "cold_rows": 0, "cold_bytes": 0, "padded_bytes": 0, "max_padded_nbytes": 0}
+                         "cold_rows": 0, "cold_bytes": 0, "padded_bytes": 0, "max_padded_nbytes": 0,
+                         "table_rows": 0, "max_table_rows": 0, "table_page_reads": 0}
                 iw = _IndexWriter(tmp / "index" / f"{split}.arrow", threaded=threads)
                 pos = 0
                 try:
@@ -455,9 +625,21 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                         if bad >= 0:
                             raise FormatError(f"plan {pl.path} minibatch {i} of {split} names node {nodes[bad]}, "
                                               f"outside 0..{n - 1}; the plan is damaged, sample it again")
+                        n_hot = size - k
+                        table = None
+                        if kstar is not None and k:
+                            keep, slack = _split_table(cold[:k], pages, kstar, slack)
+                            if not keep.all():
+                                cold, table, k = _to_table(t, slot, cold[:k], keep)
+                                n_tab[m] = table.shape[0]
+                                reads = pages.reads(table)
+                                table_pages += reads
+                                stats["table_rows"] += int(table.shape[0])
+                                stats["max_table_rows"] = max(stats["max_table_rows"], int(table.shape[0]))
+                                stats["table_page_reads"] += reads
                         nbytes = k * rb
                         padded = round_up(nbytes, ALIGNMENT)
-                        iw.add(row.epoch, row.batch, pos, nbytes, padded, k, t, slot, cold[:k])
+                        iw.add(row.epoch, row.batch, pos, nbytes, padded, k, t, slot, cold[:k], table)
                         ext_off[m] = pos
                         file_of[m] = si
                         n_cold[m] = k
@@ -465,7 +647,7 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                         m += 1
                         stats["input_rows"] += size
                         stats["gpu_rows"] += n_gpu
-                        stats["host_rows"] += size - n_gpu - k
+                        stats["host_rows"] += n_hot - n_gpu
                         stats["cold_rows"] += k
                         stats["max_padded_nbytes"] = max(stats["max_padded_nbytes"], padded)
                         bar.update(1)
@@ -474,6 +656,9 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                     iw.abort()
                     raise
                 id_start[m - counts[si]:m] = iw.starts
+                if n_tab[m - counts[si]:m].any():  # where each minibatch's table ids lie in the index file (int64)
+                    tab_start[m - counts[si]:m] = _cold_id_starts(tmp / "index" / f"{split}.arrow",
+                                                                  n_tab[m - counts[si]:m], "table_nodes")
                 stats["cold_bytes"] = stats["cold_rows"] * rb
                 stats["padded_bytes"] = pos
                 stats["cold_bytes_per_epoch"] = stats["padded_bytes"] // max(1, stats["epochs"])
@@ -484,20 +669,24 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         id_end = id_start + n_cold  # minibatch m's sorted cold ids: its split's index file as int64 [id_start:id_end]
         t_index = time.perf_counter() - t0
         hasher = _ExtentHasher(ext_off, n_cold * rb, bounds_mb)
+        table_hasher = _TableHasher(tab_start, n_tab, rb)
         del tier_of, slot_of, n_cold
 
-        feature_bytes = n * rb
         packed_bytes = sum(s["padded_bytes"] for s in split_stats.values())
         cold_bytes = sum(s["cold_bytes"] for s in split_stats.values())
+        table_rows = sum(s["table_rows"] for s in split_stats.values())
         tier_bytes = {name: int(ids.size) * rb for name, ids in tier_ids.items()}
         blowup = packed_bytes / feature_bytes if feature_bytes else 0.0
+        if budget is not None and packed_bytes > budget:
+            raise RuntimeError(f"packing laid out {packed_bytes} bytes of extents, above the --max-blowup budget of "
+                               f"{budget} bytes (a bug of the packer)")
         log.info("index: %d minibatches in %.1f s; cold extents %s (payload %s), blow-up %.2fx of the %s feature table",
                  total_mb, t_index, format_bytes(packed_bytes), format_bytes(cold_bytes), blowup,
                  format_bytes(feature_bytes))
-        if max_blowup is not None and blowup > max_blowup:
-            log.warning("the pack's disk blow-up is %.2fx (cold extents %s for a %s feature table), above --max-blowup "
-                        "%.2f; larger --gpu-cache/--host-cache or fewer presampled epochs shrink it", blowup,
-                        format_bytes(packed_bytes), format_bytes(feature_bytes), max_blowup)
+        if table_rows:
+            log.info("--max-blowup %g: %d cold rows (%s) are not packed but read from the feature table at training "
+                     "time, about %d page reads of 4 KiB (%s) per pass over the packed epochs", max_blowup, table_rows,
+                     format_bytes(table_rows * rb), table_pages, format_bytes(table_pages * TABLE_PAGE_BYTES))
         need = packed_bytes + sum(tier_bytes.values())
         free = shutil.disk_usage(tmp).free
         if need > free:
@@ -517,9 +706,10 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
         index_paths = [tmp / "index" / f"{s}.arrow" for s in splits]
         try:
             _pack_slices(feats, tier_ids, tier_writers, cold, index_paths, bounds_mb, id_start, id_end, ext_off,
-                         file_of, slice_rows, gather_rows, runs_cap, threads, packed_bytes, hasher)
+                         file_of, slice_rows, gather_rows, runs_cap, threads, packed_bytes, hasher, table_hasher)
             cold.close()
             extent_checksums = hasher.finish()
+            table_checksums = table_hasher.finish()
         except BaseException:
             cold.abort()
             raise
@@ -538,6 +728,11 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
                                  {"diskgraph": "packed cold rows", "alignment": ALIGNMENT, "row_bytes": rb})
             _, sha = write_array(tmp / "checksums" / s, extent_checksums[bounds_mb[si]:bounds_mb[si + 1]], "uint64")
             split_stats[s]["extent_checksums_sha256"] = sha
+            if si == 0:
+                write_group(tmp / "table_checksums", {"diskgraph": f"{DATA_CHECKSUM} of each minibatch's table rows "
+                                                                   "(read from the dataset's feature table)"})
+            _, sha = write_array(tmp / "table_checksums" / s, table_checksums[bounds_mb[si]:bounds_mb[si + 1]], "uint64")
+            split_stats[s]["table_checksums_sha256"] = sha
 
         seconds = time.perf_counter() - t_start
         written = packed_bytes + sum(tier_bytes.values())
@@ -558,7 +753,11 @@ def pack_features(dataset, plan, out_dir: str | os.PathLike, *, tiers: dict[str,
             "cold_bytes": cold_bytes,
             "packed_bytes": packed_bytes,
             "tier_bytes": tier_bytes,
-            "blowup": round(blowup, 4),
+            "blowup": _rounded_blowup(blowup, max_blowup),
+            "max_blowup": max_blowup,
+            "table_rows": int(table_rows),
+            "table_page_reads": int(table_pages),
+            "unbounded_packed_bytes": unbounded_bytes,
             "config": {"memory_budget": int(memory_budget), "max_blowup": max_blowup, "slice_rows": slice_rows,
                        "gather_rows": gather_rows, "runs_per_write": runs_cap, "threads": bool(threads),
                        "direct_io": bool(direct_io)},
@@ -622,9 +821,57 @@ class _ExtentHasher:
         return np.array([h.intdigest() for h in self.hashers], dtype=np.uint64)
 
 
+def _rounded_blowup(blowup: float, max_blowup: float | None) -> float:
+    """The manifest's ``blowup``: 4 decimals, rounded down where rounding would put it above the bound."""
+    b = round(blowup, 4)
+    return math.floor(blowup * 1e4) / 1e4 if max_blowup is not None and b > max_blowup else b
+
+
+class _TableHasher:
+    """The checksum of every minibatch's table rows (its ``table_nodes``, ascending, as the feature table stores
+    them), fed the rows of each slice of the table as the packer reads it: the ids are sorted, so each minibatch's
+    rows arrive in order and one streaming hasher per minibatch with table rows covers them (made when its first
+    rows arrive). :meth:`finish` checks each got exactly its rows."""
+
+    def __init__(self, start: np.ndarray, count: np.ndarray, row_bytes: int):
+        self.start = start
+        self.end = start + count
+        self.count = count
+        self.cursor = start.copy()
+        self.rb = row_bytes
+        self.fed = np.zeros(start.shape[0], dtype=np.int64)
+        self.hashers: dict[int, object] = {}
+
+    @property
+    def any(self) -> bool:
+        return bool(self.count.any())
+
+    def feed(self, buf: memoryview, runs: np.ndarray) -> None:
+        """Runs ``(minibatch, first row, rows)`` lying back to back in ``buf`` (whole rows)."""
+        pos = 0
+        for m, first, k in runs.tolist():
+            if first != self.fed[m]:
+                raise RuntimeError(f"packing fed minibatch {m}'s table rows out of order")
+            h = self.hashers.get(m)
+            if h is None:
+                h = self.hashers[m] = new_data_hasher()
+            h.update(buf[pos:pos + k * self.rb])
+            self.fed[m] += k
+            pos += k * self.rb
+
+    def finish(self) -> np.ndarray:
+        """uint64 [minibatches]: each minibatch's table-row checksum (that of no bytes where it has none)."""
+        if not np.array_equal(self.fed, self.count):
+            raise RuntimeError("packing did not read every table row of a minibatch (an id outside the feature table?)")
+        empty = new_data_hasher().intdigest()
+        return np.array([self.hashers[m].intdigest() if m in self.hashers else empty
+                         for m in range(self.count.shape[0])], dtype=np.uint64)
+
+
 def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: list[Path], bounds_mb: np.ndarray,
                  id_start: np.ndarray, id_end: np.ndarray, ext_off: np.ndarray, file_of: np.ndarray, slice_rows: int,
-                 gather_rows: int, runs_cap: int, threads: bool, total_bytes: int, hasher: _ExtentHasher) -> None:
+                 gather_rows: int, runs_cap: int, threads: bool, total_bytes: int, hasher: _ExtentHasher,
+                 table: _TableHasher | None = None) -> None:
     """Step 3: read the feature table slice by slice, write tier rows and every minibatch's rows in the slice.
 
     Minibatches ``bounds_mb[s]..bounds_mb[s+1]-1`` belong to split ``s``; minibatch ``k``'s sorted cold
@@ -647,11 +894,15 @@ def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: 
     else:
         gbufs = [np.empty((gather_rows, width), dtype=word) for _ in range(n_buf)]
         runs = np.empty((runs_cap, 3), dtype=np.int64)
+    truns = np.empty((runs_cap, 3), dtype=np.int64)
     cursor = id_start.copy()
     splits = [(s, int(bounds_mb[s]), int(bounds_mb[s + 1])) for s in range(len(index_paths))
               if (id_end[bounds_mb[s]:bounds_mb[s + 1]] > id_start[bounds_mb[s]:bounds_mb[s + 1]]).any()]
+    table_splits = [] if table is None or not table.any else [
+        (s, int(bounds_mb[s]), int(bounds_mb[s + 1])) for s in range(len(index_paths))
+        if table.count[bounds_mb[s]:bounds_mb[s + 1]].any()]
     flats = {s: np.memmap(index_paths[s], dtype=np.int64, mode="r", shape=(index_paths[s].stat().st_size // 8,))
-             for s, _, _ in splits}
+             for s, _, _ in splits + table_splits}
     chunk_rows = feats.chunk_shape[0]
 
     def read(k: int, lo: int, hi: int) -> np.ndarray:
@@ -711,9 +962,22 @@ def _pack_slices(feats, tier_ids, tier_writers, cold: _ColdWriter, index_paths: 
                         else:
                             cold.write_runs(view, files, offsets, lengths)
                         bar.update(int(lengths.sum()))
+                for s, m, m_end in table_splits:  # the table rows' checksums: gathered whole rows, hashed, not written
+                    if pending_write[g] is not None:
+                        pending_write[g].result()
+                        pending_write[g] = None
+                    tbuf = gbufs[g].reshape(-1)
+                    tbuf = tbuf[: tbuf.shape[0] // width * width].reshape(-1, width)
+                    while m < m_end:
+                        m, fill, nr = gather_runs(words, lo, hi, flats[s], table.start, table.end, table.cursor, m,
+                                                  m_end, tbuf, truns)
+                        if nr:
+                            table.feed(memoryview(tbuf).cast("B"), truns[:nr])
             for f in pending_write:
                 if f is not None:
                     f.result()
+        if table is not None and not np.array_equal(table.cursor, table.end):
+            raise RuntimeError("packing did not read every table row (an input node id outside the feature table?)")
         if not np.array_equal(cursor, id_end):
             raise RuntimeError("packing did not place every cold row (an input node id outside the feature table?)")
     finally:

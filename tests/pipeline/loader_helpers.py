@@ -29,20 +29,24 @@ PLAN_EPOCHS = 2
 
 
 def build_identity(root: Path, dtype: str = "float32", num_nodes: int = 3000, dim: int = 8,
-                   caches: dict[str, tuple[float, float]] | None = None) -> Path:
-    """An identity dataset with plan ``default`` and one pack per ``caches`` entry (fractions of N rows)."""
+                   caches: dict[str, tuple] | None = None) -> Path:
+    """An identity dataset with plan ``default`` and one pack per ``caches`` entry: ``(gpu, host)`` fractions of N
+    rows, and optionally a third entry, the pack's ``--max-blowup`` (default: unbounded)."""
     ds_dir = identity_dataset(root / f"ident-{dtype}", num_nodes, dim=dim, dtype=dtype, avg_degree=5)
     run_sample(ds_dir, fanouts=FANOUTS, batch_size=BATCH_SIZE, seed=PLAN_SEED, epochs=PLAN_EPOCHS)
     ds = open_dataset(ds_dir)
     row = ds.features.row_bytes
-    for name, (gpu, host) in (caches or {"some": (0.05, 0.1)}).items():
+    for name, (gpu, host, *bound) in (caches or {"some": (0.05, 0.1)}).items():
         run_pack(ds_dir, name=name, gpu_cache=int(gpu * num_nodes) * row, host_cache=int(host * num_nodes) * row,
-                 memory_budget=32 << 20, max_blowup=None)
+                 memory_budget=32 << 20, max_blowup=bound[0] if bound else None)
     return ds_dir
 
 
-CACHES = {"none": (0.0, 0.0), "some": (0.05, 0.1), "host-only": (0.0, 0.25), "everything": (0.5, 1.0)}
-"""GPU and host cache sizes as fractions of the node count: nothing cached … everything cached."""
+CACHES = {"none": (0.0, 0.0), "some": (0.05, 0.1), "host-only": (0.0, 0.25), "everything": (0.5, 1.0),
+          "bounded": (0.0, 0.05, 0.5), "table-only": (0.0, 0.0, 0.0)}
+"""GPU and host cache sizes as fractions of the node count (nothing cached … everything cached), and two packs
+bounded by ``--max-blowup``: 0.5 (part of the cold rows packed, the rest read from the feature table) and 0 (no
+extent: every row from the feature table)."""
 
 
 def features_as_float32(ds) -> np.ndarray:

@@ -60,9 +60,14 @@ class Ident:
             check_batch(batch, self.plan, loader.split, self.feats, self.labels)
             s = batch.stats
             assert set(STAT_KEYS) <= set(s)
-            assert s["rows_gpu"] + s["rows_host"] + s["rows_cold"] == s["inputs"] == batch.x.shape[0]
+            assert s["rows_gpu"] + s["rows_host"] + s["rows_cold"] + s["rows_table"] == s["inputs"] == batch.x.shape[0]
             e = loader.pack.entry(loader.split, batch.index)
-            assert s["bytes_read"] == e.padded_nbytes and s["rows_cold"] == e.n_cold
+            assert s["rows_cold"] == e.n_cold and s["rows_table"] == e.n_table
+            if e.n_table:  # the extent, and the whole pages (4 KiB) of the table rows' runs
+                table = s["bytes_read"] - e.padded_nbytes
+                assert table >= e.n_table * loader.pack.row_bytes
+            else:
+                assert s["bytes_read"] == e.padded_nbytes
             n += 1
         assert n == len(expect) - start
         return n
@@ -92,14 +97,19 @@ def test_every_minibatch_of_every_split_is_exact(ident, pack):
             ident.check_epoch(loader, order)
             st = loader.epoch_stats()
             assert st["minibatches"] == len(loader._check_order(order))
-            assert st["rows_gpu"] + st["rows_host"] + st["rows_cold"] == st["inputs"]
-            assert abs(st["gpu_hit_rate"] + st["host_hit_rate"] + st["cold_rate"] - 1) < 1e-9
+            assert st["rows_gpu"] + st["rows_host"] + st["rows_cold"] + st["rows_table"] == st["inputs"]
+            assert abs(st["gpu_hit_rate"] + st["host_hit_rate"] + st["cold_rate"] + st["table_rate"] - 1) < 1e-9
             if pack == "everything":
                 assert st["rows_cold"] == 0 and st["bytes_read"] == 0
             if pack == "none":
                 assert st["rows_gpu"] == st["rows_host"] == 0 and st["bytes_read"] > 0
             if pack == "some":
                 assert st["rows_gpu"] > 0 and st["rows_host"] > 0 and st["rows_cold"] > 0
+            if pack == "bounded":  # the bytes read include the table rows' whole pages
+                assert st["rows_cold"] > 0 and st["rows_table"] > 0
+                assert st["bytes_read"] >= (st["rows_cold"] + st["rows_table"]) * p.row_bytes
+            if pack == "table-only":
+                assert st["rows_cold"] == 0 and st["rows_table"] == st["inputs"] and st["bytes_read"] > 0
     # the train order of a later epoch replays presampled epoch e % K
     assert set(ident.loader(p).order(2, seed=7)) == set(ident.loader(p).order(0, seed=7))
 

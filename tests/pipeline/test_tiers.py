@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from diskgraph.pipeline.tiers import ColdExtentTier, DeviceTier, HostTier
+from diskgraph.pipeline.tiers import ColdExtentTier, DeviceTier, HostTier, TableTier
 from diskgraph.store.direct_io import ALIGNMENT
 
 from tier_conformance import FeatureTierTests
@@ -27,6 +27,18 @@ class TestHostTier(FeatureTierTests):
 class TestColdExtentTier(FeatureTierTests):
     def make_tier(self, pack, split, device):
         return ColdExtentTier(pack, split, device, direct=True, ring=2)
+
+
+class TestTableTier(FeatureTierTests):
+    """The rows a bounded pack left in the feature table (``--max-blowup``), read with O_DIRECT page runs."""
+
+    def make_tier(self, pack, split, device):
+        return TableTier(pack, split, device, pack.path.parent.parent / "features", direct=True, ring=2)
+
+
+class TestTableTierBuffered(FeatureTierTests):
+    def make_tier(self, pack, split, device):
+        return TableTier(pack, split, device, pack.path.parent.parent / "features", direct=False, ring=1)
 
 
 class TestColdExtentTierBuffered(FeatureTierTests):
@@ -93,4 +105,9 @@ class TestHostTierPinnedCopyCuda(FeatureTierTests):
 
 @_cuda
 class TestColdExtentTierCuda(TestColdExtentTier):
+    device = "cuda"
+
+
+@_cuda
+class TestTableTierCuda(TestTableTier):
     device = "cuda"

@@ -20,13 +20,15 @@ import torch
 
 from diskgraph.pipeline.tiers import FeatureTier, split_positions, tier_positions, torch_dtype
 from diskgraph.store.dataset import open_dataset
-from diskgraph.store.packed import COLD, open_pack
+from diskgraph.store.packed import COLD, TABLE, open_pack
 from diskgraph.store.plan import open_plan
 
 from loader_helpers import build_identity
 
-PACKS = {"some": (0.05, 0.1), "none": (0.0, 0.0), "everything": (0.5, 1.0)}
-"""Caches (fractions of the nodes on the GPU and host tiers): every tier used; no hot rows; no cold rows."""
+PACKS = {"some": (0.05, 0.1, 0.5), "none": (0.0, 0.0), "everything": (0.5, 1.0)}
+"""Caches (fractions of the nodes on the GPU and host tiers) and bounds: every tier used (``some`` is bounded by
+``--max-blowup 0.5``, so it packs part of its cold rows and leaves the rest in the feature table); no hot rows and no
+bound (no table rows); no cold rows."""
 _BUILT: dict = {}
 
 
@@ -77,11 +79,11 @@ class FeatureTierTests:
             staged = tier.stage(split, i, e)
             try:
                 tier.assemble_into(x, pos.to(dev), slots.to(tier.index_device), staged)
-                if tier.code != COLD:  # the cold tier's slots are its extent rows in order: gather them too
+                if tier.code not in (COLD, TABLE):
                     got = tier.gather(slots.to(tier.index_device), staged)
-                else:
-                    got = tier.gather(torch.from_numpy(e.slot[e.tier == COLD].astype(np.int64)), staged)
-                    want_g = feats[plan.input_nodes(split, i)[np.flatnonzero(e.tier == COLD)]]
+                else:  # the cold (table) tier's slots are its extent (table) rows in order: gather them too
+                    got = tier.gather(torch.from_numpy(e.slot[e.tier == tier.code].astype(np.int64)), staged)
+                    want_g = feats[plan.input_nodes(split, i)[np.flatnonzero(e.tier == tier.code)]]
                     assert np.array_equal(_bits(_numpy(got)), _bits(want_g))
                     got = None
             finally:

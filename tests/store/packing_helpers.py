@@ -137,14 +137,16 @@ def all_features(ds) -> np.ndarray:
 def assemble_oracle(pack, split: str, i: int, tiers_in_memory: dict[str, np.ndarray] | None = None,
                     direct: bool = True, out: np.ndarray | None = None) -> np.ndarray:
     """Minibatch ``i``'s input features ``[n_inputs, F]`` assembled the plain way, on the CPU with numpy: rows from
-    the tiers by slot and from the extent by slot, in the plan's input-node order (the oracle the loader's
+    the tiers by slot, from the extent by slot and — table rows, over the pack's ``--max-blowup`` budget — from the
+    dataset's feature table (the dataset two levels above the pack; checked against the pack's table checksums), in
+    the plan's input-node order (the oracle the loader's
     :class:`~diskgraph.pipeline.tiers.FeatureTier` s are checked against; equal, bit for bit, to
     ``features[input_nodes]``).
 
     Args:
         tiers_in_memory: ``{"gpu": rows, "host": rows}`` (default: ``pack.load_tiers()``).
     """
-    from diskgraph.store.packed import COLD, GPU, HOST
+    from diskgraph.store.packed import COLD, GPU, HOST, TABLE
 
     e = pack.entry(split, i)
     tiers = tiers_in_memory if tiers_in_memory is not None else pack.load_tiers()
@@ -157,6 +159,14 @@ def assemble_oracle(pack, split: str, i: int, tiers_in_memory: dict[str, np.ndar
     at = np.flatnonzero(e.tier == COLD)
     if at.size:
         out[at] = pack.read_extent(split, i, direct=direct, entry=e)[e.slot[at]]
+    at = np.flatnonzero(e.tier == TABLE)
+    if at.size or e.n_table:  # rows over the --max-blowup budget: from the dataset's feature table, checked
+        from diskgraph.store.dataset import open_dataset
+        from diskgraph.store.packed import table_rows
+
+        raw = table_rows(open_dataset(pack.path.parent.parent).features, e.table_nodes)
+        pack.check_table_rows(split, i, e, raw)
+        out[at] = raw.view(pack.storage_dtype).reshape(e.n_table, pack.feature_dim)[e.slot[at]]
     return out
 
 

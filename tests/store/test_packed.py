@@ -124,7 +124,7 @@ def test_verify_finds_damage(packed, tmp_path):
         assert open_pack(bad).verify() == []
         # the index and extents of another split, under a manifest rewritten to match (checksum included)
         shutil.copy(out / "index" / "val.arrow", bad / "index" / "test.arrow")
-        for part in ("cold", "checksums"):
+        for part in ("cold", "checksums", "table_checksums"):
             shutil.rmtree(bad / part / "test")
             shutil.copytree(out / part / "val", bad / part / "test")
         m = json.loads((bad / "manifest.json").read_text())

@@ -181,19 +181,22 @@ def test_zarr_opens_the_pack(world, tmp_path):
     assert np.array_equal(gpu[:], feats[tiers["gpu"]])
 
 
-def test_blowup_warning(world, tmp_path, caplog):
-    ds, plan, _ = world
+def test_max_blowup_is_enforced_not_warned(world, tmp_path, caplog):
+    """--max-blowup holds (the rows over it are table rows, tests/store/test_max_blowup.py); no warning either way."""
+    ds, plan, feats = world
     with caplog.at_level(logging.INFO, logger="diskgraph"):
-        out = pack_features(ds, plan, tmp_path / "pack", tiers={}, memory_budget=1 << 20, max_blowup=0.5)
-    blowup = open_pack(out).manifest["blowup"]
-    assert blowup > 0.5
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "blow-up" in r.getMessage()]
-    assert len(warnings) == 1 and "--max-blowup" in warnings[0].getMessage()
+        out = pack_features(ds, plan, ds.path / "packs" / "enforced", tiers={}, memory_budget=1 << 20, max_blowup=0.5,
+                            overwrite=True)  # (under the dataset: the oracle reads the table rows from it)
+    m = open_pack(out).manifest
+    assert m["blowup"] <= 0.5 and m["packed_bytes"] <= 0.5 * m["feature_bytes"] and m["table_rows"] > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("gpu tier" in r.getMessage() and "MB/s" in r.getMessage() for r in caplog.records)
+    _check_all_minibatches(open_pack(out), plan, feats)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="diskgraph"):
-        pack_features(ds, plan, tmp_path / "pack2", tiers={}, memory_budget=1 << 20, max_blowup=blowup + 1)
+        big = pack_features(ds, plan, tmp_path / "pack2", tiers={}, memory_budget=1 << 20, max_blowup=1000)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert open_pack(big).manifest["table_rows"] == 0
 
 
 def test_overwrite_and_atomic(world, tmp_path):
