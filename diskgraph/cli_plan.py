@@ -5,12 +5,37 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .capacity.bounded import DEFAULT_MAX_BLOWUP
 from .capacity.hardware import calibration_seconds, duration_text
 from .cli_common import EPILOG_SIZES, add_common, fanouts, parse_fanouts, positive_int
 from .store.errors import InputError
 from .units import parse_bytes
 
 log = logging.getLogger("diskgraph")
+
+
+class _DefaultBlowup(float):
+    """The default --max-blowup (the packer's), told apart from the same number given: --disk-budget may replace it."""
+
+
+_DEFAULT_BLOWUP = _DefaultBlowup(DEFAULT_MAX_BLOWUP)
+
+
+def _max_blowup(text: str):
+    """``--max-blowup``: preprocess pack's own parser (a number >= 0, or inf/none: None)."""
+    from .cli_preprocess import max_blowup
+
+    return max_blowup(text)
+
+
+def _disk_budget(text: str) -> int:
+    try:
+        v = parse_bytes(text)
+    except (ValueError, argparse.ArgumentTypeError, InputError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 20G or 500M") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a positive size (e.g. 20G)")
+    return int(v)
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -32,13 +57,18 @@ def add_plan(sub) -> argparse.ArgumentParser:
                     "sample` will write; all of them for a small graph, which makes the sizes exact) and times them "
                     "against a hardware profile measured by --calibrate (saved, then reused) or given by flags. With "
                     "--inference predict|embed it also estimates exact inference of the trained model: the output's "
-                    "size, the scratch tables, partitions, bytes read and time per layer, and peak memory.",
+                    "size, the scratch tables, partitions, bytes read and time per layer, and peak memory. The pack is "
+                    "planned as `preprocess pack --max-blowup B` makes it (default 10): the rows it leaves in the "
+                    "feature table, their page reads and the epoch time with them, next to the unbounded pack's; "
+                    "--disk-budget SIZE plans at the largest B whose pack fits SIZE.",
         epilog="Examples:\n"
                "  diskgraph plan --calibrate                              # measure this machine once\n"
                "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --host-cache 4M\n"
                "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --host-cache 4M --json\n"
                "  diskgraph plan --nodes 100000000 --edges 1600000000 --feature-dim 128 --fanouts 15,10 \\\n"
                "      --batch-size 1024 --host-cache 8G --disk-read-bw 3GB --plot plan.png\n"
+               "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --max-blowup 2\n"
+               "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --disk-budget 50M\n"
                "  diskgraph plan data/cora --fanouts 10,5 --batch-size 512 --inference predict \\\n"
                "      --inference-budget 256M\n"
                "\n" + EPILOG_SIZES +
@@ -69,6 +99,16 @@ def add_plan(sub) -> argparse.ArgumentParser:
     t.add_argument("--host-cache", type=parse_bytes, default=0, metavar="SIZE", help="host tier bytes (default: 0)")
     t.add_argument("--memory-budget", type=parse_bytes, default=1 << 30, metavar="SIZE",
                    help="--memory-budget of import and pack (default: 1G)")
+    t.add_argument("--max-blowup", type=_max_blowup, default=_DEFAULT_BLOWUP, metavar="B",
+                   help="the pack's --max-blowup: its cold extents take at most B x the feature table's bytes, the "
+                        "other cold rows are read from the feature table at training time (a number >= 0, or inf/none; "
+                        f"default: {DEFAULT_MAX_BLOWUP:g}, as preprocess pack). The plan predicts the blow-up, the rows "
+                        "left in the table, their 4 KiB page reads and the epoch time at B, next to the unbounded pack's")
+    t.add_argument("--disk-budget", type=_disk_budget, metavar="SIZE",
+                   help="disk the pack may take (extents, hot tiers, index): plan at the largest --max-blowup whose "
+                        "predicted pack fits it (the extents are bounded by the packer itself), with the epoch time "
+                        "there and unbounded; the cache splits compared are packed the same way. Instead of "
+                        "--max-blowup")
     t.add_argument("--threads", type=positive_int, help="sampling threads (default: one per core)")
     m = p.add_argument_group("training")
     m.add_argument("--model", choices=["sage", "gcn", "gat"], default="sage", help="GNN (default: sage)")
@@ -103,7 +143,9 @@ def add_plan(sub) -> argparse.ArgumentParser:
                    help=f"a faster, rougher calibration (about {duration_text(calibration_seconds('cpu', quick=True))})")
     h.add_argument("--disk-read-bw", type=parse_bytes, metavar="BYTES/S", help="sequential read bandwidth (overrides the profile)")
     h.add_argument("--disk-write-bw", type=parse_bytes, metavar="BYTES/S", help="write bandwidth")
-    h.add_argument("--disk-iops", type=positive_int, help="4 KiB random reads per second")
+    h.add_argument("--disk-iops", type=positive_int, help="4 KiB random reads per second (one at a time)")
+    h.add_argument("--disk-queue-iops", type=positive_int,
+                   help="4 KiB random reads per second with 8 in flight (a bounded pack's table reads)")
     h.add_argument("--memory-bw", type=parse_bytes, metavar="BYTES/S", help="memory copy bandwidth")
     h.add_argument("--host-memory", type=parse_bytes, metavar="SIZE", help="host memory the job may use (limits the "
                                                                           "recommended cache split)")
@@ -139,7 +181,7 @@ def _hardware(args):
         log.info("hardware profile saved to %s (%.0f s)", path, hw.profile.get("seconds", 0))
     else:
         hw = load_profile(path)
-    return apply_overrides(hw, {k: getattr(args, k) for k in ("disk_read_bw", "disk_write_bw", "disk_iops", "memory_bw",
+    return apply_overrides(hw, {k: getattr(args, k) for k in ("disk_read_bw", "disk_write_bw", "disk_iops", "disk_queue_iops", "memory_bw",
                                                                 "host_memory", "gpu_memory", "cores")})
 
 
@@ -191,6 +233,9 @@ def run_plan(args: argparse.Namespace) -> int:
                              "`pip install 'diskgraph[plot]'` or drop --plot") from None
         if args.no_alternatives:
             raise InputError("--plot draws the cache alternatives; drop --no-alternatives")
+    given_blowup = not isinstance(args.max_blowup, _DefaultBlowup)
+    if args.disk_budget is not None and given_blowup:
+        raise InputError("--disk-budget chooses --max-blowup itself; pass one or the other")
     hw = _hardware(args)
     if not args.dataset and not summary:
         print(json.dumps(hw.profile, indent=2) if args.json else f"hardware profile saved to {hw.path}")
@@ -213,7 +258,9 @@ def run_plan(args: argparse.Namespace) -> int:
     est = estimate_plan(w, hw, model=args.model, hidden=args.hidden, heads=args.heads, gpu_cache=args.gpu_cache,
                         host_cache=args.host_cache, queue_depth=args.queue_depth, memory_budget=args.memory_budget,
                         threads=args.threads, alternatives=not args.no_alternatives,
-                        time_steps=not args.no_time_steps)
+                        time_steps=not args.no_time_steps,
+                        max_blowup=float(args.max_blowup) if args.max_blowup is not None else None,
+                        disk_budget=args.disk_budget)
     if args.inference:
         est["inference"] = _inference(args, w, hw)
     elif args.inference_layer is not None or args.inference_dtype != "float32" or args.inference_nodes != "all" \

@@ -62,13 +62,86 @@ def measure_machine(device: str) -> dict:
 
 # -- disk and memory ---------------------------------------------------------------------------------
 
-def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, random_reads: int = 2000) -> dict:
+def _queued_reads(fd: int, pages: int, reads: int, depth: int) -> float:
+    """4 KiB random reads per second with ``depth`` of them in flight (``depth`` threads, each its own aligned buffer,
+    as :class:`~diskgraph.store.table_reader.FeatureTableReader` issues a bounded pack's table reads): the median of 5
+    rounds of ``reads / 5`` reads each (at least ``depth`` per round)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..store.direct_io import ALIGNMENT, aligned_empty
+
+    per_round = max(depth, reads // 5)
+    rng = np.random.default_rng(2)
+    bufs = [aligned_empty(ALIGNMENT) for _ in range(depth)]
+    rates = []
+    with ThreadPoolExecutor(depth) as pool:
+        for _ in range(5):
+            offs = (rng.integers(0, pages, per_round) * ALIGNMENT).tolist()
+            parts = [offs[k::depth] for k in range(depth)]
+            t0 = clock()
+            list(pool.map(lambda kp: [os.preadv(fd, [bufs[kp[0]]], off) for off in kp[1]], enumerate(parts)))
+            rates.append(per_round / max(clock() - t0, 1e-9))
+    return float(statistics.median(rates))
+
+
+TABLE_PROBE_ROW_BYTES = 256
+TABLE_PROBE_ROWS_PER_CALL = 256
+
+
+def _table_reader_rate(directory: Path, probe: Path, probe_bytes: int, reads: int, direct: bool) -> float:
+    """Requests per second of the loader's own table reader (:class:`~diskgraph.store.table_reader.FeatureTableReader`:
+    its threads, its per-request Python and copy work, the GIL they share) on the probe file seen as a feature table of
+    256-byte rows, each request one isolated row (8 pages apart, so none merge), :data:`TABLE_PROBE_ROWS_PER_CALL` rows
+    per call as a minibatch asks for them: the median of 5 rounds of ``reads / 5`` requests. On a fast disk this, not
+    the device, bounds a bounded pack's table reads."""
+    from ..store.table_reader import FeatureTableReader
+    from ..store.zarr_arrays import write_array_metadata
+
+    rows = probe_bytes // TABLE_PROBE_ROW_BYTES
+    table = directory / f"{probe.name}-table"
+    chunk = table / "c" / "0" / "0"
+    try:
+        write_array_metadata(table, (rows, TABLE_PROBE_ROW_BYTES // 4), (rows, TABLE_PROBE_ROW_BYTES // 4), "float32")
+        chunk.parent.mkdir(parents=True)
+        try:
+            os.link(probe, chunk)
+        except OSError:  # no hard links here: the probe moves (and goes with the directory)
+            os.rename(probe, chunk)
+        rng = np.random.default_rng(3)
+        per_page = 4096 // TABLE_PROBE_ROW_BYTES
+        slots = probe_bytes // (8 * 4096)  # one row every 8 pages
+        per_call = int(min(TABLE_PROBE_ROWS_PER_CALL, slots))
+        n_calls = max(1, -(-max(per_call, reads // 5) // per_call))
+        rates = []
+        with FeatureTableReader(table, direct=direct) as reader:
+            out = np.empty((per_call, TABLE_PROBE_ROW_BYTES), np.uint8)
+            for _ in range(5):
+                calls = [np.sort(rng.choice(slots, per_call, replace=False)) * 8 * per_page for _ in range(n_calls)]
+                t0 = clock()
+                requests = sum(reader.read_rows(ids, out).requests for ids in calls)
+                rates.append(requests / max(clock() - t0, 1e-9))
+        return float(statistics.median(rates))
+    finally:
+        import shutil
+
+        shutil.rmtree(table, ignore_errors=True)
+
+
+def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, random_reads: int = 2000,
+                 depth: int | None = None) -> dict:
     """O_DIRECT write and sequential/random read rates of a probe file in ``directory`` (deleted after).
 
     Every request is timed on its own and the rates come from the median request (writes of 16 MiB,
     sequential reads of 4 MiB) or the median of groups of 100 random 4 KiB reads, so a moment of
     interference from another process does not set the rate. Returns bytes/s (``seq_read_Bps``,
-    ``write_Bps``), reads/s (``rand_read_iops``) and seconds (``read_latency_s``)."""
+    ``write_Bps``), reads/s (``rand_read_iops`` at depth 1; ``rand_read_iops_qd`` with ``rand_read_depth`` reads in
+    flight, by default the table reader's :data:`~diskgraph.store.table_reader.READ_THREADS`; ``table_read_rps``,
+    requests per second of the loader's table reader itself: :func:`_table_reader_rate`) and seconds
+    (``read_latency_s``)."""
+    if depth is None:
+        from ..store.table_reader import READ_THREADS
+
+        depth = READ_THREADS
     from ..store.direct_io import ALIGNMENT, O_DIRECT, aligned_empty
     from ..store.files import drop_cache
 
@@ -118,8 +191,12 @@ def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, ran
             group = min(100, max(1, random_reads // 5))
             groups = [offs[i:i + group] for i in range(0, len(offs), group)]
             rand = timed_each(lambda g: [os.preadv(fd, [small], off) for off in g], groups)
+            if not direct:
+                drop_cache(fd)
+            qd_rate = _queued_reads(fd, pages, random_reads, depth)
         finally:
             os.close(fd)
+        reader_rate = _table_reader_rate(directory, fd_path, probe_bytes, random_reads, direct)
     finally:
         try:
             os.unlink(fd_path)
@@ -128,7 +205,8 @@ def measure_disk(directory: str | os.PathLike, probe_bytes: int = 256 * MiB, ran
     seq_Bps = 4 * MiB / statistics.median(seq)
     iops = 1.0 / per_unit_seconds(rand, [len(g) for g in groups])
     return {"path": str(directory.absolute()), "direct": direct, "probe_bytes": probe_bytes,
-            "seq_read_Bps": seq_Bps, "rand_read_iops": iops,
+            "seq_read_Bps": seq_Bps, "rand_read_iops": iops, "rand_read_iops_qd": qd_rate, "rand_read_depth": depth,
+            "table_read_rps": reader_rate,
             "read_latency_s": max(0.0, 1.0 / iops - ALIGNMENT / seq_Bps), "write_Bps": probe_bytes / write_s}
 
 

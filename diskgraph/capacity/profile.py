@@ -6,7 +6,8 @@ A profile is one JSON object (format ``diskgraph.hardware``), by default
 ``~/.cache/diskgraph/hardware.json`` (``$DISKGRAPH_PROFILE`` or ``--profile FILE`` elsewhere)::
 
     machine   cores, memory, CPU model, torch threads, the compute device (and the GPU's name and memory)
-    disk      O_DIRECT sequential read bandwidth (4 MiB reads), 4 KiB random reads per second at depth 1,
+    disk      O_DIRECT sequential read bandwidth (4 MiB reads), 4 KiB random reads per second at depth 1 and
+              with 8 in flight (``rand_read_iops_qd``, ``rand_read_depth``: a bounded pack's table reads),
               the per-request latency they imply, O_DIRECT write bandwidth (16 MiB writes); the probe's
               directory (the disk it measured)
     memory    copy bandwidth (numpy copy of 256 MiB)
@@ -128,6 +129,7 @@ OVERRIDES = {
     "disk_read_bw": ("disk.seq_read_Bps", "sequential read bandwidth, bytes/s"),
     "disk_write_bw": ("disk.write_Bps", "write bandwidth, bytes/s"),
     "disk_iops": ("disk.rand_read_iops", "4 KiB random reads/s"),
+    "disk_queue_iops": ("disk.rand_read_iops_qd", "4 KiB random reads/s with the table reader's requests in flight"),
     "memory_bw": ("memory.copy_Bps", "memory copy bandwidth, bytes/s"),
     "host_memory": ("machine.host_memory_bytes", "host memory, bytes"),
     "gpu_memory": ("machine.gpu_memory_bytes", "GPU memory, bytes"),

@@ -49,6 +49,23 @@ def render_table(est: dict) -> str:
     row("pack: tiers", format_bytes(sum(fp["tier_bytes"].values())),
         f"gpu {fp['tier_rows']['gpu']:,} rows, host {fp['tier_rows']['host']:,} rows")
     row("blow-up", f"{fp['blowup']:.2f}x", f"cold extents / feature table ({format_bytes(fp['feature_bytes'])})")
+    bd = est.get("bounded")
+    if bd:
+        unb = bd["unbounded"]
+        if bd["binding"]:
+            row("--max-blowup", f"{bd['max_blowup']:g}",
+                f"binds: unbounded the extents would take {format_bytes(unb['packed_bytes'])} ({unb['blowup']:.2f}x)")
+            row("table rows", f"{bd['table_rows']:,}", f"{bd['table_page_reads']:,} page reads of 4 KiB over the packed "
+                                                         "epochs (read from the feature table at training time)")
+        else:
+            row("--max-blowup", "inf" if bd["max_blowup"] is None else f"{bd['max_blowup']:g}",
+                "unbounded" if bd["max_blowup"] is None else "does not bind: every cold row is packed")
+    disk = est.get("disk_budget")
+    if disk:
+        row("disk budget", format_bytes(disk["disk_budget_bytes"]),
+            "-> --max-blowup " + ("inf" if disk["fits"] and disk["max_blowup"] is None else
+                                  f"{disk['max_blowup']:g}" if disk["fits"] else "none fits"))
+        lines.append(f"  {disk['message']}")
     row("total", format_bytes(fp["total_bytes"]))
     lines.append("")
     lines.append("memory (peak)")
@@ -67,24 +84,33 @@ def render_table(est: dict) -> str:
             row(f"preprocess: {stage}", _s(pre[stage]["seconds"]))
     hr = est["hit_rate"]
     row("hit rate (train)", f"gpu {hr['gpu']:.1%} host {hr['host']:.1%}", f"cold {hr['cold']:.1%}")
-    row("read per epoch", format_bytes(est["bytes_read_per_epoch"]))
+    row("read per epoch", format_bytes(est["bytes_read_per_epoch"]),
+        f"incl. table rows: {ep['table_requests']:,} requests, {ep['table_page_reads']:,} pages, "
+        f"{_s(ep['table_io_s'])}" if ep.get("table_requests") else "")
     for k, v in ep["stage_s"].items():
         row(f"epoch stage: {k}", _s(v))
     row("epoch (training pass)", _s(est["epoch_s"]), f"bottleneck: {est['bottleneck']}")
     if est.get("eval_s") is not None:
         row("validation pass", _s(est["eval_s"]))
+    if bd and bd["binding"]:
+        row("epoch, unbounded pack", _s(bd["unbounded"]["epoch_s"]),
+            f"read {_s(bd['unbounded']['read_s'])} against {_s(bd['read_s'])} at --max-blowup {bd['max_blowup']:g}")
     if est["alternatives"]:
         lines.append("")
-        lines.append("cache splits (gpu / host → epoch, blow-up, host memory)")
+        lines.append("cache splits (gpu / host → epoch, blow-up, host memory)"
+                     + (" at the --max-blowup that fits the disk budget" if est.get("disk_budget") else ""))
         rec = est["recommended"]
         for a in est["alternatives"]:
             mark = "*" if rec is not None and a is rec or (rec and a["gpu_cache_bytes"] == rec["gpu_cache_bytes"]
                                                           and a["host_cache_bytes"] == rec["host_cache_bytes"]) else " "
             lines.append(f" {mark} {format_bytes(a['gpu_cache_bytes']):>10} / {format_bytes(a['host_cache_bytes']):>10}"
                          f"  {_s(a['epoch_s']):>9}  {a['blowup']:7.2f}x  {format_bytes(a['peak_host_bytes']):>10}"
-                         f"  {a['bottleneck']}" + ("" if a["fits"] else "  (does not fit)"))
+                         f"  {a['bottleneck']}"
+                         + (f"  B {'inf' if a.get('max_blowup') is None else format(a['max_blowup'], 'g')}"
+                            if est.get("disk_budget") else "")
+                         + ("" if a["fits"] else "  (does not fit)"))
         if rec is None:
-            lines.append("  no split fits the memory given")
+            lines.append("  no split fits the memory" + (" and disk" if est.get("disk_budget") else "") + " given")
         else:
             lines.append("  * recommended: the shortest epoch that fits (the smallest memory within 2 % of it), compared "
                          "with the profile's compute fit so identical runs recommend the same split")

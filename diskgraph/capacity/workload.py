@@ -110,10 +110,25 @@ class Workload:
     prior: np.ndarray | None = None
     dataset_bytes: int = 0
     dataset_files: dict = field(default_factory=dict)
+    chunk_rows: int = 0
 
     @property
     def exhaustive(self) -> bool:
         return self.scale == 1 and all(s.exhaustive for s in self.splits.values())
+
+    @property
+    def table_chunk_rows(self) -> int:
+        """Rows per chunk file of the planned graph's feature table (the dataset's own; for a summary, what
+        ``preprocess import`` would write: :func:`summary_chunk_rows`)."""
+        return int(self.chunk_rows) or summary_chunk_rows(self.num_nodes, self.row_bytes)
+
+    def table_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Sampled-graph node ids as rows of the planned graph's feature table: themselves on the real graph; on a
+        scaled-down graph, ``floor(id * scale)``, which spreads a minibatch's rows over the full table as the full
+        graph's would be (the same count over ``scale`` times the pages)."""
+        if self.scale == 1:
+            return ids
+        return np.floor(ids.astype(np.float64) * self.scale).astype(np.int64)
 
     @property
     def num_hops(self) -> int:
@@ -252,10 +267,23 @@ def sample_workload(dataset, *, fanouts: list[int], batch_size: int, seed: int =
     files = _dir_bytes(ds.path)
     return Workload(ds.num_nodes, ds.num_edges, ds.feature_dim, str(ds.feature_dtype), int(ds.features.row_bytes),
                     int(ds.num_outputs or 2), out, 1.0,
-                    ds.num_nodes, f"dataset {ds.path}", prior, sum(files.values()), files)
+                    ds.num_nodes, f"dataset {ds.path}", prior, sum(files.values()), files,
+                    int(ds.features.chunk_shape[0]))
 
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def summary_chunk_rows(nodes: int, row_bytes: int) -> int:
+    """Rows per feature chunk file that ``preprocess import`` writes for ``nodes`` rows of ``row_bytes`` (its
+    default memory budget: :func:`~diskgraph.store.features_copy.copy_features`)."""
+    from ..store.features_copy import CHUNK_BYTES
+
+    rows = max(1, CHUNK_BYTES // max(1, row_bytes))
+    if nodes:
+        chunks = -(-nodes // rows)
+        rows = -(-nodes // chunks)
+    return int(rows)
 
 
 def summary_dataset_bytes(nodes: int, edges: int, feature_dim: int, dtype: str, split_nodes: int) -> dict:
@@ -383,6 +411,9 @@ class ColdRows:
     tier_rows: tuple[int, int]
     index_s: float
     method: str
+    ids: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    cross_ids: dict[str, list[np.ndarray]] | None = None
+    in_sample_weight: float = 1.0
 
 
 def index_row(tier: np.ndarray, slot: np.ndarray, cold: np.ndarray, row_bytes: int, schema: pa.Schema) -> pa.RecordBatch:
@@ -405,6 +436,7 @@ def _index_rows(w: Workload, tier_of: np.ndarray, slot_of: np.ndarray, timed: bo
     times, sizes = [], []
     for name, s in w.splits.items():
         g, h, c, rb = (np.zeros(s.k) for _ in range(4))
+        ids = []
         for i, nodes in enumerate(s.inputs):
             size = nodes.shape[0]
             took = []
@@ -421,7 +453,8 @@ def _index_rows(w: Workload, tier_of: np.ndarray, slot_of: np.ndarray, timed: bo
             sizes.append(size)
             g[i], c[i] = n_gpu, k
             h[i] = size - n_gpu - k
-        res[name] = (g, h, c, rb)
+            ids.append(cold[:k].copy())
+        res[name] = (g, h, c, rb, ids)
     # seconds per minibatch: the median seconds per input row × the mean input rows
     index_s = per_unit_seconds(times, sizes) * float(np.mean(sizes)) if timed and sizes else 0.0
     return res, index_s
@@ -441,6 +474,7 @@ def cold_rows(w: Workload, gpu_bytes: int, host_bytes: int) -> ColdRows:
     if w.exhaustive or (n_gpu + n_host) == 0:
         method = "exact: every minibatch sampled" if w.exhaustive else "no cache: every input row is cold"
         pick = full
+        cross_ids, a_in = None, 1.0
     else:
         # split halves: tiers from the even minibatches scored on the odd ones and vice versa
         halves = {}
@@ -458,9 +492,11 @@ def cold_rows(w: Workload, gpu_bytes: int, host_bytes: int) -> ColdRows:
                 src = halves["odd" if i % 2 == 0 else "even"][name]  # tiers chosen without this minibatch
                 for j in range(4):
                     cross[j][i] = src[j][i]
-            pick[name] = tuple(a_in * a + (1 - a_in) * b for a, b in zip(full[name], cross))
+            pick[name] = tuple(a_in * a + (1 - a_in) * b for a, b in zip(full[name][:4], cross))
         method = (f"partial sample ({f:.0%} of the minibatches): {a_in:.2f} x the in-sample hit rate + {1 - a_in:.2f} "
                   "x the split-half one")
+        cross_ids = {name: [halves["odd" if i % 2 == 0 else "even"][name][4][i] for i in range(s.k)]
+                     for name, s in w.splits.items()}
     return ColdRows({n: v[0] for n, v in pick.items()}, {n: v[1] for n, v in pick.items()},
                     {n: v[2] for n, v in pick.items()}, {n: v[3] for n, v in pick.items()}, (n_gpu, n_host),
-                    index_s, method)
+                    index_s, method, {n: v[4] for n, v in full.items()}, cross_ids, a_in)
