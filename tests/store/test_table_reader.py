@@ -84,3 +84,18 @@ def test_bad_ids_and_damaged_chunks(tables, tmp_path):
     with FeatureTableReader(bad) as r:
         with pytest.raises(FormatError, match="holds 4096 bytes where 310800 are expected"):
             r.read_rows(np.array([10, 700]), np.empty((2, 100), np.float32))
+
+
+def test_a_run_the_compiled_loop_cannot_read_is_read_again_by_the_reader(tables, monkeypatch):
+    """The compiled loop reports a failed run (O_DIRECT refused, a short file): the reader's own reads take over (they
+    fall back to buffered I/O, or refuse in one sentence), and the rows are still exact."""
+    from diskgraph.store import table_reader
+
+    path, data = tables["straddle"]
+    ids = np.arange(0, 3000, 7)
+    monkeypatch.setattr(table_reader, "_read_runs", lambda *a: -1)
+    with FeatureTableReader(path, threads=3) as r:
+        out = np.zeros((len(ids), data.shape[1]), data.dtype)
+        got = r.read_rows(ids, out)
+    np.testing.assert_array_equal(out, data[ids])
+    assert got.bytes_read >= len(ids) * r.row_bytes

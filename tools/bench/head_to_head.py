@@ -134,6 +134,8 @@ def preprocess(a, raw: Path, ds: Path) -> dict:
             "pack": [*dg, "preprocess", "pack", ds, "--plan", a.name, "--host-cache", size_arg(a.host_cache),
                      "--memory-budget", budget, "--overwrite"],
         }
+        if a.blowups:  # issue 17: the reference pack is the unbounded one (the CLI's default, 10, is a bound)
+            stages["pack"][-1:-1] = ["--max-blowup", "inf"]
     out = {}
     for stage, cmd in stages.items():
         cgroup.evict([raw] if stage == "import" else [ds])
@@ -588,6 +590,381 @@ def plot(rep: dict, path: Path) -> None:
     print(f"plot written to {path}", flush=True)
 
 
+# -- bounded packs: --max-blowup B (issue 17) ------------------------------------------------------
+
+BOUNDED = "head_to_head/bounded-packs"
+"""``bench`` of a ``--blowups`` report."""
+
+
+def parse_blowups(text: str) -> list[float | None]:
+    """``--blowups inf,4,2,1`` → [None, 4.0, 2.0, 1.0] (None: unbounded); the unbounded pack is always measured."""
+    out: list[float | None] = [None]
+    for w in (w.strip().lower() for w in text.split(",")):
+        if not w or w in ("inf", "none", "infinity", "unbounded"):
+            continue
+        v = float(w)
+        if v != v or v < 0:
+            raise argparse.ArgumentTypeError(f"--blowups: {w} is not a number >= 0 (or inf)")
+        if v != float("inf") and v not in out:
+            out.append(v)
+    return out
+
+
+def blowup_label(b: float | None) -> str:
+    return "inf" if b is None else f"{b:g}"
+
+
+def bounded_name(a, b: float | None) -> str:
+    """The pack of bound ``b``: the usual one (``--name``) when unbounded, else ``NAME-bB``."""
+    return a.name if b is None else f"{a.name}-b{blowup_label(b)}"
+
+
+def disk_usage(path: Path) -> tuple[int, int]:
+    """(bytes allocated on disk, apparent bytes) of every file under ``path``."""
+    alloc = size = 0
+    for f in path.rglob("*"):
+        if f.is_file() and not f.is_symlink():
+            st = f.stat()
+            alloc += st.st_blocks * 512
+            size += st.st_size
+    return alloc, size
+
+
+def bounded_pack(a, ds: Path, b: float) -> dict:
+    """``preprocess pack --max-blowup b`` of the plan into its own pack, timed inside the cap, page cache evicted."""
+    cmd = [*diskgraph_cmd(), "preprocess", "pack", ds, "--plan", a.name, "--name", bounded_name(a, b), "--max-blowup",
+           blowup_label(b), "--host-cache", size_arg(a.host_cache), "--memory-budget", size_arg(a.memory_budget),
+           "--overwrite"]
+    cgroup.evict([ds])
+    print(f"preprocess pack --max-blowup {blowup_label(b)} under {fmt_bytes(a.memory_cap)}: "
+          f"{shlex.join(map(str, cmd))}", flush=True)
+    r = capped_run(cmd, a.memory_cap, f"pack-b{blowup_label(b)}", a.stage_timeout)
+    rec = {**run_summary(r), "command": shlex.join(map(str, cmd)), "log_tail": tail(r.stderr, 3000)}
+    print(f"  exit {r.returncode}, {r.wall_s:.1f} s, max usage {fmt_bytes(r.max_usage_bytes)}, peak anon "
+          f"{fmt_bytes(r.peak_stat.get('total_rss'))}, oom kills {r.oom_kills}", flush=True)
+    if not r.ok:
+        raise SystemExit(f"head_to_head: preprocess pack --max-blowup {blowup_label(b)} failed inside the "
+                         f"{fmt_bytes(a.memory_cap)} cap (exit {r.returncode}, oom kills {r.oom_kills})\n{tail(r.stderr)}")
+    return rec
+
+
+def bounded_pack_facts(ds: Path, name: str, inspected: dict) -> dict:
+    """What the manifest and ``diskgraph inspect --json`` say of one pack, and its bytes on disk."""
+    pm = read_json(ds / "packs" / name / "manifest.json")
+    ins = inspected.get(name) or {}
+    alloc, apparent = disk_usage(ds / "packs" / name)
+    split = {k: {f: v.get(f) for f in ("minibatches", "minibatches_per_epoch", "epochs", "input_rows", "cold_rows", "cold_bytes", "padded_bytes",
+                                       "table_rows", "max_table_rows", "table_page_reads", "cold_bytes_per_epoch",
+                                       "index_bytes")}
+             for k, v in pm["splits"].items()}
+    return {"name": name, "disk_bytes": alloc, "apparent_bytes": apparent,
+            "inspect": {k: ins.get(k) for k in ("blowup", "max_blowup", "table_rows", "table_page_reads",
+                                                "packed_bytes")},
+            "packed_bytes": pm.get("packed_bytes"), "cold_bytes": pm.get("cold_bytes"), "blowup": pm.get("blowup"),
+            "max_blowup": pm.get("max_blowup"), "table_rows": pm.get("table_rows"),
+            "table_page_reads": pm.get("table_page_reads"), "feature_bytes": pm.get("feature_bytes"),
+            "host_rows": pm["tiers"]["host"]["rows"], "splits": split}
+
+
+def run_identity(work: Path) -> dict:
+    """Everything of a run that bit-exact inputs must reproduce: every step's loss, every epoch's metrics."""
+    steps = read_steps(work / "steps.jsonl")
+    epochs, summary = read_log(work / "log.jsonl")
+    return {"step_losses": [s.get("loss") for s in steps],
+            "epochs": [{k: e.get(k) for k in ("loss", "train_acc", "val_loss", "val_acc")} for e in epochs or []],
+            "val_acc": (summary or {}).get("val_acc")}
+
+
+def bounded_run(a, ds: Path, who: str, b: float | None, cap: int, rnd: int, work: Path, row_bytes: int) -> dict:
+    """One contestant run (``run_contestant``) on the pack of bound ``b``, with its bit-exactness fingerprint."""
+    ab = argparse.Namespace(**vars(a))
+    ab.name = bounded_name(a, b)
+    root = work / (f"b{blowup_label(b)}" if who == "diskgraph" else "baseline")
+    rec = run_contestant(ab, ds, who, cap, rnd, root, row_bytes)
+    rec["max_blowup"] = blowup_label(b) if who == "diskgraph" else None
+    rec["pack"] = ab.name
+    run_dir = root / f"{who}-{size_arg(cap) if cap < UNCAPPED else 'nocap'}-r{rnd}"
+    rec["identity"] = run_identity(run_dir)
+    e0 = (rec.get("epochs") or [{}])[0]
+    rec["hit_rate"] = e0.get("hit_rate")
+    rec["extent_bytes"] = e0.get("extent_bytes")
+    rec["cold_bytes_needed"] = e0.get("cold_bytes_needed")
+    if not a.keep_runs:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return rec
+
+
+def bounded_summary(runs: list[dict]) -> dict:
+    """Medians per pack bound (diskgraph) and of the baseline."""
+    out = {}
+    keys = [r["max_blowup"] or r["contestant"] for r in runs]
+    for key in sorted(set(keys), key=lambda k: (k != "inf", k in CONTESTANTS, -float(k) if k not in CONTESTANTS and
+                                                k != "inf" else 0, k)):
+        rs = [r for r in runs if (r["max_blowup"] or r["contestant"]) == key]
+        s = summarize(rs)[next(iter(summarize(rs)))]
+        eps = [e for r in rs for e in r.get("epochs") or []]
+        s["read_amplification_all"] = [e.get("read_amplification") for e in eps]
+        s["table_share"] = median([(e.get("hit_rate") or {}).get("table", 0.0) for e in eps])
+        s["extent_bytes"] = median([e.get("extent_bytes") for e in eps])
+        s["cold_bytes_needed"] = median([e.get("cold_bytes_needed") for e in eps])
+        s["stage_s_all"] = [r.get("stage_s") for r in rs]
+        s["eval_s"] = median([e.get("eval_s") for e in eps])
+        s["eval_read_bytes"] = median([e.get("eval_read_bytes") for e in eps])
+        s["process_wall_s"] = median([r["run"]["wall_s"] for r in rs])
+        out[key] = s
+    return out
+
+
+def identical(x: dict, y: dict) -> bool:
+    return bool(x["step_losses"]) and x == y
+
+
+def bounded_checks(a, rep: dict) -> dict:
+    summ, runs, packs = rep["summary"], rep["runs"], rep["packs"]
+    out = {}
+    for lab, pk in packs.items():
+        if lab != "inf":
+            out[f"pack B={lab}: blow-up {pk['blowup']:.3f} <= {lab}"] = pk["blowup"] <= float(lab) + 1e-9
+    dg = [r for r in runs if r["contestant"] == "diskgraph"]
+    out["no OOM kill in any diskgraph run inside the cap"] = bool(dg) and all(r["run"]["oom_kills"] == 0 for r in dg)
+    late = sorted({f"B={r['max_blowup']}" for r in dg if not r["finished"]})
+    out["every diskgraph run (training, evaluation after the epoch, final best-model evaluation) within the time limit"
+        + (f" (not: {', '.join(late)})" if late else "")] = bool(dg) and not late
+    ref = [r for r in dg if r["max_blowup"] == "inf" and r["identity"]["epochs"]]
+    if ref:
+        want = ref[0]["identity"]
+        bad = [f"B={r['max_blowup']} round {r['round']}" for r in dg
+               if not r["identity"]["step_losses"] or r["identity"]["step_losses"] != want["step_losses"]]
+        out[f"the loss of every training step ({len(want['step_losses'])}) identical to the unbounded run's in every B "
+            f"and round" + (f" (DIFFER: {', '.join(bad)})" if bad else "")] = not bad
+        evald = [r for r in dg if r["identity"]["epochs"]]
+        bad = [f"B={r['max_blowup']} round {r['round']}" for r in evald if r["identity"]["epochs"] != want["epochs"]
+               or r["identity"]["val_acc"] not in (None, want["val_acc"])]
+        missing = sorted({f"B={r['max_blowup']}" for r in dg if not r["identity"]["epochs"]})
+        nofinal = sorted({f"B={r['max_blowup']}" for r in evald if r["identity"]["val_acc"] is None})
+        out["epoch loss, train acc, val loss, val acc (after the epoch; and of the best model at the end where it got "
+            "there) identical to the unbounded run's"
+            + (f" (DIFFER: {', '.join(bad)})" if bad else "")
+            + (f" (no evaluation, stopped at the time limit: {', '.join(missing)})" if missing else "")
+            + (f" (final best-model evaluation stopped at the time limit: {', '.join(nofinal)})" if nofinal else "")
+            ] = not bad
+    inf, two, one = summ.get("inf"), summ.get("2"), summ.get("1")
+    if inf and two and inf["epoch_s"] and two["epoch_s"]:
+        ratio = two["epoch_s"] / inf["epoch_s"]
+        out[f"epoch(B=2) <= {a.ratio_target} x epoch(unbounded) ({ratio:.2f}x)"] = ratio <= a.ratio_target
+    rnd = summ.get("mmap-random")
+    if one and rnd and one["epoch_s"] and rnd["epoch_s"]:
+        sp = rnd["epoch_s"] / one["epoch_s"]
+        out[f"epoch(mmap MADV_RANDOM) >= {a.speedup_target} x epoch(B=1) ({sp:.1f}x"
+            + (", mmap-random extrapolated" if rnd["extrapolated"] else "") + ")"] = sp >= a.speedup_target
+    return out
+
+
+def render_bounded(rep: dict) -> str:
+    p, m, d = rep["params"], rep["machine"], rep["dataset"]
+    lines = []
+    title = (f"head_to_head --blowups — {d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {p['feature_dim']}-d "
+             f"float32 ({fmt_bytes(d['feature_bytes'])} of features), cap {fmt_bytes(p['memory_cap'])} ({rep['date']})")
+    lines += [title, "-" * len(title)]
+    disk = next(iter(m.get("disks", {}).values()), {})
+    lines.append(f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
+                 f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
+                 f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
+    q = m.get("wait_quiet")
+    if q:
+        lines.append(f"quiet machine: {'yes' if q['quiet'] else 'NO'} after waiting {q['waited_s']:.0f} s (load "
+                     f"{q['loadavg_1m']:.2f}; other diskgraph jobs: {len(q['other_jobs'])})")
+    pk0 = rep["packs"]["inf"]
+    tr = pk0["splits"]["train"]
+    lines.append(f"model: GraphSAGE (mean), hidden {p['hidden']}, fanouts {p['fanouts']}, batch {p['batch_size']}, "
+                 f"{p['epochs']} epoch(s), {tr['minibatches']} train minibatches, "
+                 f"{tr['input_rows'] / max(1, tr['minibatches']):,.0f} input rows each on average; host cache "
+                 f"{fmt_bytes(p['host_cache'])}")
+    pre = rep.get("preprocess")
+    if pre:
+        lines.append("preprocess under the cap: " + ", ".join(
+            f"{k} {v['wall_s']:.1f} s (peak anon {fmt_bytes(v['peak_anon_bytes'])}, oom {v['oom_kills']})"
+            for k, v in pre.items()))
+    else:
+        lines.append("preprocess: import/sample/unbounded pack reused (not timed in this run)")
+    lines.append(f"rounds: {p['repeat']} (order rotated per round; mmap-random "
+                 f"{'in round 0 only' if p.get('baseline_once') else 'every round'}); time limit "
+                 f"{p['time_limit']:.0f} s per process; medians")
+    lines.append("")
+    hdr = (f"{'pack':<8} {'on disk':>9} {'blowup':>7} {'table rows':>11} {'pred pages':>10} {'pack s':>7} "
+           f"{'epoch s':>8} {'x inf':>6} {'read':>6} {'assem':>6} {'comp':>6} {'read B':>9} {'amp':>6} "
+           f"{'table %':>7} {'val acc':>7}")
+    lines += [hdr, "-" * len(hdr)]
+    summ = rep["summary"]
+    base = summ.get("inf", {}).get("epoch_s")
+    for lab, pk in rep["packs"].items():
+        s = summ.get(lab)
+        if not s:
+            continue
+        st = s["stage_s"]
+        pt = rep["pack_stages"].get(lab) or {}
+        rel = f"{s['epoch_s'] / base:.2f}" if base and s["epoch_s"] else "-"
+        amp = f"{s['read_amplification']:.3f}" if s["read_amplification"] else "-"
+        acc = f"{s['val_acc']:.4f}" if s["val_acc"] is not None else "-"
+        lines.append(
+            f"{'B=' + lab:<8} {fmt_bytes(pk['disk_bytes']):>9} {pk['blowup']:>6.2f}x {pk['table_rows']:>11,} "
+            f"{pk['table_page_reads']:>10,} {fmt_s(pt.get('wall_s')):>7} {fmt_s(s['epoch_s'], s['extrapolated']):>8} "
+            f"{rel:>6} {fmt_s(st.get('read_s')):>6} {fmt_s(st.get('assemble_s')):>6} {fmt_s(st.get('compute_s')):>6} "
+            f"{fmt_bytes(s['read_bytes']):>9} {amp:>6} {100 * (s['table_share'] or 0):>6.1f}% {acc:>7}")
+    rnd = summ.get("mmap-random")
+    if rnd:
+        rel = f"{rnd['epoch_s'] / base:.2f}" if base and rnd["epoch_s"] else "-"
+        amp = f"{rnd['read_amplification']:.3f}" if rnd["read_amplification"] else "-"
+        lines.append(f"{'mmap-random (np.memmap, MADV_RANDOM)':<55} {fmt_s(rnd['epoch_s'], rnd['extrapolated']):>8} "
+                     f"{rel:>6} {'':>20} {fmt_bytes(rnd['read_bytes']):>9} {amp:>6}   ({rnd['status']})")
+    lines.append("")
+    lines.append("on disk: the pack directory's allocated bytes (extents, index, plan copy); blowup: packed cold extents "
+                 "÷ feature table (manifest); table rows / pred pages: cold rows left in the feature table and the 4 KiB "
+                 "page reads the packer predicts for them (train + val); pack s: `preprocess pack` wall time inside the "
+                 "cap (B=inf: the usual pack stage); epoch s: training pass of epoch 0 (mean over epochs), median over "
+                 "rounds; read/assem/comp: stage busy seconds; read B: OS-counted bytes (/proc/self/io) of the training "
+                 "pass; amp: read B ÷ bytes of the cold + table rows needed (logged); table %: input rows served from "
+                 "the feature table")
+    for lab, pk in rep["packs"].items():
+        tr = pk["splits"]["train"]
+        eps = max(1, tr.get("epochs") or 1) if "epochs" in tr else max(1, p["epochs"])
+        pred = (tr["padded_bytes"] + 4096 * (tr["table_page_reads"] or 0)) / eps
+        s = summ.get(lab) or {}
+        got = s.get("extent_bytes")
+        va = pk["splits"].get("val") or {}
+        lines.append(f"B={lab} train pass: extents {fmt_bytes(tr['padded_bytes'] / eps)} + {tr['table_rows'] / eps:,.0f} "
+                     f"table rows on {(tr['table_page_reads'] or 0) / eps:,.0f} predicted 4 KiB pages = "
+                     f"{fmt_bytes(pred)} predicted; logged extent+table bytes {fmt_bytes(got)}"
+                     + (f" ({got / pred:.2f}x the prediction)" if got and pred else "")
+                     + (f"; val: extents {fmt_bytes(va.get('padded_bytes'))} + {va.get('table_rows') or 0:,} of "
+                        f"{va.get('input_rows') or 0:,} input rows in the table; evaluation {fmt_s(s.get('eval_s'))} s, "
+                        f"read {fmt_bytes(s.get('eval_read_bytes'))}" if va else "")
+                     + (f"; process wall {fmt_s(s.get('process_wall_s'))} s" if s else ""))
+    for lab, s in summ.items():
+        lines.append(f"per round {lab}: epoch " + ", ".join(fmt_s(v) for v in s["epoch_s_all"])
+                     + (f"; amp {', '.join(f'{v:.3f}' for v in s['read_amplification_all'] if v)}"
+                        if s.get("read_amplification_all") else "")
+                     + (f"; extent+table bytes {fmt_bytes(s['extent_bytes'])} for {fmt_bytes(s['cold_bytes_needed'])} "
+                        f"of rows" if s.get("extent_bytes") else "") + f"; {s['status']}")
+    lines.append("")
+    chk = rep["checks"]
+    lines.append("targets: " + "; ".join(f"{k}: {'ok' if v else 'MISSED'}" for k, v in chk.items()))
+    if not all(v for k, v in chk.items() if "identical" in k):
+        lines.append("!!! THE BOUNDED PACKS DID NOT REPRODUCE THE UNBOUNDED RUN BIT FOR BIT — see runs[].identity !!!")
+    lines.append(f"result: {'PASS' if chk and all(chk.values()) else 'FAIL'}")
+    lines.append("")
+    lines.append("command: " + rep["commands"]["bench"])
+    for k, c in rep["commands"]["packs"].items():
+        lines.append(f"  pack B={k}: {c}")
+    for who, cmd in rep["commands"]["contestants"].items():
+        lines.append(f"  {who}: {cmd}")
+    return "\n".join(lines)
+
+
+def finish_bounded(a, rep: dict) -> int:
+    rep["summary"] = bounded_summary(rep["runs"])
+    rep["checks"] = bounded_checks(a, rep)
+    write_outputs(render_bounded(rep), rep, a.txt, a.json)
+    return 0 if rep["checks"] and all(rep["checks"].values()) else 1
+
+
+def main_bounded(a, parent, wanted: list[str], skipped: dict) -> int:
+    """``--blowups``: the unbounded pack and one pack per finite bound of the same plan, then rounds of diskgraph on
+    each pack and the memmap baseline(s), every one inside the cap from a cold page cache."""
+    bounds = parse_blowups(a.blowups)
+    baselines = [w for w in wanted if w not in ("diskgraph", "diskgraph-unchecked")]
+    if a.task != "node" or a.sweep_caps or a.merge:
+        print("head_to_head: --blowups runs node classification at one cap; drop --task link, --sweep-caps, --merge",
+              file=sys.stderr)
+        return 2
+    cache = a.cache_dir.resolve()
+    cache.mkdir(parents=True, exist_ok=True)
+    tag = f"n{a.nodes}-e{a.edges}-f{a.feature_dim}-c{a.classes}-s{a.seed}"
+    raw, ds = cache / f"raw-{tag}", cache / f"syn-{tag}"
+    feature_bytes = a.nodes * a.feature_dim * 4
+    need = (0 if a.reuse_preprocess else 2 * feature_bytes + 40 * a.edges) + int(
+        feature_bytes * (10 + sum(b for b in bounds if b is not None)))
+    if shutil.disk_usage(cache).free - need < a.min_free:
+        print(f"head_to_head: {cache} has {fmt_bytes(shutil.disk_usage(cache).free)} free; the run needs about "
+              f"{fmt_bytes(need)} (dataset, unbounded pack up to 10x the table, the bounded packs) and would leave "
+              f"less than --min-free", file=sys.stderr)
+        return 2
+    quiet = wait_quiet(a.wait_quiet) if a.wait_quiet > 0 else None
+    machine = cgroup.machine_facts([cache])
+    if quiet is not None:
+        machine["wait_quiet"] = quiet
+    machine["cgroup_parent"] = str(parent)
+    machine["loadavg_start"] = os.getloadavg()
+    t0 = time.time()
+    gen = pre = None
+    main_manifest = ds / "packs" / a.name / "manifest.json"
+    if a.reuse_preprocess and main_manifest.exists() and read_json(main_manifest).get("max_blowup", 0) is None:
+        print(f"reusing {ds} with plan and unbounded pack {a.name!r} (preprocessing not timed)", flush=True)
+    else:
+        gen = ensure_raw(a, raw)
+        pre = preprocess(a, raw, ds)
+    pack_stages = {"inf": (pre or {}).get("pack")}
+    for b in bounds[1:]:
+        pack_stages[blowup_label(b)] = bounded_pack(a, ds, b)
+    ins = subprocess.run([*map(str, diskgraph_cmd()), "inspect", str(ds), "--json"], capture_output=True, text=True)
+    inspected = json.loads(ins.stdout).get("packs", {}) if ins.returncode == 0 else {}
+    if ins.returncode:
+        print(f"head_to_head: diskgraph inspect --json failed (exit {ins.returncode}); pack facts from the manifests "
+              f"only\n{tail(ins.stderr)}", file=sys.stderr)
+    packs = {blowup_label(b): bounded_pack_facts(ds, bounded_name(a, b), inspected) for b in bounds}
+    for lab, pk in packs.items():
+        print(f"pack B={lab}: {fmt_bytes(pk['disk_bytes'])} on disk, packed {fmt_bytes(pk['packed_bytes'])}, blow-up "
+              f"{pk['blowup']:.3f}x, {pk['table_rows']:,} table rows, {pk['table_page_reads']:,} predicted table page "
+              f"reads", flush=True)
+    dm = read_json(ds / "manifest.json")
+    from diskgraph.store.dataset import open_dataset
+
+    dso = open_dataset(ds)
+    row_bytes = dso.features.row_bytes
+    work = cache / "runs-bounded"
+    runs, commands = [], {}
+    cap = a.memory_cap
+    for rnd in range(a.repeat):
+        order = [("diskgraph", b) for b in bounds] + [(w, None) for w in baselines if rnd == 0 or not a.baseline_once]
+        k = rnd % len(order)
+        for who, b in order[k:] + order[:k]:
+            rec = bounded_run(a, ds, who, b, UNCAPPED if who == "memory" else cap, rnd, work, row_bytes)
+            commands.setdefault(who if who != "diskgraph" else f"diskgraph B={blowup_label(b)}", rec["command"])
+            runs.append(rec)
+    machine["loadavg_end"] = os.getloadavg()
+    rep = {
+        "bench": BOUNDED,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "params": {"nodes": a.nodes, "edges": a.edges, "feature_dim": a.feature_dim, "classes": a.classes,
+                   "seed": a.seed, "split": a.split, "fanouts": a.fanouts, "batch_size": a.batch_size,
+                   "hidden": a.hidden, "epochs": a.epochs, "train_seed": a.train_seed, "host_cache": a.host_cache,
+                   "queue_depth": a.queue_depth, "memory_cap": a.memory_cap, "repeat": a.repeat,
+                   "time_limit": a.time_limit, "memory_budget": a.memory_budget, "blowups": list(packs),
+                   "baseline_once": a.baseline_once, "ratio_target": a.ratio_target,
+                   "speedup_target": a.speedup_target},
+        "dataset": {"path": str(ds), "num_nodes": dm.get("num_nodes"), "num_edges": dm.get("num_edges"),
+                    "feature_bytes": dso.features.nbytes, "train_nodes": len(dso.splits["train"]),
+                    "val_nodes": len(dso.splits["val"]) if "val" in dso.splits else 0},
+        "machine": machine,
+        "git": git_state(),
+        "commands": {"bench": shlex.join([sys.executable, *sys.argv]), "contestants": commands,
+                     "preprocess": {k: v["command"] for k, v in (pre or {}).items()},
+                     "packs": {k: v["command"] for k, v in pack_stages.items() if v}},
+        "generate": gen,
+        "preprocess": pre,
+        "pack_stages": pack_stages,
+        "packs": packs,
+        "skipped": skipped,
+        "runs": runs,
+        "total_seconds": time.time() - t0,
+    }
+    if not a.keep_pack:
+        for b in bounds:
+            shutil.rmtree(ds / "packs" / bounded_name(a, b), ignore_errors=True)
+        shutil.rmtree(ds / "plans" / a.name, ignore_errors=True)
+    return finish_bounded(a, rep)
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -660,6 +1037,17 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--acc-points", type=float, default=0.5, help="val accuracy difference to in RAM, points")
     k.add_argument("--mrr-points", type=float, default=1.0,
                    help="--task link: val MRR difference to in RAM, points (default: 1.0)")
+    bb = p.add_argument_group("bounded packs (--max-blowup, issue 17)")
+    bb.add_argument("--blowups", default="", metavar="LIST",
+                    help="e.g. inf,4,2,1: after the usual import/sample/pack (packed with --max-blowup inf), pack the "
+                         "same plan once per finite B (`preprocess pack --name NAME-bB --max-blowup B`, timed inside the "
+                         "cap), then rounds of diskgraph on every pack plus the other --contestants (default then: "
+                         "diskgraph,mmap-random); reports per B the pack's disk bytes and blow-up, epoch, stages, read "
+                         "amplification, table share, val accuracy, checks that every B trains bit-identically, and the "
+                         "targets epoch(B=2) <= --ratio-target x epoch(inf), epoch(mmap-random) >= --speedup-target x "
+                         "epoch(B=1)")
+    bb.add_argument("--baseline-once", action="store_true",
+                    help="with --blowups: run the baseline contestants (mmap-random) in round 0 only")
     o = p.add_argument_group("files")
     o.add_argument("--cache-dir", type=Path, default=REPO / "bench-data" / "h2h", help="data directory (gitignored)")
     o.add_argument("--regenerate", action="store_true")
@@ -725,6 +1113,8 @@ def wait_quiet(limit_s: float, load_max: float = 1.0, poll_s: float = 30.0) -> d
 
 def task_defaults(a) -> None:
     """Fill the options whose default depends on --task (the node defaults are those of issue 5)."""
+    if a.contestants is None and getattr(a, "blowups", ""):
+        a.contestants = "diskgraph,mmap-random"
     if a.contestants is None:
         a.contestants = "diskgraph,memory" if a.task == "link" else "diskgraph,memory,mmap,mmap-random,pyg"
     if a.target_epoch_s is None and a.task == "node":
@@ -746,6 +1136,10 @@ def finish_report(a, rep: dict) -> int:
 
 def render_report(a) -> int:
     rep = read_json(a.render)
+    if rep.get("bench") == BOUNDED:
+        a.ratio_target = rep["params"].get("ratio_target", a.ratio_target)
+        a.speedup_target = rep["params"].get("speedup_target", a.speedup_target)
+        return finish_bounded(a, rep)
     if rep.get("bench") != "head_to_head":
         print(f"head_to_head: {a.render} is not a head_to_head report", file=sys.stderr)
         return 2
@@ -781,6 +1175,8 @@ def main(argv: list[str] | None = None) -> int:
                   "--contestants", file=sys.stderr)
             return 2
         wanted.remove("pyg")
+    if a.blowups:
+        return main_bounded(a, parent, wanted, skipped)
     cache = a.cache_dir.resolve()
     cache.mkdir(parents=True, exist_ok=True)
     tag = f"n{a.nodes}-e{a.edges}-f{a.feature_dim}-c{a.classes}-s{a.seed}"
