@@ -443,16 +443,21 @@ def fmt_s(v, extrapolated=False) -> str:
     return f"{'~' if extrapolated else ''}{v:.1f}" if v >= 100 else f"{'~' if extrapolated else ''}{v:.2f}"
 
 
+def header(rep: dict, what: str = "head_to_head") -> list[str]:
+    """A report's title, its underline and the machine line."""
+    p, m, d = rep["params"], rep["machine"], rep["dataset"]
+    title = (f"{what} — {d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {p['feature_dim']}-d float32 "
+             f"({fmt_bytes(d['feature_bytes'])} of features), cap {fmt_bytes(p['memory_cap'])} ({rep['date']})")
+    disk = next(iter(m.get("disks", {}).values()), {})
+    return [title, "-" * len(title),
+            f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
+            f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
+            f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end"]
+
+
 def render(rep: dict) -> str:
     p, m, d = rep["params"], rep["machine"], rep["dataset"]
-    lines = []
-    title = (f"head_to_head — {d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {p['feature_dim']}-d float32 "
-             f"({fmt_bytes(d['feature_bytes'])} of features), cap {fmt_bytes(p['memory_cap'])} ({rep['date']})")
-    lines += [title, "-" * len(title)]
-    disk = next(iter(m.get("disks", {}).values()), {})
-    lines.append(f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
-                 f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
-                 f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
+    lines = header(rep)
     link = p.get("task") == "link"
     if link:
         es = d.get("edge_split") or {}
@@ -761,15 +766,8 @@ def bounded_checks(a, rep: dict) -> dict:
 
 
 def render_bounded(rep: dict) -> str:
-    p, m, d = rep["params"], rep["machine"], rep["dataset"]
-    lines = []
-    title = (f"head_to_head --blowups — {d['num_nodes']:,} nodes, {d['num_edges']:,} edges, {p['feature_dim']}-d "
-             f"float32 ({fmt_bytes(d['feature_bytes'])} of features), cap {fmt_bytes(p['memory_cap'])} ({rep['date']})")
-    lines += [title, "-" * len(title)]
-    disk = next(iter(m.get("disks", {}).values()), {})
-    lines.append(f"machine: {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), {fmt_bytes(m.get('mem_total_bytes'))} "
-                 f"RAM, {disk.get('fstype', '?')} on {disk.get('device', '?')}, kernel {m.get('kernel')}; load average "
-                 f"{m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end")
+    p, m = rep["params"], rep["machine"]
+    lines = header(rep, "head_to_head --blowups")
     q = m.get("wait_quiet")
     if q:
         lines.append(f"quiet machine: {'yes' if q['quiet'] else 'NO'} after waiting {q['waited_s']:.0f} s (load "
