@@ -119,9 +119,10 @@ def tier_positions(entry: PackEntry) -> tuple[np.ndarray, tuple[int, int, int, i
     return idx, (int(pos_g.shape[0]), int(pos_h.shape[0]), int(cold.shape[0]), int(table.shape[0]))
 
 
-def split_positions(idx: torch.Tensor, counts: tuple[int, int, int, int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def split_positions(idx: torch.Tensor,
+                    counts: tuple[int, int, int, int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """``{tier code: (positions in x, slots)}`` from :func:`tier_positions`' ``idx`` (a tensor, on any device); the
-    cold and table tiers' slots are their rows in order (``positions`` is ``cold_to_position``/``table_to_position``)."""
+    cold and table tiers' slots are their rows in order (``positions``: ``cold_to_position``, ``table_to_position``)."""
     ng, nh, nc, nt = counts
     pos_g, slot_g, pos_h, slot_h, cold_pos, table_pos = torch.split(idx, [ng, ng, nh, nh, nc, nt])
     return {GPU: (pos_g, slot_g), HOST: (pos_h, slot_h), COLD: (cold_pos, cold_pos), TABLE: (table_pos, table_pos)}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -30,7 +31,7 @@ import numba
 import numpy as np
 
 from .direct_io import ALIGNMENT, DirectReader, aligned_empty
-from .errors import FormatError
+from .errors import FormatError, InputError
 from .zarr_arrays import RawArray
 
 GAP_PAGES = 4
@@ -41,6 +42,12 @@ MAX_RUN_BYTES = 1 << 20
 
 READ_THREADS = 8
 """Requests in flight at once."""
+
+READERS_PER_RUN = 3
+"""Readers one training run may hold at once (its train, val and test loaders each have one)."""
+
+FD_MARGIN = 256
+"""Open files left for everything else when the reader raises the process's open-file limit for its chunk files."""
 
 REIMPORT = "the dataset's feature table is damaged: import the dataset again"
 """The fix the messages about a missing or short chunk file name."""
@@ -129,6 +136,23 @@ def _read_runs(fds, runs, buf, ids, chunk_rows, row_bytes, chunk_bytes, out):  #
     return total
 
 
+def allow_open_files(count: int, what) -> None:
+    """Make sure the process may hold ``count`` open files (the reader keeps every chunk file of the table open: a
+    minibatch's rows touch most of them): raise the soft limit up to the hard one when it is lower.
+
+    Raises:
+        InputError: even the hard limit is lower, naming ``what`` and the fix.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= count:
+        return
+    if hard != resource.RLIM_INFINITY and hard < count:
+        raise InputError(f"reading {what} needs {count} open files ({count - FD_MARGIN} chunk files and room for the "
+                         f"rest), more than this process's open-file limit of {hard}; raise it (ulimit -n {count}) or "
+                         "re-import the dataset with larger chunks")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, hard))
+
+
 class FeatureTableReader:
     """Reads arbitrary rows of a feature table (a :class:`~diskgraph.store.zarr_arrays.RawArray` directory).
 
@@ -152,6 +176,7 @@ class FeatureTableReader:
         self._readers: dict[int, DirectReader] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._buffers: list[np.ndarray] = []
+        allow_open_files(READERS_PER_RUN * int(self.array.num_chunks) + FD_MARGIN, self.array.path)
 
     def _reader(self, chunk: int) -> DirectReader:
         r = self._readers.get(chunk)

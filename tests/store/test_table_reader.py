@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diskgraph.store.direct_io import ALIGNMENT
-from diskgraph.store.errors import FormatError
+from diskgraph.store.errors import FormatError, InputError
 from diskgraph.store.table_reader import FeatureTableReader, plan_runs
 from diskgraph.store.zarr_arrays import RowChunkWriter
 
@@ -99,3 +99,24 @@ def test_a_run_the_compiled_loop_cannot_read_is_read_again_by_the_reader(tables,
         got = r.read_rows(ids, out)
     np.testing.assert_array_equal(out, data[ids])
     assert got.bytes_read >= len(ids) * r.row_bytes
+
+
+def test_the_open_file_limit_is_raised_or_refused(tmp_path, monkeypatch):
+    """A reader keeps every chunk file open (a run holds three readers): a soft limit below that is raised to what they
+    need; a hard limit below it is refused in one sentence."""
+    from diskgraph.store import table_reader
+
+    path = tmp_path / "many"
+    data = table(path, 600, 4, 2)  # 300 chunk files
+    calls = []
+    monkeypatch.setattr(table_reader.resource, "getrlimit", lambda what: (100, 10_000))
+    monkeypatch.setattr(table_reader.resource, "setrlimit", lambda what, limits: calls.append(limits))
+    with FeatureTableReader(path) as r:
+        out = np.empty((3, 4), np.float32)
+        r.read_rows(np.array([0, 301, 599]), out)
+    np.testing.assert_array_equal(out, data[[0, 301, 599]])
+    assert calls == [(3 * 300 + table_reader.FD_MARGIN, 10_000)]
+    monkeypatch.setattr(table_reader.resource, "getrlimit", lambda what: (100, 900))
+    with pytest.raises(InputError, match=r"needs 1156 open files \(900 chunk files and room for the rest\), more than "
+                                         r"this process's open-file limit of 900"):
+        FeatureTableReader(path)
