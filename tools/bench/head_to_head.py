@@ -887,12 +887,7 @@ def main_bounded(a, parent, wanted: list[str], skipped: dict) -> int:
               f"{fmt_bytes(need)} (dataset, unbounded pack up to 10x the table, the bounded packs) and would leave "
               f"less than --min-free", file=sys.stderr)
         return 2
-    quiet = wait_quiet(a.wait_quiet) if a.wait_quiet > 0 else None
-    machine = cgroup.machine_facts([cache])
-    if quiet is not None:
-        machine["wait_quiet"] = quiet
-    machine["cgroup_parent"] = str(parent)
-    machine["loadavg_start"] = os.getloadavg()
+    machine = start_machine(a, cache, parent)
     t0 = time.time()
     gen = pre = None
     main_manifest = ds / "packs" / a.name / "manifest.json"
@@ -1109,6 +1104,17 @@ def wait_quiet(limit_s: float, load_max: float = 1.0, poll_s: float = 30.0) -> d
         time.sleep(poll_s)
 
 
+def start_machine(a, cache: Path, parent) -> dict:
+    """Wait for a quiet machine (``--wait-quiet``) and record its facts, the cgroup parent and the load at the start."""
+    quiet = wait_quiet(a.wait_quiet) if a.wait_quiet > 0 else None
+    machine = cgroup.machine_facts([cache])
+    if quiet is not None:
+        machine["wait_quiet"] = quiet
+    machine["cgroup_parent"] = str(parent)
+    machine["loadavg_start"] = os.getloadavg()
+    return machine
+
+
 def task_defaults(a) -> None:
     """Fill the options whose default depends on --task (the node defaults are those of issue 5)."""
     if a.contestants is None and getattr(a, "blowups", ""):
@@ -1187,12 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"head_to_head: {cache} has {fmt_bytes(shutil.disk_usage(cache).free)} free; the run needs about "
               f"{fmt_bytes(need)} plus the pack and would leave less than --min-free", file=sys.stderr)
         return 2
-    quiet = wait_quiet(a.wait_quiet) if a.wait_quiet > 0 else None
-    machine = cgroup.machine_facts([cache])
-    if quiet is not None:
-        machine["wait_quiet"] = quiet
-    machine["cgroup_parent"] = str(parent)
-    machine["loadavg_start"] = os.getloadavg()
+    machine = start_machine(a, cache, parent)
     t0 = time.time()
 
     gen = pre = None
